@@ -1,0 +1,114 @@
+"""The Engine protocol: the one seam between the chat core and any model runtime.
+
+An engine turns a `GenerationRequest` into an async stream of `Delta`s: zero or more text deltas,
+then exactly one final delta carrying `finish_reason` and `usage`. Cancellation is
+`task.cancel()` of the consumer; an engine must stop its work (worker thread, HTTP stream, MLC
+request) within one token of being cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_loop_limit", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model made: `arguments` is the decoded JSON object."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of the prompt, in the shape OpenAI-style chat templates expect."""
+
+    role: Role
+    content: str
+    name: str | None = None  # the tool's name, on role "tool"
+    tool_call_id: str | None = None  # on role "tool": which call this answers
+    tool_calls: tuple[ToolCall, ...] = ()  # on role "assistant": the calls it made
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOptions:
+    """Sampling options of one request; None means the engine's (or model's) default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    token_delay_ms: int = 0  # echo engine only: pause between words
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    messages: tuple[ChatMessage, ...]
+    model: str | None = None
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the answer. The last delta of a stream has `finish_reason` set."""
+
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    # Engine-specific facts for `complete` metadata (e.g. trimmed turns).
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    engine: str
+    loaded: bool = False
+    path: str | None = None
+
+
+class EngineError(Exception):
+    """The engine failed in a way the client should hear about (code `engine_error`)."""
+
+
+class UnknownModelError(EngineError):
+    """The request named a model this engine does not have (code `not_found`)."""
+
+
+class EngineBusyError(EngineError):
+    """The model's request queue is full (code `busy`); the client may retry later."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Generate the answer to `request.messages` as text deltas, then one final delta."""
+        ...
+
+    async def models(self) -> list[ModelInfo]:
+        """The models this engine can serve, with whether each is loaded now."""
+        ...
+
+    def queue_position(self, model: str | None) -> int:
+        """How many requests a new request for `model` would wait behind (0: starts at once)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release models, threads and connections."""
+        ...

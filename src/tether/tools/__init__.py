@@ -1,0 +1,1 @@
+"""Tools the model can call: built-ins, Python plugins and MCP servers."""
