@@ -1,0 +1,82 @@
+"""create_app(settings) builds the whole server: no global state, everything hangs off the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import WebSocketRoute
+
+from tether.chat import ChatService
+from tether.config import Settings
+from tether.engines.base import Engine
+from tether.engines.factory import build_engine
+from tether.errors import TetherError
+from tether.store.base import Store
+from tether.store.sqlite import SQLiteStore
+from tether.transports import rest
+from tether.transports.ws import chat_endpoint
+
+log = structlog.get_logger("tether.app")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the transports reach through `app.state.services`."""
+
+    settings: Settings
+    store: Store
+    engine: Engine
+    chat: ChatService
+
+
+def _error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _tether_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TetherError)
+    return _error_response(exc.http_status, exc.code, exc.message)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return _error_response(exc.status_code, code, str(exc.detail))
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
+    """The ASGI app. `engine` overrides the configured one (tests, embedding)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = SQLiteStore(settings.storage.path, synchronous=settings.storage.synchronous)
+        await store.open()
+        active_engine = engine or build_engine(settings)
+        chat = ChatService(
+            store=store,
+            engine=active_engine,
+            system_prompt=settings.engine.system_prompt,
+            max_tool_loops=settings.limits.max_tool_loops,
+            default_model=settings.engine.model,
+        )
+        app.state.services = Services(settings, store, active_engine, chat)
+        log.info("app.started", engine=active_engine.name, db=str(settings.storage.path))
+        try:
+            yield
+        finally:
+            await active_engine.aclose()
+            await store.close()
+            log.info("app.stopped")
+
+    return Starlette(
+        routes=[*rest.routes, WebSocketRoute("/ws/chat", chat_endpoint)],
+        lifespan=lifespan,
+        exception_handlers={TetherError: _tether_error, HTTPException: _http_error},
+    )

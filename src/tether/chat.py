@@ -1,0 +1,438 @@
+"""ChatService: the transport-independent turn loop.
+
+A turn: commit the user's message, tell the transport (`Accepted`), build the prompt from the
+session's branch, stream the engine's answer through the detector, run any tool calls and loop,
+then commit the answer and tell the transport (`Completed`). Transports cancel a turn through its
+`TurnControl`; the answer so far is then stored and the turn completes as `cancelled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from tether.detector import (
+    CallPiece,
+    MalformedCall,
+    PassthroughDetector,
+    StreamDetector,
+    TextPiece,
+    ThoughtPiece,
+)
+from tether.engines.base import (
+    ChatMessage,
+    Engine,
+    EngineBusyError,
+    EngineError,
+    FinishReason,
+    GenerationOptions,
+    GenerationRequest,
+    ToolCall,
+    UnknownModelError,
+    Usage,
+)
+from tether.errors import NotFound, TetherError
+from tether.events import (
+    Accepted,
+    ChatEvent,
+    Completed,
+    Failed,
+    TextDelta,
+    ThinkingDelta,
+    Timings,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store
+from tether.tools.base import ToolResult, ToolRunner
+
+EventSink = Callable[[ChatEvent], Awaitable[None]]
+DetectorFactory = Callable[[bool], StreamDetector]  # argument: whether tools are offered
+T = TypeVar("T")
+
+log = structlog.get_logger("tether.chat")
+
+TITLE_CHARS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    model: str | None = None
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    show_thoughts: bool = False
+    tools: bool = True  # offer the configured tools (when there are any)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    request_id: str
+    text: str
+    session_id: str | None = None
+    agent_id: str | None = None
+    parent_id: str | None = None
+    options: TurnOptions = field(default_factory=TurnOptions)
+
+
+class TurnCancelled(Exception):
+    """The turn's control was cancelled (not the task running it)."""
+
+
+class TurnControl:
+    """A transport's handle on a running turn: `cancel()` stops whatever phase is running."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._phase: asyncio.Task[Any] | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._phase is not None:
+            self._phase.cancel()
+
+    async def run(self, phase: Coroutine[Any, Any, T]) -> T:
+        """Run `phase` as a child task that `cancel()` can stop; raise TurnCancelled if it did."""
+        if self.cancelled:
+            phase.close()
+            raise TurnCancelled
+        task = asyncio.create_task(phase)
+        self._phase = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.cancelled and task.cancelled() and current and not current.cancelling():
+                raise TurnCancelled from None
+            raise
+        finally:
+            self._phase = None
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one engine call produced so far (kept outside the task so cancellation keeps it)."""
+
+    text: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    malformed: list[MalformedCall] = field(default_factory=list)
+    finish_reason: FinishReason = "stop"
+    usage: Usage = field(default_factory=Usage)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Clock:
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+
+    def token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+    def timings(self) -> Timings:
+        end = time.perf_counter()
+        ttft = None if self.first_token is None else (self.first_token - self.started) * 1000
+        rate = None
+        if self.first_token is not None and self.completion_tokens:
+            decode = end - self.first_token
+            rate = self.completion_tokens / decode if decode > 0 else None
+        return Timings(
+            ttft_ms=None if ttft is None else round(ttft, 3),
+            tokens_per_s=None if rate is None else round(rate, 2),
+            total_ms=round((end - self.started) * 1000, 3),
+        )
+
+
+def _new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:16]}"
+
+
+def _to_chat_message(message: Message) -> ChatMessage:
+    return ChatMessage(
+        role=message.role,
+        content=message.content,
+        name=message.name,
+        tool_call_id=message.tool_call_id,
+        tool_calls=message.tool_calls,
+    )
+
+
+def _error_event(exc: BaseException) -> Failed:
+    if isinstance(exc, TetherError):
+        return Failed(exc.code, exc.message)
+    if isinstance(exc, UnknownModelError):
+        return Failed("not_found", str(exc))
+    if isinstance(exc, EngineBusyError):
+        return Failed("busy", str(exc) or "the model is busy; try again shortly")
+    if isinstance(exc, EngineError):
+        return Failed("engine_error", str(exc))
+    return Failed("internal", "internal error; the server log has the details")
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        engine: Engine,
+        system_prompt: str,
+        tools: ToolRunner | None = None,
+        tool_prompt: Callable[[ToolRunner], str] | None = None,
+        detector_factory: DetectorFactory | None = None,
+        max_tool_loops: int = 5,
+        default_model: str | None = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.system_prompt = system_prompt
+        self.tools = tools
+        self.tool_prompt = tool_prompt
+        self.detector_factory: DetectorFactory = detector_factory or (
+            lambda _tools: PassthroughDetector()
+        )
+        self.max_tool_loops = max_tool_loops
+        self.default_model = default_model
+
+    # -- the turn ---------------------------------------------------------------------------
+
+    async def run_turn(
+        self, turn: Turn, emit: EventSink, control: TurnControl | None = None
+    ) -> None:
+        """Run one user turn to its end, telling `emit` every event. Never raises TetherErrors."""
+        control = control or TurnControl()
+        clock = _Clock()
+        structlog.contextvars.bind_contextvars(request_id=turn.request_id)
+        try:
+            agent = await self._agent_for(turn)
+            start = await self.store.begin_turn(
+                session_id=turn.session_id,
+                text=turn.text,
+                parent_id=turn.parent_id,
+                agent_id=turn.agent_id,
+                title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
+            )
+        except TetherError as exc:
+            await emit(Failed(exc.code, exc.message))
+            return
+        session_id = start.session.id
+        structlog.contextvars.bind_contextvars(session_id=session_id)
+        if agent is None and start.session.agent_id is not None:
+            agent = await self.store.get_agent(start.session.agent_id)
+        model = turn.options.model or self.default_model or self.engine.name
+        log.info("turn.accepted", user_message_id=start.message.id, created=start.created_session)
+        await emit(
+            Accepted(
+                session_id=session_id,
+                user_message_id=start.message.id,
+                model=model,
+                queue_position=self.engine.queue_position(turn.options.model),
+                created_session=start.created_session,
+            )
+        )
+        history = await self.store.branch(start.message.id)
+        offer_tools = bool(turn.options.tools and self.tools is not None and self.tools.specs())
+        messages = [self._system_message(agent, offer_tools), *map(_to_chat_message, history)]
+        parent_id = start.message.id
+        current = _Round()
+        usage = Usage()
+        finish: FinishReason = "stop"
+        try:
+            for loop in range(self.max_tool_loops + 1):
+                current = _Round()
+                request = GenerationRequest(
+                    request_id=turn.request_id,
+                    messages=tuple(messages),
+                    model=turn.options.model,
+                    options=turn.options.generation,
+                )
+                try:
+                    await control.run(
+                        self._generate(request, current, emit, clock, turn, offer_tools)
+                    )
+                finally:
+                    usage = Usage(
+                        usage.prompt_tokens + current.usage.prompt_tokens,
+                        usage.completion_tokens + current.usage.completion_tokens,
+                    )
+                finish = current.finish_reason
+                if not (current.calls or current.malformed):
+                    break
+                if loop == self.max_tool_loops:
+                    finish = "tool_loop_limit"
+                    break
+                parent_id, messages = await control.run(
+                    self._run_tools(session_id, parent_id, messages, current, emit, model)
+                )
+        except TurnCancelled:
+            finish = "cancelled"
+        except asyncio.CancelledError:
+            # The task itself was cancelled (server shutdown): keep what was said, then stop.
+            await asyncio.shield(
+                self._store_answer(
+                    session_id, parent_id, current, "interrupted", "cancelled", usage, model
+                )
+            )
+            raise
+        except Exception as exc:
+            failure = _error_event(exc)
+            if failure.code == "internal":
+                log.exception("turn.failed")
+            else:
+                log.warning("turn.failed", code=failure.code, error=failure.message)
+            await self._store_answer(session_id, parent_id, current, "error", None, usage, model)
+            await emit(failure)
+            return
+        status: MessageStatus = "cancelled" if finish == "cancelled" else "complete"
+        message = await self._store_answer(
+            session_id, parent_id, current, status, finish, usage, model
+        )
+        clock.completion_tokens = usage.completion_tokens
+        timings = clock.timings()
+        log.info(
+            "turn.complete",
+            message_id=message.id,
+            finish_reason=finish,
+            completion_tokens=usage.completion_tokens,
+            total_ms=timings.total_ms,
+        )
+        await emit(Completed(message.id, finish, usage, timings, dict(current.metadata)))
+
+    async def _agent_for(self, turn: Turn) -> Agent | None:
+        if turn.agent_id is None:
+            return None
+        agent = await self.store.get_agent(turn.agent_id)
+        if agent is None:
+            raise NotFound(f"agent {turn.agent_id!r} does not exist")
+        return agent
+
+    def _system_message(self, agent: Agent | None, offer_tools: bool) -> ChatMessage:
+        parts = [agent.system_prompt if agent and agent.system_prompt else self.system_prompt]
+        if agent and agent.markdown_context:
+            parts.append(agent.markdown_context)
+        if offer_tools and self.tools is not None and self.tool_prompt is not None:
+            parts.append(self.tool_prompt(self.tools))
+        return ChatMessage(
+            role="system", content="\n\n".join(p.strip() for p in parts if p.strip())
+        )
+
+    async def _generate(
+        self,
+        request: GenerationRequest,
+        out: _Round,
+        emit: EventSink,
+        clock: _Clock,
+        turn: Turn,
+        offer_tools: bool,
+    ) -> None:
+        detector = self.detector_factory(offer_tools)
+
+        async def dispatch(pieces: list[Any]) -> None:
+            for piece in pieces:
+                if isinstance(piece, TextPiece):
+                    out.text.append(piece.text)
+                    await emit(TextDelta(piece.text))
+                elif isinstance(piece, ThoughtPiece):
+                    if turn.options.show_thoughts:
+                        await emit(ThinkingDelta(piece.text))
+                elif isinstance(piece, CallPiece):
+                    out.calls.append(ToolCall(_new_call_id(), piece.name, piece.arguments))
+                elif isinstance(piece, MalformedCall):
+                    out.malformed.append(piece)
+
+        async for delta in self.engine.stream(request):
+            if delta.text:
+                clock.token()
+                await dispatch(detector.feed(delta.text))
+            if delta.finish_reason is not None:
+                out.finish_reason = delta.finish_reason
+                if delta.usage is not None:
+                    out.usage = delta.usage
+                if delta.metadata:
+                    out.metadata.update(delta.metadata)
+        await dispatch(detector.flush())
+
+    async def _run_tools(
+        self,
+        session_id: str,
+        parent_id: str,
+        messages: list[ChatMessage],
+        answer: _Round,
+        emit: EventSink,
+        model: str,
+    ) -> tuple[str, list[ChatMessage]]:
+        """Store the calling answer, run its calls, store the results; return the new prompt."""
+        assert self.tools is not None
+        bad = [ToolCall(_new_call_id(), "invalid_tool_call", {}) for _ in answer.malformed]
+        calls = [*answer.calls, *bad]
+        stored = await self.store.append_message(
+            session_id,
+            parent_id,
+            NewMessage(
+                role="assistant",
+                content="".join(answer.text),
+                tool_calls=tuple(calls),
+                model=model,
+                finish_reason="tool_calls",
+            ),
+        )
+        messages = [*messages, _to_chat_message(stored)]
+        parent_id = stored.id
+        for call in calls:
+            await emit(ToolCallStarted(call.id, call.name, call.arguments))
+        results = await self.tools.run(list(answer.calls)) if answer.calls else []
+        results += [
+            ToolResult(call.id, call.name, error=f"could not parse the tool call: {bad_call.error}")
+            for call, bad_call in zip(bad, answer.malformed, strict=True)
+        ]
+        for result in results:
+            await emit(
+                ToolCallFinished(
+                    result.call_id, result.name, result.result, result.error, result.duration_ms
+                )
+            )
+            content = result.result if result.error is None else f"Error: {result.error}"
+            tool_message = await self.store.append_message(
+                session_id,
+                parent_id,
+                NewMessage(
+                    role="tool",
+                    content=content or "",
+                    name=result.name,
+                    tool_call_id=result.call_id,
+                    status="complete" if result.error is None else "error",
+                ),
+            )
+            messages.append(_to_chat_message(tool_message))
+            parent_id = tool_message.id
+        return parent_id, messages
+
+    async def _store_answer(
+        self,
+        session_id: str,
+        parent_id: str,
+        answer: _Round,
+        status: MessageStatus,
+        finish: FinishReason | None,
+        usage: Usage,
+        model: str,
+    ) -> Message:
+        return await self.store.append_message(
+            session_id,
+            parent_id,
+            NewMessage(
+                role="assistant",
+                content="".join(answer.text),
+                status=status,
+                model=model,
+                finish_reason=finish,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            ),
+        )

@@ -1,0 +1,221 @@
+"""One Settings model for the whole server: config.yaml < environment < command-line flags.
+
+Environment: `TETHER_<SECTION>__<KEY>` for any key (e.g. `TETHER_LIMITS__MAX_TEXT_CHARS`), short
+forms for the common ones (`TETHER_HOST`, `TETHER_PORT`, `TETHER_DB`, ...), and the seeds' names
+`MLC_HOST`, `MLC_PORT`, `MLC_SQLITE_URL`, `MLC_DIST_PATH` as aliases (a `TETHER_*` name wins).
+Relative paths in config.yaml are relative to the file; elsewhere to the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+DEFAULT_SYSTEM_PROMPT = "You are Tether, a helpful assistant running locally."
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tether"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: pick a free port
+    token: SecretStr | None = None
+
+
+class StorageSettings(_Section):
+    path: Path = Field(default_factory=lambda: default_data_dir() / "tether.db")
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class EngineSettings(_Section):
+    name: Literal["echo", "llamacpp", "mlc", "openai"] = "echo"
+    model: str | None = None  # the default model; None: the engine's first
+    dist_path: Path = Path("dist")
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+
+class LimitsSettings(_Section):
+    max_text_chars: int = Field(default=100_000, ge=1)
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_requests_per_socket: int = Field(default=16, ge=1)
+    max_tool_loops: int = Field(default=5, ge=0)
+    tool_timeout_sec: float = Field(default=15.0, gt=0)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: console on a TTY, else JSON
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    engine: EngineSettings = EngineSettings()
+    limits: LimitsSettings = LimitsSettings()
+    log: LogSettings = LogSettings()
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; the message names the key."""
+
+
+# Short environment names -> dotted keys. Earlier names win over later ones.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "server.host": ("TETHER_HOST", "MLC_HOST"),
+    "server.port": ("TETHER_PORT", "MLC_PORT"),
+    "server.token": ("TETHER_TOKEN",),
+    "storage.path": ("TETHER_DB", "MLC_SQLITE_URL"),
+    "engine.name": ("TETHER_ENGINE",),
+    "engine.model": ("TETHER_MODEL",),
+    "engine.dist_path": ("TETHER_DIST_PATH", "MLC_DIST_PATH"),
+    "log.level": ("TETHER_LOG_LEVEL",),
+    "log.format": ("TETHER_LOG_FORMAT",),
+}
+PATH_KEYS = ("storage.path", "engine.dist_path")
+_NESTED_PREFIX = "TETHER_"
+_NESTED_SEP = "__"
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = target
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config: {part} must be a mapping")
+        node = child
+    node[leaf] = value
+
+
+def _get_dotted(source: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = source
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_value(raw: str) -> Any:
+    # Lists and mappings come as JSON; scalars stay strings for pydantic to coerce and check.
+    if raw[:1] in "[{":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _sqlite_url_path(value: str) -> str:
+    """`sqlite:///rel.db`, `sqlite:////abs.db` (SQLAlchemy style, as the seeds used) or a path."""
+    for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
+        if value.startswith(prefix):
+            return value[len(prefix) :]
+    return value
+
+
+def env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if name.startswith(_NESTED_PREFIX) and _NESTED_SEP in name:
+            dotted = name[len(_NESTED_PREFIX) :].lower().replace(_NESTED_SEP, ".")
+            _set_dotted(layer, dotted, _env_value(raw))
+    for dotted, names in ENV_ALIASES.items():
+        for name in names:
+            if name in environ:
+                value = environ[name]
+                if name == "MLC_SQLITE_URL":
+                    value = _sqlite_url_path(value)
+                _set_dotted(layer, dotted, value)
+                break
+    return layer
+
+
+def _absolutize(layer: dict[str, Any], base: Path) -> dict[str, Any]:
+    for dotted in PATH_KEYS:
+        value = _get_dotted(layer, dotted)
+        if isinstance(value, str | Path) and not Path(value).expanduser().is_absolute():
+            _set_dotted(layer, dotted, str(base / value))
+        elif isinstance(value, str | Path):
+            _set_dotted(layer, dotted, str(Path(value).expanduser()))
+    return layer
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config: {path} must hold a mapping at the top level")
+    return _absolutize(loaded, path.resolve().parent)
+
+
+def find_config_file(explicit: Path | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    if explicit is not None:
+        return explicit
+    if "TETHER_CONFIG" in environ:
+        return Path(environ["TETHER_CONFIG"])
+    candidate = cwd / "config.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(root)"
+        lines.append(f"config: {key}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(
+    *,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Build Settings from config.yaml, then the environment, then `overrides` (dotted keys)."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    data: dict[str, Any] = {}
+    path = find_config_file(config_path, environ, cwd)
+    if path is not None:
+        data = read_config_file(path)
+    data = _merge(data, _absolutize(env_layer(environ), cwd))
+    flags: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(flags, dotted, value)
+    data = _merge(data, _absolutize(flags, cwd))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc

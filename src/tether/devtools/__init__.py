@@ -1,0 +1,1 @@
+"""Tools for developing and testing Tether (not used by the server)."""

@@ -1,0 +1,253 @@
+"""The `llamacpp` engine: GGUF models from the dist folder, in-process through llama-cpp-python.
+
+A llama.cpp context serves one stream at a time, so each model has a FIFO line: requests wait
+their turn (`asyncio.Lock` wakes waiters in arrival order), a bounded number may wait
+(`EngineBusyError` past that), and `queue_position` says how many are ahead. Generation runs in a
+worker thread (`ThreadStream`); the model's turn passes on only when that thread has ended, not
+when the consumer leaves, so a cancelled generation can never overlap the next one. Loaded models
+live in an LRU of `max_loaded` entries; an idle model beyond that is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from tether.engines.base import (
+    Delta,
+    EngineBusyError,
+    EngineError,
+    GenerationRequest,
+    ModelInfo,
+    UnknownModelError,
+)
+from tether.engines.gguf_models import discover_gguf, normalize_model_name
+from tether.engines.llama_model import LoadedModel, RunProgress, RunStats, Sampling
+from tether.engines.thread_stream import ThreadStream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_N_CTX = 4096
+DEFAULT_MAX_QUEUE = 16
+DEFAULT_PROMPT_CACHE_BYTES = 256 << 20
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """One model's line: who holds it, how many are in it, and the model once loaded."""
+
+    name: str
+    path: Path
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    in_line: int = 0  # running + waiting
+    model: LoadedModel | None = None
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        dist_path: Path,
+        *,
+        default_model: str | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        max_loaded: int = 1,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
+        sampling: Sampling | None = None,
+        on_run: Callable[[RunStats], None] | None = None,
+    ) -> None:
+        """`n_threads` defaults to every core; `max_queue` is how many requests may wait per
+        model; `prompt_cache_bytes` bounds each loaded model's cache of saved prompt states (0
+        turns it off); `on_run` gets each generation's `RunStats`, called in the worker thread."""
+        self.dist_path = Path(dist_path)
+        self.default_model = normalize_model_name(default_model) if default_model else None
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.max_loaded = max(1, max_loaded)
+        self.max_queue = max(0, max_queue)
+        self.prompt_cache_bytes = prompt_cache_bytes
+        self.sampling = sampling or Sampling()
+        self.on_run = on_run
+        self._slots: dict[str, _Slot] = {}
+        self._loaded: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
+        self._running: set[ThreadStream[Delta]] = set()
+        self._closed = False
+
+    # -- models --------------------------------------------------------------------------------
+
+    def _scan(self) -> dict[str, Path]:
+        """The GGUF files in dist now, each given a slot (a directory listing: no thread)."""
+        on_disk = discover_gguf(self.dist_path)
+        for name, path in on_disk.items():
+            slot = self._slots.get(name)
+            if slot is None:
+                self._slots[name] = _Slot(name, path)
+            elif slot.model is None:
+                slot.path = path  # the file may have moved; a loaded model keeps its own
+        return on_disk
+
+    def _resolve(self, model: str | None) -> str | None:
+        if model:
+            return normalize_model_name(model)
+        if self.default_model:
+            return self.default_model
+        return next(iter(self._slots), None) or next(iter(self._scan()), None)
+
+    def _slot(self, model: str | None) -> _Slot:
+        name = self._resolve(model)
+        if name is None:
+            raise UnknownModelError(f"no GGUF model in {self.dist_path}")
+        slot = self._slots.get(name)
+        if slot is None:
+            self._scan()  # a file may have been added since
+            slot = self._slots.get(name)
+        if slot is None:
+            known = ", ".join(sorted(self._slots)) or "none"
+            raise UnknownModelError(f"unknown model {name!r} (available: {known})")
+        return slot
+
+    async def models(self) -> list[ModelInfo]:
+        on_disk = self._scan()
+        return [
+            ModelInfo(
+                id=name,
+                engine=self.name,
+                loaded=self._slots[name].model is not None,
+                path=str(self._slots[name].path),
+            )
+            for name in sorted(set(on_disk) | set(self._loaded))
+        ]
+
+    def queue_position(self, model: str | None) -> int:
+        name = self._resolve(model)
+        slot = self._slots.get(name) if name else None
+        return slot.in_line if slot else 0
+
+    async def _load(self, slot: _Slot) -> LoadedModel:
+        if slot.model is None:
+            self._evict(room_for=1)
+            slot.model = await asyncio.to_thread(
+                partial(
+                    LoadedModel,
+                    slot.name,
+                    slot.path,
+                    n_ctx=self.n_ctx,
+                    n_threads=self.n_threads,
+                    prompt_cache_bytes=self.prompt_cache_bytes,
+                )
+            )
+        self._loaded[slot.name] = slot
+        self._loaded.move_to_end(slot.name)
+        return slot.model
+
+    def _evict(self, room_for: int = 0) -> None:
+        """Close idle models, least recently used first, until the LRU has room."""
+        for slot in list(self._loaded.values()):
+            if len(self._loaded) + room_for <= self.max_loaded:
+                return
+            if slot.in_line == 0 and slot.model is not None:
+                model, slot.model = slot.model, None
+                del self._loaded[slot.name]
+                model.close()
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _release(self, slot: _Slot) -> None:
+        slot.in_line -= 1
+        slot.lock.release()
+        self._evict()
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        if self._closed:
+            raise EngineError("the llamacpp engine is shut down")
+        slot = self._slot(request.model)
+        if slot.in_line > self.max_queue:
+            raise EngineBusyError(
+                f"model {slot.name!r} has {slot.in_line - 1} requests waiting; try again later"
+            )
+        slot.in_line += 1
+        try:
+            await slot.lock.acquire()
+        except BaseException:
+            slot.in_line -= 1
+            raise
+        worker: ThreadStream[Delta] | None = None
+        try:
+            if self._closed:  # shut down while this request waited
+                raise EngineError("the llamacpp engine is shut down")
+            model = await self._load(slot)
+            progress = RunProgress()
+            worker = ThreadStream(
+                partial(self._work, model, request, progress),
+                name=f"llamacpp-{slot.name}",
+                on_cancel=progress.mark_cancelled,
+            )
+            worker.start()
+            self._running.add(worker)
+            # The line moves on when the thread has ended, whatever the consumer does.
+            worker.done.add_done_callback(partial(self._worker_done, slot, worker))
+            async for delta in worker:
+                yield delta
+        finally:
+            if worker is None:
+                self._release(slot)
+            else:
+                worker.cancel()
+
+    def _worker_done(self, slot: _Slot, worker: ThreadStream[Delta], _: object) -> None:
+        self._running.discard(worker)
+        self._release(slot)
+
+    def _work(
+        self,
+        model: LoadedModel,
+        request: GenerationRequest,
+        progress: RunProgress,
+        emit: Callable[[Delta], None],
+        cancelled: threading.Event,
+    ) -> None:
+        """The worker thread's job: one generation, then the `on_run` hook."""
+        try:
+            stats = model.generate(
+                request.request_id,
+                request.messages,
+                request.options,
+                self.sampling,
+                emit,
+                cancelled,
+                progress,
+            )
+        except EngineError:
+            raise
+        except Exception as error:  # llama.cpp failures reach the client as engine errors
+            raise EngineError(f"generation failed: {error}") from error
+        if self.on_run is not None:
+            try:
+                self.on_run(stats)
+            except Exception:  # a broken hook must not fail a finished answer
+                log.exception("llamacpp on_run hook failed")
+
+    async def aclose(self) -> None:
+        """Stop running generations, wait for their threads, and close every loaded model."""
+        self._closed = True
+        running = list(self._running)
+        for worker in running:
+            worker.cancel()
+        if running:
+            await asyncio.wait([w.done for w in running], timeout=SHUTDOWN_TIMEOUT_S)
+        for slot in list(self._loaded.values()):
+            if slot.model is not None and not slot.lock.locked():
+                slot.model.close()
+                slot.model = None
+        self._loaded.clear()

@@ -1,0 +1,76 @@
+"""What the chat core tells transports about a turn, in order. Transports only render these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.engines.base import FinishReason, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The user's message is committed; generation may start (after `queue_position` others)."""
+
+    session_id: str
+    user_message_id: str
+    model: str
+    queue_position: int
+    created_session: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStarted:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallFinished:
+    call_id: str
+    name: str
+    result: str | None
+    error: str | None
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    ttft_ms: float | None  # None when no token came
+    tokens_per_s: float | None
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The assistant's message is committed."""
+
+    message_id: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+    extra: dict[str, Any] = field(default_factory=dict)  # engine facts, e.g. trimmed_messages
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The turn ended in an error; `code` is a stable TetherError code."""
+
+    code: str
+    message: str
+
+
+ChatEvent = (
+    Accepted | TextDelta | ThinkingDelta | ToolCallStarted | ToolCallFinished | Completed | Failed
+)

@@ -1,0 +1,247 @@
+"""WebSocket protocol v1: the client frames we accept and the server frames we send.
+
+Client frames are validated with pydantic; every way a frame can be wrong becomes a
+`ProtocolError` with a stable code and, when the frame named one, its request_id. Server frames
+are rendered from the chat core's events with a per-request `seq` by `RequestFrames`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from tether.engines.base import Usage
+from tether.events import (
+    Accepted,
+    ChatEvent,
+    Completed,
+    Failed,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+
+PROTOCOL_VERSION = 1
+RequestId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Frame(BaseModel):
+    # Unknown top-level fields are ignored so newer clients keep working with older servers.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ChatOptions(BaseModel):
+    # Unknown options are refused: a misspelt `temprature` should not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=5)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: list[str] | str | None = None
+    tools: bool = True
+    show_thoughts: bool = False
+    token_delay_ms: int = Field(default=0, ge=0, le=1000)
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatFrame(_Frame):
+    type: Literal["chat"]
+    request_id: RequestId
+    text: str
+    session_id: str | None = None
+    agent_id: str | None = None
+    parent_id: str | None = None
+    options: ChatOptions = ChatOptions()
+
+
+class CancelFrame(_Frame):
+    type: Literal["cancel"]
+    request_id: RequestId
+
+
+class ResumeFrame(_Frame):
+    type: Literal["resume"]
+    request_id: RequestId
+    after_seq: int = Field(default=-1, ge=-1)
+
+
+class PingFrame(_Frame):
+    type: Literal["ping"]
+    request_id: RequestId
+
+
+ClientFrame = Annotated[
+    ChatFrame | CancelFrame | ResumeFrame | PingFrame, Field(discriminator="type")
+]
+_CLIENT_FRAME: TypeAdapter[ChatFrame | CancelFrame | ResumeFrame | PingFrame] = TypeAdapter(
+    ClientFrame
+)
+CLIENT_TYPES = ("chat", "cancel", "resume", "ping")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError(Exception):
+    code: str
+    message: str
+    request_id: str | None = None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        # Drop the discriminator tag pydantic puts first in the location.
+        loc = [str(p) for p in error["loc"] if p not in CLIENT_TYPES]
+        parts.append(f"{'.'.join(loc) or 'frame'}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _normalise(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept the seed-003 form `{"action": "chat", "payload": {"text": ...}}` as `chat`."""
+    if "type" not in data and "action" in data:
+        data = dict(data)
+        data["type"] = data.pop("action")
+        payload = data.pop("payload", None)
+        if isinstance(payload, dict):
+            data = {**payload, **data}
+    return data
+
+
+def parse_client_frame(
+    raw: str | bytes, *, max_text_chars: int
+) -> ChatFrame | CancelFrame | ResumeFrame | PingFrame:
+    """Parse one client frame or raise ProtocolError (bad_request, too_large)."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProtocolError("bad_request", "frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_request", "frame must be a JSON object")
+    data = _normalise(data)
+    request_id = data.get("request_id")
+    if request_id is None:
+        data["request_id"] = request_id = uuid.uuid4().hex
+    elif not isinstance(request_id, str) or not request_id or len(request_id) > 200:
+        raise ProtocolError("bad_request", "request_id must be a string of 1 to 200 characters")
+    kind = data.get("type")
+    if kind is None:
+        raise ProtocolError("bad_request", "frame has no type", request_id)
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError(
+            "bad_request",
+            f"unknown frame type {kind!r}; expected one of {', '.join(CLIENT_TYPES)}",
+            request_id,
+        )
+    text = data.get("text")
+    if kind == "chat" and isinstance(text, str) and len(text) > max_text_chars:
+        raise ProtocolError(
+            "too_large",
+            f"text has {len(text)} characters; the limit is {max_text_chars}",
+            request_id,
+        )
+    try:
+        frame = _CLIENT_FRAME.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError("bad_request", _describe(exc), request_id) from None
+    if isinstance(frame, ChatFrame) and not frame.text.strip():
+        raise ProtocolError("bad_request", "text must not be empty", request_id)
+    return frame
+
+
+# -- server frames --------------------------------------------------------------------------
+
+Status = Literal["processing", "chunk", "tool", "complete", "error", "pong"]
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+
+
+def event_body(event: ChatEvent) -> dict[str, Any]:
+    """The status-specific part of the frame for `event` (everything but request_id and seq)."""
+    match event:
+        case TextDelta(text=text):
+            return {"status": "chunk", "chunk": {"type": "text", "data": text}}
+        case ThinkingDelta(text=text):
+            return {"status": "chunk", "chunk": {"type": "thinking", "data": text}}
+        case Accepted():
+            return {
+                "status": "processing",
+                "chunk": {
+                    "metadata": {
+                        "session_id": event.session_id,
+                        "user_message_id": event.user_message_id,
+                        "model": event.model,
+                        "queue_position": event.queue_position,
+                        "created_session": event.created_session,
+                    }
+                },
+            }
+        case ToolCallStarted():
+            return {
+                "status": "tool",
+                "chunk": {
+                    "type": "tool_call",
+                    "data": {"id": event.call_id, "name": event.name, "arguments": event.arguments},
+                },
+            }
+        case ToolCallFinished():
+            data: dict[str, Any] = {"id": event.call_id, "name": event.name}
+            if event.error is None:
+                data["result"] = event.result
+            else:
+                data["error"] = event.error
+            data["duration_ms"] = event.duration_ms
+            return {"status": "tool", "chunk": {"type": "tool_result", "data": data}}
+        case Completed():
+            return {
+                "status": "complete",
+                "chunk": {
+                    "metadata": {
+                        "message_id": event.message_id,
+                        "finish_reason": event.finish_reason,
+                        "usage": _usage(event.usage),
+                        "timings": {
+                            "ttft_ms": event.timings.ttft_ms,
+                            "tokens_per_s": event.timings.tokens_per_s,
+                            "total_ms": event.timings.total_ms,
+                        },
+                        **event.extra,
+                    }
+                },
+            }
+        case Failed(code=code, message=message):
+            return {"status": "error", "error": {"code": code, "message": message}}
+    raise TypeError(f"not a chat event: {event!r}")
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"status": "error", "error": {"code": code, "message": message}}
+
+
+PONG_BODY: dict[str, Any] = {"status": "pong"}
+
+
+class RequestFrames:
+    """Numbers the frames of one request: `seq` starts at 0 and rises by one."""
+
+    __slots__ = ("next_seq", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.next_seq = 0
+
+    def render(self, body: dict[str, Any]) -> str:
+        frame = {"request_id": self.request_id, "seq": self.next_seq, **body}
+        self.next_seq += 1
+        return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))

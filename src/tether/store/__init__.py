@@ -1,0 +1,1 @@
+"""Persistence of sessions, messages and agents."""

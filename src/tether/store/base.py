@@ -1,0 +1,127 @@
+"""The Store protocol and the records it keeps. SQLite implements it; PostgreSQL could."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from tether.engines.base import Role, ToolCall
+
+MessageStatus = Literal["complete", "cancelled", "error", "interrupted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    title: str
+    agent_id: str | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    session_id: str
+    parent_id: str | None
+    role: Role
+    content: str
+    created_at: str
+    status: MessageStatus = "complete"
+    name: str | None = None  # tool name, on role "tool"
+    tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    model: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    name: str
+    system_prompt: str = ""
+    markdown_context: str = ""
+    default_options: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    updated_at: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to append; the store assigns id and created_at."""
+
+    role: Role
+    content: str
+    status: MessageStatus = "complete"
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    model: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """What `begin_turn` committed: the session (maybe new) and the user's message."""
+
+    session: Session
+    message: Message
+    created_session: bool
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # Sessions
+    async def create_session(self, title: str = "", agent_id: str | None = None) -> Session: ...
+
+    async def get_session(self, session_id: str) -> Session | None: ...
+
+    async def list_sessions(self, limit: int = 100, offset: int = 0) -> list[Session]: ...
+
+    async def delete_session(self, session_id: str) -> bool: ...
+
+    async def delete_all_sessions(self) -> int: ...
+
+    # Messages
+    async def begin_turn(
+        self,
+        *,
+        session_id: str | None,
+        text: str,
+        parent_id: str | None = None,
+        agent_id: str | None = None,
+        title: str = "",
+    ) -> TurnStart:
+        """Commit a user message, creating the session when `session_id` is None.
+
+        Raises `NotFound` for an unknown session or a parent outside the session. The parent
+        defaults to the session's newest message, so plain turns form one chain and a turn with
+        an older `parent_id` starts a branch.
+        """
+        ...
+
+    async def append_message(
+        self, session_id: str, parent_id: str, message: NewMessage
+    ) -> Message: ...
+
+    async def list_messages(self, session_id: str) -> list[Message]: ...
+
+    async def branch(self, message_id: str) -> list[Message]:
+        """The messages from the root of the session down to `message_id`, in order."""
+        ...
+
+    # Agents
+    async def put_agent(self, agent: Agent) -> Agent: ...
+
+    async def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    async def list_agents(self) -> list[Agent]: ...
+
+    async def delete_agent(self, agent_id: str) -> bool: ...

@@ -1,0 +1,378 @@
+"""The SQLite store: aiosqlite, WAL, `synchronous=FULL`, migrations by `PRAGMA user_version`.
+
+One writer connection (its transactions serialised by an asyncio lock, so concurrent turns never
+meet "database is locked") and one reader connection, which WAL lets read while the writer writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from tether.engines.base import ToolCall
+from tether.errors import NotFound
+from tether.store.base import Agent, Message, NewMessage, Session, TurnStart
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def load_migrations() -> list[tuple[int, str]]:
+    """(version, sql) for every `NNNN_*.sql` file shipped in the migrations package."""
+    folder = resources.files("tether.store.migrations")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _tool_calls_json(calls: Iterable[ToolCall]) -> str | None:
+    encoded = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]
+    return json.dumps(encoded) if encoded else None
+
+
+def _tool_calls_from(raw: str | None) -> tuple[ToolCall, ...]:
+    if not raw:
+        return ()
+    return tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(raw))
+
+
+_MESSAGE_COLUMNS = (
+    "id, session_id, parent_id, role, content, created_at, status, name, tool_call_id, "
+    "tool_calls, model, finish_reason, prompt_tokens, completion_tokens"
+)
+
+
+def _message(row: aiosqlite.Row) -> Message:
+    return Message(
+        id=row["id"],
+        session_id=row["session_id"],
+        parent_id=row["parent_id"],
+        role=row["role"],
+        content=row["content"],
+        created_at=row["created_at"],
+        status=row["status"],
+        name=row["name"],
+        tool_call_id=row["tool_call_id"],
+        tool_calls=_tool_calls_from(row["tool_calls"]),
+        model=row["model"],
+        finish_reason=row["finish_reason"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+    )
+
+
+def _session(row: aiosqlite.Row) -> Session:
+    return Session(
+        id=row["id"],
+        title=row["title"],
+        agent_id=row["agent_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _agent(row: aiosqlite.Row) -> Agent:
+    return Agent(
+        id=row["id"],
+        name=row["name"],
+        system_prompt=row["system_prompt"],
+        markdown_context=row["markdown_context"],
+        default_options=json.loads(row["default_options"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, *, synchronous: Synchronous = "FULL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: autocommit; transactions are explicit BEGIN IMMEDIATE ... COMMIT.
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return conn
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._writer.execute("PRAGMA journal_mode = WAL")
+        await self._migrate(self._writer)
+        self._reader = await self._connect()
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        for version, sql in load_migrations():
+            if version <= current:
+                continue
+            # executescript commits first; the version bump rides in the same script so a crash
+            # can never leave a migration applied but unrecorded.
+            await conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+            )
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        return self._reader
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        async with self._write_lock:
+            conn = self._writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await asyncio.shield(conn.execute("ROLLBACK"))
+                raise
+            # Shielded: once the rows are written, a cancelled caller must not leave the
+            # transaction open for the next writer.
+            await asyncio.shield(conn.execute("COMMIT"))
+
+    async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        async with self.reader.execute(sql, tuple(params)) as cursor:
+            return await cursor.fetchone()
+
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self.reader.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def _insert_session(
+        self, conn: aiosqlite.Connection, title: str, agent_id: str | None
+    ) -> Session:
+        stamp = now_iso()
+        session = Session(new_id(), title, agent_id, stamp, stamp)
+        await conn.execute(
+            "INSERT INTO sessions (id, title, agent_id, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (session.id, session.title, session.agent_id, stamp, stamp),
+        )
+        return session
+
+    async def _check_agent(self, conn: aiosqlite.Connection, agent_id: str | None) -> None:
+        if agent_id is None:
+            return
+        async with conn.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)) as cursor:
+            if await cursor.fetchone() is None:
+                raise NotFound(f"agent {agent_id!r} does not exist")
+
+    async def create_session(self, title: str = "", agent_id: str | None = None) -> Session:
+        async with self._transaction() as conn:
+            await self._check_agent(conn, agent_id)
+            return await self._insert_session(conn, title, agent_id)
+
+    async def get_session(self, session_id: str) -> Session | None:
+        row = await self._fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        return _session(row) if row else None
+
+    async def list_sessions(self, limit: int = 100, offset: int = 0) -> list[Session]:
+        rows = await self._fetchall(
+            "SELECT * FROM sessions ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [_session(row) for row in rows]
+
+    async def delete_session(self, session_id: str) -> bool:
+        async with self._transaction() as conn:
+            cursor = await conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            return cursor.rowcount > 0
+
+    async def delete_all_sessions(self) -> int:
+        async with self._transaction() as conn:
+            cursor = await conn.execute("DELETE FROM sessions")
+            return cursor.rowcount
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def _insert_message(
+        self, conn: aiosqlite.Connection, session_id: str, parent_id: str | None, new: NewMessage
+    ) -> Message:
+        stamp = now_iso()
+        message = Message(
+            id=new_id(),
+            session_id=session_id,
+            parent_id=parent_id,
+            role=new.role,
+            content=new.content,
+            created_at=stamp,
+            status=new.status,
+            name=new.name,
+            tool_call_id=new.tool_call_id,
+            tool_calls=new.tool_calls,
+            model=new.model,
+            finish_reason=new.finish_reason,
+            prompt_tokens=new.prompt_tokens,
+            completion_tokens=new.completion_tokens,
+        )
+        await conn.execute(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+            (
+                message.id,
+                session_id,
+                parent_id,
+                message.role,
+                message.content,
+                stamp,
+                message.status,
+                message.name,
+                message.tool_call_id,
+                _tool_calls_json(message.tool_calls),
+                message.model,
+                message.finish_reason,
+                message.prompt_tokens,
+                message.completion_tokens,
+            ),
+        )
+        await conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+        return message
+
+    async def begin_turn(
+        self,
+        *,
+        session_id: str | None,
+        text: str,
+        parent_id: str | None = None,
+        agent_id: str | None = None,
+        title: str = "",
+    ) -> TurnStart:
+        async with self._transaction() as conn:
+            created = session_id is None
+            if session_id is None:
+                await self._check_agent(conn, agent_id)
+                session = await self._insert_session(conn, title, agent_id)
+            else:
+                async with conn.execute(
+                    "SELECT * FROM sessions WHERE id = ?", (session_id,)
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    raise NotFound(f"session {session_id!r} does not exist")
+                session = _session(row)
+            if parent_id is not None:
+                async with conn.execute(
+                    "SELECT 1 FROM messages WHERE id = ? AND session_id = ?",
+                    (parent_id, session.id),
+                ) as cursor:
+                    if await cursor.fetchone() is None:
+                        raise NotFound(f"message {parent_id!r} is not in session {session.id!r}")
+            elif not created:
+                async with conn.execute(
+                    "SELECT id FROM messages WHERE session_id = ? ORDER BY rowid DESC LIMIT 1",
+                    (session.id,),
+                ) as cursor:
+                    latest = await cursor.fetchone()
+                parent_id = latest["id"] if latest else None
+            message = await self._insert_message(
+                conn, session.id, parent_id, NewMessage(role="user", content=text)
+            )
+            return TurnStart(replace(session, updated_at=message.created_at), message, created)
+
+    async def append_message(self, session_id: str, parent_id: str, message: NewMessage) -> Message:
+        async with self._transaction() as conn:
+            return await self._insert_message(conn, session_id, parent_id, message)
+
+    async def list_messages(self, session_id: str) -> list[Message]:
+        rows = await self._fetchall(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY rowid",
+            (session_id,),
+        )
+        return [_message(row) for row in rows]
+
+    async def branch(self, message_id: str) -> list[Message]:
+        rows = await self._fetchall(
+            f"""
+            WITH RECURSIVE chain(id, depth) AS (
+                SELECT id, 0 FROM messages WHERE id = ?
+                UNION ALL
+                SELECT m.parent_id, chain.depth + 1 FROM messages m JOIN chain ON m.id = chain.id
+                WHERE m.parent_id IS NOT NULL
+            )
+            SELECT {_MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
+            """,
+            (message_id,),
+        )
+        return [_message(row) for row in rows]
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def put_agent(self, agent: Agent) -> Agent:
+        stamp = now_iso()
+        async with self._transaction() as conn:
+            await conn.execute(
+                """
+                INSERT INTO agents (id, name, system_prompt, markdown_context, default_options,
+                                    created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET
+                    name = excluded.name, system_prompt = excluded.system_prompt,
+                    markdown_context = excluded.markdown_context,
+                    default_options = excluded.default_options, updated_at = excluded.updated_at
+                """,
+                (
+                    agent.id,
+                    agent.name,
+                    agent.system_prompt,
+                    agent.markdown_context,
+                    json.dumps(agent.default_options),
+                    stamp,
+                    stamp,
+                ),
+            )
+            async with conn.execute("SELECT * FROM agents WHERE id = ?", (agent.id,)) as cursor:
+                row = await cursor.fetchone()
+        assert row is not None
+        return _agent(row)
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        row = await self._fetchone("SELECT * FROM agents WHERE id = ?", (agent_id,))
+        return _agent(row) if row else None
+
+    async def list_agents(self) -> list[Agent]:
+        return [_agent(row) for row in await self._fetchall("SELECT * FROM agents ORDER BY name")]
+
+    async def delete_agent(self, agent_id: str) -> bool:
+        async with self._transaction() as conn:
+            cursor = await conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+            return cursor.rowcount > 0

@@ -1,0 +1,355 @@
+"""The llamacpp engine on real llama.cpp: a tiny random-weight GGUF (built once per machine from
+SmolLM2's tokenizer and template) for everything but one slow test, which asks SmolLM2 itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tether.devtools.tiny_gguf import ensure_tiny_gguf
+from tether.engines.base import (
+    ChatMessage,
+    Delta,
+    Engine,
+    EngineBusyError,
+    GenerationOptions,
+    GenerationRequest,
+    ToolCall,
+    UnknownModelError,
+)
+from tether.engines.llama_model import RunStats
+from tether.engines.llamacpp import LlamaCppEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOLLM2 = ROOT / "dist" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+TIMEOUT = 30 * SCALE
+SYSTEM = "You are Tether, a helpful assistant running locally."
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf() -> Path:
+    if not SMOLLM2.is_file():
+        pytest.skip(f"{SMOLLM2} is missing: run ./setup.sh")
+    return ensure_tiny_gguf(ROOT / ".cache" / "tiny-gguf", SMOLLM2)
+
+
+@pytest.fixture
+def dist(tmp_path: Path, tiny_gguf: Path) -> Path:
+    folder = tmp_path / "dist"
+    folder.mkdir()
+    for name in ("tiny", "tiny-b"):
+        (folder / f"{name}.gguf").symlink_to(tiny_gguf)
+    return folder
+
+
+class Runs:
+    """Collects the engine's per-generation stats, which arrive from worker threads."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[RunStats] = queue.Queue()
+
+    def __call__(self, stats: RunStats) -> None:
+        self._queue.put(stats)
+
+    async def next(self) -> RunStats:
+        return await asyncio.to_thread(self._queue.get, timeout=TIMEOUT)
+
+
+@pytest.fixture
+def runs() -> Runs:
+    return Runs()
+
+
+@contextlib.asynccontextmanager
+async def open_engine(dist: Path, **kwargs: object) -> AsyncIterator[LlamaCppEngine]:
+    settings: dict[str, object] = {"default_model": "tiny", "n_ctx": 512, "n_threads": 1}
+    settings.update(kwargs)
+    engine = LlamaCppEngine(dist, **settings)  # type: ignore[arg-type]
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
+@pytest.fixture
+async def engine(dist: Path, runs: Runs) -> AsyncIterator[LlamaCppEngine]:
+    async with open_engine(dist, on_run=runs) as engine:
+        yield engine
+
+
+def ask(text: str, request_id: str = "r1", **options: object) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=request_id,
+        messages=(ChatMessage("system", SYSTEM), ChatMessage("user", text)),
+        options=GenerationOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+async def collect(engine: Engine, request: GenerationRequest) -> list[Delta]:
+    return [delta async for delta in engine.stream(request)]
+
+
+async def first_delta(stream: AsyncIterator[Delta]) -> Delta:
+    return await anext(stream)
+
+
+def answer(deltas: list[Delta]) -> str:
+    return "".join(d.text for d in deltas)
+
+
+def split(deltas: list[Delta]) -> tuple[list[Delta], Delta]:
+    *texts, final = deltas
+    assert all(d.finish_reason is None and d.usage is None for d in texts)
+    assert final.finish_reason is not None
+    assert final.text == ""
+    return texts, final
+
+
+async def test_is_an_engine(engine: LlamaCppEngine) -> None:
+    assert isinstance(engine, Engine)
+    assert engine.name == "llamacpp"
+
+
+async def test_text_deltas_then_one_final_delta_with_usage(engine: LlamaCppEngine) -> None:
+    deltas = await collect(engine, ask("Hello", max_tokens=16, temperature=0))
+    texts, final = split(deltas)
+    assert texts
+    assert final.finish_reason == "length"
+    assert final.usage is not None
+    assert final.usage.completion_tokens == 16
+    assert final.usage.prompt_tokens > 10
+    assert final.metadata == {"trimmed_messages": 0, "cached_tokens": 0}
+
+
+async def test_temperature_zero_is_deterministic(engine: LlamaCppEngine) -> None:
+    first = await collect(engine, ask("Hello", max_tokens=12, temperature=0))
+    again = await collect(engine, ask("Hello", max_tokens=12, temperature=0))
+    assert answer(first) == answer(again)
+
+
+async def test_seed_makes_sampling_repeatable(engine: LlamaCppEngine) -> None:
+    texts = [
+        answer(await collect(engine, ask("Hi", max_tokens=24, temperature=1.5, top_p=1.0, seed=s)))
+        for s in (7, 7, 8)
+    ]
+    assert texts[0] == texts[1]
+    assert texts[0] != texts[2]
+
+
+async def test_stop_string_ends_the_answer_before_it(engine: LlamaCppEngine) -> None:
+    full = answer(await collect(engine, ask("Hello", max_tokens=40, temperature=0)))
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    cut = full[: full.index(stop)]
+    _, final = split(deltas := await collect(engine, ask("Hello", stop=(stop,), temperature=0)))
+    assert answer(deltas) == cut
+    assert final.finish_reason == "stop"
+
+
+async def test_max_tokens_zero_finishes_at_once(engine: LlamaCppEngine) -> None:
+    deltas = await collect(engine, ask("Hello", max_tokens=0))
+    assert len(deltas) == 1
+    assert deltas[0].finish_reason == "length"
+
+
+async def test_tool_calls_and_results_go_through_the_template(engine: LlamaCppEngine) -> None:
+    request = GenerationRequest(
+        request_id="tools",
+        messages=(
+            ChatMessage("user", "What time is it?"),
+            ChatMessage("assistant", "", tool_calls=(ToolCall("c1", "clock", {"tz": "UTC"}),)),
+            ChatMessage("tool", "12:00", name="clock", tool_call_id="c1"),
+        ),
+        options=GenerationOptions(max_tokens=4),
+    )
+    _, final = split(await collect(engine, request))
+    assert final.finish_reason == "length"
+
+
+async def test_unknown_model_is_refused(engine: LlamaCppEngine) -> None:
+    request = GenerationRequest("r", (ChatMessage("user", "hi"),), model="no-such-model")
+    with pytest.raises(UnknownModelError, match="no-such-model"):
+        await collect(engine, request)
+
+
+async def test_models_lists_dist_and_what_is_loaded(engine: LlamaCppEngine, dist: Path) -> None:
+    before = {m.id: m for m in await engine.models()}
+    assert set(before) == {"tiny", "tiny-b"}
+    assert not before["tiny"].loaded
+    assert before["tiny"].engine == "llamacpp"
+    assert before["tiny"].path == str(dist / "tiny.gguf")
+    await collect(engine, ask("hi", max_tokens=1))
+    after = {m.id: m.loaded for m in await engine.models()}
+    assert after == {"tiny": True, "tiny-b": False}
+
+
+async def test_a_model_added_later_is_found(engine: LlamaCppEngine, dist: Path) -> None:
+    (dist / "late.gguf").symlink_to((dist / "tiny.gguf").resolve())
+    request = GenerationRequest("r", (ChatMessage("user", "hi"),), model="late.gguf")
+    _, final = split(await collect(engine, request))
+    assert final.usage is not None
+
+
+async def test_least_recently_used_idle_model_is_closed(dist: Path) -> None:
+    async with open_engine(dist, max_loaded=1) as engine:
+        for model in ("tiny", "tiny-b"):
+            request = GenerationRequest("r", (ChatMessage("user", "hi"),), model=model)
+            await collect(engine, request)
+        loaded = {m.id: m.loaded for m in await engine.models()}
+        assert loaded == {"tiny": False, "tiny-b": True}
+
+
+async def test_long_history_is_trimmed_oldest_first(engine: LlamaCppEngine) -> None:
+    history = [ChatMessage("system", SYSTEM)]
+    for i in range(40):
+        history += [
+            ChatMessage("user", f"question {i}: " + "tell me more " * 10),
+            ChatMessage("assistant", f"answer {i}: " + "here is more " * 10),
+        ]
+    history.append(ChatMessage("user", "and finally?"))
+    request = GenerationRequest("long", tuple(history), options=GenerationOptions(max_tokens=8))
+    _, final = split(await collect(engine, request))
+    assert final.usage is not None
+    assert final.usage.prompt_tokens <= 512 - 8
+    assert final.metadata is not None
+    assert final.metadata["trimmed_messages"] > 40
+    assert final.metadata["trimmed_messages"] % 2 == 0
+
+
+async def test_last_user_message_alone_too_long_is_truncated(engine: LlamaCppEngine) -> None:
+    _, final = split(await collect(engine, ask("word " * 5000, max_tokens=8)))
+    assert final.finish_reason == "length"
+    assert final.metadata is not None
+    assert final.metadata["truncated_messages"] == 1
+
+
+async def test_next_turn_reuses_the_evaluated_prefix(engine: LlamaCppEngine) -> None:
+    turn1 = ask("Hello", max_tokens=8, temperature=0)
+    _, first = split(deltas := await collect(engine, turn1))
+    turn2 = GenerationRequest(
+        "r2",
+        (*turn1.messages, ChatMessage("assistant", answer(deltas)), ChatMessage("user", "More?")),
+        options=GenerationOptions(max_tokens=8),
+    )
+    _, second = split(await collect(engine, turn2))
+    assert first.usage is not None
+    assert second.metadata is not None
+    assert second.metadata["cached_tokens"] >= first.usage.prompt_tokens - 1
+
+
+async def test_interleaved_sessions_restore_their_own_prompt_state(
+    engine: LlamaCppEngine,
+) -> None:
+    a1 = GenerationRequest(
+        "a1", (ChatMessage("user", "alpha " * 50),), options=GenerationOptions(max_tokens=4)
+    )
+    b1 = GenerationRequest(
+        "b1", (ChatMessage("user", "beta " * 50),), options=GenerationOptions(max_tokens=4)
+    )
+    _, a1_final = split(a1_deltas := await collect(engine, a1))
+    await collect(engine, b1)  # another session takes over the context
+    a2 = GenerationRequest(
+        "a2",
+        (*a1.messages, ChatMessage("assistant", answer(a1_deltas)), ChatMessage("user", "next")),
+        options=GenerationOptions(max_tokens=4),
+    )
+    _, a2_final = split(await collect(engine, a2))
+    assert a1_final.usage is not None
+    assert a2_final.metadata is not None
+    assert a2_final.metadata["cached_tokens"] >= a1_final.usage.prompt_tokens - 1
+
+
+async def test_cancel_stops_generation_within_one_token(dist: Path, runs: Runs) -> None:
+    # A big context and no max_tokens: left alone, this would run for seconds.
+    async with open_engine(dist, n_ctx=4096, on_run=runs) as engine:
+        received: list[Delta] = []
+        five = asyncio.Event()
+
+        async def consume() -> None:
+            async for delta in engine.stream(ask("Hello", temperature=0)):
+                received.append(delta)
+                if len(received) == 5:
+                    five.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(five.wait(), TIMEOUT)
+        # The loop is free while the worker generates: we are here, and the answer is not done.
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stats = await runs.next()
+        assert stats.finish_reason == "cancelled"
+        assert stats.tokens_after_cancel is not None
+        assert stats.tokens_after_cancel <= 1
+        assert stats.cancel_latency_s is not None
+        assert stats.cancel_latency_s < 1.0 * SCALE
+        assert stats.completion_tokens < 4000
+        # The model's line has moved on: the next request runs at once.
+        _, final = split(await asyncio.wait_for(collect(engine, ask("hi", max_tokens=2)), TIMEOUT))
+        assert final.finish_reason == "length"
+
+
+async def test_requests_for_one_model_run_one_at_a_time_in_order(engine: LlamaCppEngine) -> None:
+    finished: list[int] = []
+    started = [asyncio.Event() for _ in range(3)]
+
+    async def consume(i: int) -> None:
+        stream = engine.stream(ask("Hello", f"r{i}", max_tokens=32))
+        started[i].set()
+        async for _ in stream:
+            pass
+        finished.append(i)
+
+    assert engine.queue_position(None) == 0
+    tasks = [asyncio.create_task(consume(i)) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert finished == [0, 1, 2]
+    assert engine.queue_position(None) == 0
+
+
+async def test_queue_position_and_bound(dist: Path) -> None:
+    async with open_engine(dist, n_ctx=4096, max_queue=1) as engine:
+        first = engine.stream(ask("Hello", "first", temperature=0))
+        await asyncio.wait_for(anext(first), TIMEOUT)  # running now
+        assert engine.queue_position("tiny") == 1
+        assert engine.queue_position("tiny-b") == 0
+
+        second = engine.stream(ask("Hello", "second", max_tokens=1))
+        waiting = asyncio.create_task(first_delta(second))
+        await asyncio.sleep(0)  # one loop turn: the second request runs up to its wait in line
+        assert engine.queue_position(None) == 2
+        with pytest.raises(EngineBusyError):
+            await anext(engine.stream(ask("Hello", "third")))
+
+        await first.aclose()  # cancels the first; the second's turn comes
+        delta = await asyncio.wait_for(waiting, TIMEOUT)
+        assert delta.text or delta.finish_reason
+        await second.aclose()
+
+
+async def test_aclose_stops_running_work_and_unloads(dist: Path, runs: Runs) -> None:
+    engine = LlamaCppEngine(dist, default_model="tiny", n_ctx=4096, n_threads=1, on_run=runs)
+    stream = engine.stream(ask("Hello", temperature=0))
+    await asyncio.wait_for(anext(stream), TIMEOUT)
+    await asyncio.wait_for(engine.aclose(), TIMEOUT)
+    assert (await runs.next()).finish_reason == "cancelled"
+    assert not any(m.loaded for m in await engine.models())
+    await stream.aclose()
+
+
+@pytest.mark.slow
+async def test_smollm2_knows_the_capital_of_france() -> None:
+    if not SMOLLM2.is_file():
+        pytest.skip(f"{SMOLLM2} is missing: run ./setup.sh")
+    async with open_engine(SMOLLM2.parent, default_model=SMOLLM2.name) as engine:
+        request = ask("What is the capital of France?", temperature=0, max_tokens=48)
+        texts, final = split(await asyncio.wait_for(collect(engine, request), TIMEOUT))
+        assert "Paris" in answer(texts)
+        assert final.finish_reason == "stop"

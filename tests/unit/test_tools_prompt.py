@@ -1,0 +1,120 @@
+"""The system-prompt fragment and the OpenAI `tools` conversion."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import pytest
+
+from tether.engines.base import ToolCall
+from tether.tools.base import ToolResult, ToolSpec
+from tether.tools.loader import build_registry
+from tether.tools.prompt import (
+    openai_tools,
+    render_tools_prompt,
+    signature,
+    tools_prompt,
+    type_label,
+)
+from tether.tools.registry import TOOL_NAME_RE, make_tool
+
+
+def test_no_tools_no_fragment() -> None:
+    assert render_tools_prompt([]) == ""
+
+
+def test_builtin_fragment_is_short_and_complete(tmp_path: Any) -> None:
+    specs = build_registry(["builtin"], files_root=tmp_path).specs()
+    text = render_tools_prompt(specs)
+    assert text.splitlines() == [
+        "You can call these tools:",
+        "- current_time(timezone?: string): Get the current date and time.",
+        "- calculator(expression: string): Evaluate an arithmetic expression.",
+        '- list_files(path?: string): List a folder of the shared files (folders end with "/").',
+        "- read_file(path: string): Read a text file of the shared files.",
+        'To call a tool, reply with only <tool_call>{"name": "tool_name", "arguments": '
+        '{"param": "value"}}</tool_call> and wait for its result. '
+        "If no tool is needed, just answer.",
+    ]
+    assert len(text) < 600  # the tiny default model must still answer plain questions
+
+
+def test_example_call_in_the_fragment_is_valid_json() -> None:
+    text = render_tools_prompt([ToolSpec("x", "", {"type": "object"})])
+    body = text.split("<tool_call>")[1].split("</tool_call>")[0]
+    assert json.loads(body) == {"name": "tool_name", "arguments": {"param": "value"}}
+
+
+def test_long_descriptions_are_cut_to_one_short_line() -> None:
+    spec = ToolSpec("t", "First line " + "x" * 300 + "\nsecond line", {"type": "object"})
+    line = render_tools_prompt([spec]).splitlines()[1]
+    assert line.startswith("- t(): First line x")
+    assert line.endswith("…")
+    assert len(line) < 140
+    assert render_tools_prompt([ToolSpec("t", "", {})]).splitlines()[1] == "- t()"
+
+
+def test_signature_from_a_function() -> None:
+    def convert(
+        value: float,
+        unit: Literal["c", "f"] = "c",
+        tags: list[str] | None = None,
+        precise: bool = False,
+        count: int | None = 1,
+    ) -> str:
+        return ""
+
+    assert signature(make_tool(convert).spec) == (
+        'convert(value: number, unit?: "c"|"f", tags?: string[], precise?: bool, count?: int)'
+    )
+
+
+@pytest.mark.parametrize(
+    ("schema", "optional", "label"),
+    [
+        ({"type": "string"}, False, "string"),
+        ({"type": "integer"}, False, "int"),
+        ({"type": ["string", "null"]}, False, "string|null"),
+        ({"type": ["string", "null"]}, True, "string"),
+        ({"anyOf": [{"type": "integer"}, {"type": "null"}]}, False, "int|null"),
+        ({"anyOf": [{"type": "null"}]}, True, "null"),
+        ({"type": "array", "items": {"type": "number"}}, False, "number[]"),
+        ({"type": "array"}, False, "array"),
+        ({"enum": [1, 2]}, False, "1|2"),
+        ({"const": "x"}, False, '"x"'),
+        ({"$ref": "#/$defs/Tree"}, False, "object"),
+        ({"properties": {"a": {}}}, False, "object"),
+        ({}, False, "any"),
+        ("nonsense", False, "any"),
+    ],
+)
+def test_type_labels(schema: Any, optional: bool, label: str) -> None:
+    assert type_label(schema, optional=optional) == label
+
+
+def test_openai_tools() -> None:
+    specs = build_registry(["calculator"]).specs()
+    [entry] = openai_tools(specs)
+    assert entry == {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Evaluate an arithmetic expression.",
+            "parameters": specs[0].parameters,
+        },
+    }
+    assert TOOL_NAME_RE.match(entry["function"]["name"])
+    json.dumps(entry)  # plain JSON all the way down
+
+
+class FakeRunner:
+    def specs(self) -> list[ToolSpec]:
+        return [ToolSpec("ping", "Ping.", {"type": "object", "properties": {}})]
+
+    async def run(self, calls: list[ToolCall]) -> list[ToolResult]:
+        return []
+
+
+def test_tools_prompt_reads_the_runner() -> None:
+    assert tools_prompt(FakeRunner()).splitlines()[1] == "- ping(): Ping."
