@@ -15,11 +15,16 @@ from starlette.routing import WebSocketRoute
 
 from tether.chat import ChatService
 from tether.config import Settings
+from tether.detector import ToolCallDetector
 from tether.engines.base import Engine
 from tether.engines.factory import build_engine
 from tether.errors import TetherError
 from tether.store.base import Store
 from tether.store.sqlite import SQLiteStore
+from tether.tools.executor import ToolExecutor
+from tether.tools.loader import build_registry
+from tether.tools.mcp import McpManager
+from tether.tools.prompt import tools_prompt
 from tether.transports import rest
 from tether.transports.ws import chat_endpoint
 
@@ -33,6 +38,7 @@ class Services:
     settings: Settings
     store: Store
     engine: Engine
+    tools: ToolExecutor
     chat: ChatService
 
 
@@ -56,21 +62,39 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Everything that can refuse the configuration goes first, before anything opens.
+        registry = build_registry(
+            settings.tools.enabled,
+            files_root=settings.tools.files_root,
+            max_read_bytes=settings.tools.max_read_bytes,
+        )
+        mcp = McpManager(settings.mcp.servers)
+        registry.add_source(mcp)
+        active_engine = engine or build_engine(settings)
         store = SQLiteStore(settings.storage.path, synchronous=settings.storage.synchronous)
         await store.open()
-        active_engine = engine or build_engine(settings)
+        await mcp.start()
+        tools = ToolExecutor(
+            registry,
+            timeout_s=settings.limits.tool_timeout_sec,
+            max_result_bytes=settings.tools.max_result_bytes,
+        )
         chat = ChatService(
             store=store,
             engine=active_engine,
             system_prompt=settings.engine.system_prompt,
+            tools=tools,
+            tool_prompt=tools_prompt,
+            detector_factory=lambda offer_tools: ToolCallDetector(detect_calls=offer_tools),
             max_tool_loops=settings.limits.max_tool_loops,
             default_model=settings.engine.model,
         )
-        app.state.services = Services(settings, store, active_engine, chat)
+        app.state.services = Services(settings, store, active_engine, tools, chat)
         log.info("app.started", engine=active_engine.name, db=str(settings.storage.path))
         try:
             yield
         finally:
+            await mcp.aclose()
             await active_engine.aclose()
             await store.close()
             log.info("app.stopped")

@@ -9,6 +9,7 @@ then commit the answer and tell the transport (`Completed`). Transports cancel a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -346,16 +347,17 @@ class ChatService:
                 elif isinstance(piece, MalformedCall):
                     out.malformed.append(piece)
 
-        async for delta in self.engine.stream(request):
-            if delta.text:
-                clock.token()
-                await dispatch(detector.feed(delta.text))
-            if delta.finish_reason is not None:
-                out.finish_reason = delta.finish_reason
-                if delta.usage is not None:
-                    out.usage = delta.usage
-                if delta.metadata:
-                    out.metadata.update(delta.metadata)
+        async with contextlib.aclosing(self.engine.stream(request)) as deltas:
+            async for delta in deltas:
+                if delta.text:
+                    clock.token()
+                    await dispatch(detector.feed(delta.text))
+                if delta.finish_reason is not None:
+                    out.finish_reason = delta.finish_reason
+                    if delta.usage is not None:
+                        out.usage = delta.usage
+                    if delta.metadata:
+                        out.metadata.update(delta.metadata)
         await dispatch(detector.flush())
 
     async def _run_tools(

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 DEFAULT_SYSTEM_PROMPT = "You are Tether, a helpful assistant running locally."
 
 
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "tether"
 
 
@@ -60,12 +61,56 @@ class LogSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a TTY, else JSON
 
 
+class McpServerConfig(BaseModel):
+    """One entry of `mcp.servers` in the config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,32}$")
+    transport: Literal["stdio", "http"] = "stdio"
+    # stdio: the server process (its environment is the SDK's safe minimum plus `env`).
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    # http: a streamable-HTTP endpoint such as http://127.0.0.1:8000/mcp.
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Seconds allowed for each call of its tools (None: limits.tool_timeout_sec), and for
+    # start-up (initialize and tool listing).
+    timeout: float | None = Field(default=None, gt=0)
+    startup_timeout: float = Field(default=30.0, gt=0)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> McpServerConfig:
+        if self.transport == "stdio" and not self.command:
+            raise ValueError(f"mcp server {self.name!r}: transport 'stdio' needs a command")
+        if self.transport == "http" and not self.url:
+            raise ValueError(f"mcp server {self.name!r}: transport 'http' needs a url")
+        return self
+
+
+class ToolsSettings(_Section):
+    # "builtin", built-in names, "pkg.module:function" or "pkg.module" (its @tool functions).
+    enabled: list[str] = Field(default_factory=lambda: ["builtin"])
+    files_root: Path | None = None  # the only folder list_files/read_file may read
+    max_result_bytes: int = Field(default=16 * 1024, ge=256)
+    max_read_bytes: int = Field(default=16 * 1024, ge=256)
+
+
+class McpSettings(_Section):
+    servers: list[McpServerConfig] = Field(default_factory=list)
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
     engine: EngineSettings = EngineSettings()
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
+    tools: ToolsSettings = ToolsSettings()
+    mcp: McpSettings = McpSettings()
 
 
 class ConfigError(Exception):
@@ -84,7 +129,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "log.level": ("TETHER_LOG_LEVEL",),
     "log.format": ("TETHER_LOG_FORMAT",),
 }
-PATH_KEYS = ("storage.path", "engine.dist_path")
+PATH_KEYS = ("storage.path", "engine.dist_path", "tools.files_root")
 _NESTED_PREFIX = "TETHER_"
 _NESTED_SEP = "__"
 
@@ -215,6 +260,8 @@ def load_settings(
         if value is not None:
             _set_dotted(flags, dotted, value)
     data = _merge(data, _absolutize(flags, cwd))
+    if _get_dotted(data, "storage.path") is None:
+        _set_dotted(data, "storage.path", str(default_data_dir(environ) / "tether.db"))
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tether.config import McpServerConfig
 from tether.engines.base import ToolCall
 from tether.tools.executor import ToolExecutor
-from tether.tools.mcp import McpManager, McpServerConfig
+from tether.tools.mcp import McpManager
 from tether.tools.registry import TOOL_NAME_RE, Registry
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

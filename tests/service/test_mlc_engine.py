@@ -187,7 +187,7 @@ async def test_closing_the_stream_early_aborts_too(fake_mlc: ModuleType, dist: P
     stream = engine.stream(request())
     async with asyncio.timeout(TIMEOUT):
         assert (await anext(stream)).text == "echo: "
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
     (mlc,) = fake_mlc.ENGINES
     assert mlc.aborted == [mlc.requests[0]["request_id"]]
 
@@ -225,7 +225,7 @@ async def test_eviction_waits_for_in_flight_requests(
         await collect(engine.stream(request(model=SMOL)))
         qwen = fake_mlc.ENGINES[0]
         assert not qwen.terminated  # evicted, but still serving
-        await held.aclose()  # type: ignore[attr-defined]
+        await held.aclose()
     assert qwen.terminated
 
 

@@ -6,7 +6,8 @@ import mcp_types
 import pytest
 from pydantic import ValidationError
 
-from tether.tools.mcp import McpManager, McpServerConfig, _content_text, tool_name
+from tether.config import McpServerConfig
+from tether.tools.mcp import McpManager, _content_text, tool_name
 from tether.tools.registry import TOOL_NAME_RE, ToolConfigError
 
 

@@ -8,7 +8,7 @@ request) within one token of being cancelled.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -97,8 +97,12 @@ class EngineBusyError(EngineError):
 class Engine(Protocol):
     name: str
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        """Generate the answer to `request.messages` as text deltas, then one final delta."""
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """Generate the answer to `request.messages` as text deltas, then one final delta.
+
+        An async generator, so a consumer that stops early can `aclose()` it and release the
+        engine's work at once rather than at garbage collection.
+        """
         ...
 
     async def models(self) -> list[ModelInfo]:

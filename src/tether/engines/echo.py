@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
-from tether.engines.base import Delta, FinishReason, GenerationRequest, ModelInfo, Usage
+from tether.engines.base import (
+    Delta,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    UnknownModelError,
+    Usage,
+)
 
 MAX_TOKEN_DELAY_MS = 1000
 _WORD = re.compile(r"\s*\S+\s*|\s+")
@@ -36,7 +43,9 @@ class EchoEngine:
     name = "echo"
     model_id = "echo"
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        if request.model not in (None, self.model_id):
+            raise UnknownModelError(f"model {request.model!r} is not served by the echo engine")
         delay = min(max(request.options.token_delay_ms, 0), MAX_TOKEN_DELAY_MS) / 1000
         words = split_words(echo_answer(request))
         limit = request.options.max_tokens

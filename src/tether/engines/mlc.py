@@ -26,7 +26,7 @@ import math
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -275,7 +275,7 @@ class MLCEngine:
             kwargs["stop"] = list(options.stop)
         return kwargs
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         entry = await self._acquire(self._resolve(request.model))
         # Request ids are unique per socket only; MLC needs them unique per engine.
         mlc_request_id = f"{request.request_id}-{secrets.token_hex(6)}"

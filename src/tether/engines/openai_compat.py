@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,7 +222,7 @@ class OpenAIEngine:
             body["stop"] = list(options.stop)
         return body
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         model = request.model or self.default_model or await self._first_model()
         url = f"{self.base_url}/chat/completions"
         state = StreamState()
@@ -238,20 +238,15 @@ class OpenAIEngine:
                 if response.status_code >= 400:
                     raise upstream_error(response.status_code, await response.aread(), url)
                 decoder = SSEDecoder()
-                done = False
                 async for line in response.aiter_lines():
                     data = decoder.feed(line)
-                    if data is None:
-                        continue
                     if data == DONE:
-                        done = True
                         break
-                    text = state.take(data)
-                    if text:
+                    if data is not None and (text := state.take(data)):
                         yield Delta(text=text)
-                if not done and (data := decoder.flush()) is not None and data != DONE:
-                    text = state.take(data)
-                    if text:
+                else:  # no [DONE]: the last event may lack its closing blank line
+                    data = decoder.flush()
+                    if data is not None and data != DONE and (text := state.take(data)):
                         yield Delta(text=text)
         except httpx.ConnectError as exc:
             raise EngineError(f"cannot connect to the OpenAI-compatible server at {url}") from exc

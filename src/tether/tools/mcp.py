@@ -30,14 +30,13 @@ from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 from mcp_types import CONNECTION_CLOSED
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tether import __version__
+from tether.config import McpServerConfig
 from tether.tools.base import ToolSpec
 from tether.tools.registry import Tool, ToolConfigError, ToolError, clean_schema
 
 SEPARATOR: Final = "__"
-SERVER_NAME_RE: Final = r"^[a-zA-Z0-9_-]{1,32}$"
 _MAX_TOOL_PAGES: Final = 50
 # How long aclose() waits for a server's task to wind down before cancelling it (the SDK's
 # stdio shutdown is itself bounded: stdin close, SIGTERM, SIGKILL, 2 s each at most).
@@ -46,36 +45,6 @@ _CLOSE_GRACE_S: Final = 10.0
 log = structlog.get_logger("tether.mcp")
 
 ServerState = Literal["idle", "starting", "running", "failed", "exited", "stopped"]
-
-
-class McpServerConfig(BaseModel):
-    """One entry of `mcp.servers` in the config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=SERVER_NAME_RE)
-    transport: Literal["stdio", "http"] = "stdio"
-    # stdio: the server process (its environment is the SDK's safe minimum plus `env`).
-    command: str | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
-    # http: a streamable-HTTP endpoint such as http://127.0.0.1:8000/mcp.
-    url: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    # Seconds allowed for each call of its tools (None: limits.tool_timeout_sec), and for
-    # start-up (initialize and tool listing).
-    timeout: float | None = Field(default=None, gt=0)
-    startup_timeout: float = Field(default=30.0, gt=0)
-    enabled: bool = True
-
-    @model_validator(mode="after")
-    def _check_transport(self) -> McpServerConfig:
-        if self.transport == "stdio" and not self.command:
-            raise ValueError(f"mcp server {self.name!r}: transport 'stdio' needs a command")
-        if self.transport == "http" and not self.url:
-            raise ValueError(f"mcp server {self.name!r}: transport 'http' needs a url")
-        return self
 
 
 def tool_name(server: str, tool: str) -> str:

@@ -182,6 +182,11 @@ async def list_models(request: Request) -> Response:
     return JSONResponse([asdict(m) for m in models])
 
 
+async def list_tools(request: Request) -> Response:
+    specs = request.app.state.services.tools.specs()
+    return JSONResponse([asdict(spec) for spec in specs])
+
+
 routes = [
     Route("/health", health, methods=["GET"]),
     Route("/sessions", list_sessions, methods=["GET"]),
@@ -195,4 +200,5 @@ routes = [
     Route("/agents/{agent_id}", put_agent, methods=["PUT"]),
     Route("/agents/{agent_id}", delete_agent, methods=["DELETE"]),
     Route("/models", list_models, methods=["GET"]),
+    Route("/tools", list_tools, methods=["GET"]),
 ]

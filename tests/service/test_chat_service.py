@@ -1,0 +1,281 @@
+"""ChatService against a real SQLite file and the echo engine: order, commits, cancel, tools."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.timeouts import scaled
+from tether.chat import ChatService, Turn, TurnControl, TurnOptions
+from tether.detector import ToolCallDetector
+from tether.engines.base import (
+    Delta,
+    EngineBusyError,
+    EngineError,
+    GenerationOptions,
+    GenerationRequest,
+)
+from tether.engines.echo import EchoEngine
+from tether.events import (
+    Accepted,
+    ChatEvent,
+    Completed,
+    Failed,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+from tether.store.base import Agent
+from tether.store.sqlite import SQLiteStore
+from tether.tools.executor import ToolExecutor
+from tether.tools.loader import build_registry
+from tether.tools.prompt import tools_prompt
+
+CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+
+
+class RecordingEcho(EchoEngine):
+    """The echo engine, remembering each request it was given (to check prompts)."""
+
+    def __init__(self) -> None:
+        self.requests: list[GenerationRequest] = []
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        self.requests.append(request)
+        async for delta in super().stream(request):
+            yield delta
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "chat.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def engine() -> RecordingEcho:
+    return RecordingEcho()
+
+
+def make_service(store: SQLiteStore, engine: EchoEngine, **kwargs: object) -> ChatService:
+    tools = ToolExecutor(build_registry(["builtin"]), timeout_s=5)
+    return ChatService(
+        store=store,
+        engine=engine,
+        system_prompt="You are a test.",
+        tools=tools,
+        tool_prompt=tools_prompt,
+        detector_factory=lambda offer: ToolCallDetector(detect_calls=offer),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def run(service: ChatService, turn: Turn, control: TurnControl | None = None) -> list[ChatEvent]:
+    events: list[ChatEvent] = []
+
+    async def emit(event: ChatEvent) -> None:
+        events.append(event)
+
+    async with asyncio.timeout(scaled(30)):
+        await service.run_turn(turn, emit, control)
+    return events
+
+
+async def test_a_turn_streams_and_commits_in_order(store: SQLiteStore, engine: RecordingEcho) -> None:
+    service = make_service(store, engine)
+    seen_at_processing: list[tuple[object, ...]] = []
+    seen_at_complete: list[tuple[object, ...]] = []
+    events: list[ChatEvent] = []
+
+    async def emit(event: ChatEvent) -> None:
+        # Read through a separate connection: only committed rows are visible there.
+        if isinstance(event, Accepted):
+            seen_at_processing.extend(rows(store.path, "SELECT role, content FROM messages"))
+        if isinstance(event, Completed):
+            seen_at_complete.extend(rows(store.path, "SELECT role, content FROM messages"))
+        events.append(event)
+
+    await service.run_turn(Turn("r1", "hello big world"), emit)
+    assert isinstance(events[0], Accepted)
+    assert events[0].created_session
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello big world"
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert final.finish_reason == "stop"
+    assert final.usage.completion_tokens == 3
+    assert final.timings.total_ms >= 0
+    assert seen_at_processing == [("user", "hello big world")]
+    assert seen_at_complete == [("user", "hello big world"), ("assistant", "hello big world")]
+
+
+async def test_history_and_system_prompt_reach_the_engine(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
+    service = make_service(store, engine)
+    first = await run(service, Turn("r1", "one"))
+    accepted = first[0]
+    assert isinstance(accepted, Accepted)
+    await run(service, Turn("r2", "two", session_id=accepted.session_id, options=TurnOptions(tools=False)))
+    prompt = engine.requests[-1].messages
+    assert [(m.role, m.content) for m in prompt] == [
+        ("system", "You are a test."),
+        ("user", "one"),
+        ("assistant", "one"),
+        ("user", "two"),
+    ]
+    # With tools on (the first turn), the system prompt lists them.
+    assert "calculator" in engine.requests[0].messages[0].content
+
+
+async def test_agent_prompt_and_context(store: SQLiteStore, engine: RecordingEcho) -> None:
+    await store.put_agent(Agent("rev", "Reviewer", "You review.", "- be brief"))
+    service = make_service(store, engine)
+    events = await run(service, Turn("r1", "hi", agent_id="rev", options=TurnOptions(tools=False)))
+    assert isinstance(events[-1], Completed)
+    assert engine.requests[0].messages[0].content == "You review.\n\n- be brief"
+    accepted = events[0]
+    assert isinstance(accepted, Accepted)
+    # The session remembers its agent for later turns.
+    await run(service, Turn("r2", "again", session_id=accepted.session_id, options=TurnOptions(tools=False)))
+    assert engine.requests[1].messages[0].content == "You review.\n\n- be brief"
+
+
+async def test_unknown_session_and_agent_fail_without_inventing(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
+    service = make_service(store, engine)
+    for turn in (Turn("r1", "hi", session_id="nope"), Turn("r2", "hi", agent_id="ghost")):
+        events = await run(service, turn)
+        assert len(events) == 1
+        assert isinstance(events[0], Failed)
+        assert events[0].code == "not_found"
+    assert rows(store.path, "SELECT count(*) FROM sessions") == [(0,)]
+    assert engine.requests == []
+
+
+async def test_cancel_keeps_the_partial_answer(store: SQLiteStore, engine: RecordingEcho) -> None:
+    service = make_service(store, engine)
+    control = TurnControl()
+    events: list[ChatEvent] = []
+
+    async def emit(event: ChatEvent) -> None:
+        events.append(event)
+        if isinstance(event, TextDelta) and len(events) == 3:
+            control.cancel()
+
+    slow = TurnOptions(generation=GenerationOptions(token_delay_ms=50))
+    async with asyncio.timeout(scaled(30)):
+        await service.run_turn(Turn("r1", "a b c d e f g h", options=slow), emit, control)
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert final.finish_reason == "cancelled"
+    stored = rows(store.path, "SELECT content, status FROM messages WHERE role = 'assistant'")
+    assert stored == [("a b ", "cancelled")]
+
+
+async def test_the_tool_loop_with_echo(store: SQLiteStore, engine: RecordingEcho) -> None:
+    service = make_service(store, engine)
+    events = await run(service, Turn("r1", CALC))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:3] == ["Accepted", "ToolCallStarted", "ToolCallFinished"]
+    started, finished = events[1], events[2]
+    assert isinstance(started, ToolCallStarted)
+    assert (started.name, started.arguments) == ("calculator", {"expression": "6*7"})
+    assert isinstance(finished, ToolCallFinished)
+    assert (finished.call_id, finished.result, finished.error) == (started.call_id, "42", None)
+    answer = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert answer == "Tool calculator returned: 42"
+    assert isinstance(events[-1], Completed)
+    stored = rows(store.path, "SELECT role, content, tool_call_id FROM messages ORDER BY rowid")
+    assert stored == [
+        ("user", CALC, None),
+        ("assistant", "", None),
+        ("tool", "42", started.call_id),
+        ("assistant", "Tool calculator returned: 42", None),
+    ]
+    # The calls and results replay into the next turn's prompt.
+    accepted = events[0]
+    assert isinstance(accepted, Accepted)
+    await run(service, Turn("r2", "thanks", session_id=accepted.session_id))
+    replay = engine.requests[-1].messages
+    assert [m.role for m in replay] == ["system", "user", "assistant", "tool", "assistant", "user"]
+    assert replay[2].tool_calls[0].name == "calculator"
+
+
+async def test_the_tool_loop_stops_at_the_limit(store: SQLiteStore, engine: RecordingEcho) -> None:
+    service = make_service(store, engine, max_tool_loops=0)
+    events = await run(service, Turn("r1", CALC))
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert final.finish_reason == "tool_loop_limit"
+
+
+async def test_tools_off_leaves_markup_as_text(store: SQLiteStore, engine: RecordingEcho) -> None:
+    service = make_service(store, engine)
+    events = await run(service, Turn("r1", CALC, options=TurnOptions(tools=False)))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == CALC
+
+
+class FailingEngine(EchoEngine):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        yield Delta(text="partial ")
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (EngineError("model crashed"), "engine_error"),
+        (EngineBusyError("queue full"), "busy"),
+        (RuntimeError("bug"), "internal"),
+    ],
+)
+async def test_engine_failures_become_errors_and_keep_the_partial(
+    store: SQLiteStore, error: Exception, code: str
+) -> None:
+    service = make_service(store, FailingEngine(error))
+    events = await run(service, Turn("r1", "hi"))
+    final = events[-1]
+    assert isinstance(final, Failed)
+    assert final.code == code
+    if code == "internal":
+        assert "bug" not in final.message  # no internals leak to the client
+    assert rows(store.path, "SELECT content, status FROM messages WHERE role='assistant'") == [
+        ("partial ", "error")
+    ]
+
+
+async def test_task_cancellation_stores_the_answer_as_interrupted(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
+    service = make_service(store, engine)
+    first_text = asyncio.Event()
+
+    async def emit(event: ChatEvent) -> None:
+        if isinstance(event, TextDelta):
+            first_text.set()
+
+    slow = TurnOptions(generation=GenerationOptions(token_delay_ms=200))
+    task = asyncio.create_task(service.run_turn(Turn("r1", "a b c d e", options=slow), emit))
+    async with asyncio.timeout(scaled(30)):
+        await first_text.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rows(store.path, "SELECT content, status FROM messages WHERE role='assistant'") == [
+        ("a ", "interrupted")
+    ]

@@ -1,0 +1,147 @@
+"""Real servers for tests: the app under uvicorn in this process, or `tether serve` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from tests.support.timeouts import scaled
+from tether.app import create_app
+from tether.config import Settings, load_settings
+from tether.engines.base import Engine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a test server: echo engine, a fresh SQLite file, no config file, no env."""
+    values: dict[str, Any] = {
+        "storage.path": str(tmp_path / "tether.db"),
+        "engine.name": "echo",
+        "log.format": "json",
+    }
+    values.update(overrides)
+    return load_settings(overrides=values, environ={}, cwd=tmp_path)
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    settings: Settings
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/chat"
+
+
+@contextlib.asynccontextmanager
+async def serve_app(settings: Settings, *, engine: Engine | None = None) -> AsyncIterator[RunningServer]:
+    """Run `create_app(settings)` under a real uvicorn on a free loopback port, in this loop."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, engine=engine),
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        ws_max_size=settings.limits.max_frame_bytes,
+        log_config=None,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(scaled(30)):
+            while not server.started:
+                if task.done():
+                    task.result()  # start-up failed: raise its error here
+                    raise RuntimeError("uvicorn exited during start-up")
+                await asyncio.sleep(0.01)  # polling a flag uvicorn sets; bounded by the timeout
+        yield RunningServer(settings, port)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, scaled(30))
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/chat"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def tether_bin() -> list[str]:
+    return [sys.executable, "-m", "tether"]
+
+
+@contextlib.contextmanager
+def tether_serve(
+    tmp_path: Path, *args: str, env: Mapping[str, str] | None = None, port: int | None = None
+) -> Iterator[ServerProcess]:
+    """Start `tether serve` as a real process and wait until /health answers."""
+    port = port or free_port()
+    log_path = tmp_path / f"serve-{port}-{time.monotonic_ns()}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "MLC_"))}
+    full_env.update(env or {})
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*tether_bin(), "serve", "--port", str(port), *args],
+            cwd=tmp_path,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(process, port, log_path)
+    try:
+        deadline = time.monotonic() + scaled(60)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"tether serve exited with {process.returncode}:\n{server.log()}")
+            try:
+                if httpx.get(f"{server.http_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tether serve did not come up:\n{server.log()}")
+            time.sleep(0.05)  # polling readiness of another process; bounded by the deadline
+        yield server
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=scaled(30))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,110 @@
+"""Settings: config.yaml < environment < flags; every bad value names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tether.config import ConfigError, load_settings
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_any_source(tmp_path: Path) -> None:
+    settings = load_settings(environ={"XDG_DATA_HOME": str(tmp_path)}, cwd=tmp_path)
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8000)
+    assert settings.storage.path == tmp_path / "tether" / "tether.db"
+    assert settings.storage.synchronous == "FULL"
+    assert settings.limits.max_frame_bytes == 1024 * 1024
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.yaml", "server:\n  host: 10.0.0.1\n  port: 7000\n")
+    env = {"TETHER_PORT": "7001"}
+    from_file_and_env = load_settings(config_path=config, environ=env, cwd=tmp_path)
+    assert from_file_and_env.server.host == "10.0.0.1"
+    assert from_file_and_env.server.port == 7001
+    with_flag = load_settings(
+        config_path=config, environ=env, cwd=tmp_path, overrides={"server.port": 7002}
+    )
+    assert with_flag.server.port == 7002
+
+
+def test_seed_aliases_and_tether_names_win(tmp_path: Path) -> None:
+    env = {
+        "MLC_HOST": "0.0.0.0",
+        "MLC_PORT": "9000",
+        "MLC_SQLITE_URL": "sqlite:///sessions.db",
+        "MLC_DIST_PATH": "/models",
+    }
+    settings = load_settings(environ=env, cwd=tmp_path)
+    assert settings.server.host == "0.0.0.0"
+    assert settings.server.port == 9000
+    assert settings.storage.path == tmp_path / "sessions.db"
+    assert settings.engine.dist_path == Path("/models")
+    settings = load_settings(environ={**env, "TETHER_PORT": "9001"}, cwd=tmp_path)
+    assert settings.server.port == 9001
+
+
+def test_nested_environment_names(tmp_path: Path) -> None:
+    env = {"TETHER_LIMITS__MAX_TEXT_CHARS": "42", "TETHER_TOOLS__ENABLED": '["calculator"]'}
+    settings = load_settings(environ=env, cwd=tmp_path)
+    assert settings.limits.max_text_chars == 42
+    assert settings.tools.enabled == ["calculator"]
+
+
+def test_relative_paths_in_the_file_are_relative_to_it(tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    config = write(folder / "config.yaml", "storage:\n  path: data/t.db\n")
+    elsewhere = tmp_path / "elsewhere"
+    settings = load_settings(config_path=config, environ={}, cwd=elsewhere)
+    assert settings.storage.path == folder / "data" / "t.db"
+    flagged = load_settings(environ={}, cwd=elsewhere, overrides={"storage.path": "x.db"})
+    assert flagged.storage.path == elsewhere / "x.db"
+
+
+def test_config_yaml_in_the_working_directory_is_found(tmp_path: Path) -> None:
+    write(tmp_path / "config.yaml", "engine:\n  name: echo\nserver:\n  port: 8123\n")
+    assert load_settings(environ={}, cwd=tmp_path).server.port == 8123
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "env", "says"),
+    [
+        ("server:\n  port: 70000\n", {}, "server.port"),
+        ("server:\n  prot: 1\n", {}, "server.prot"),
+        ("engine:\n  name: gpt\n", {}, "engine.name"),
+        ("", {"TETHER_PORT": "eighty"}, "server.port"),
+        ("", {"TETHER_LIMITS__MAX_TEXT_CHARS": "0"}, "limits.max_text_chars"),
+        ("mcp:\n  servers:\n    - name: x\n      transport: stdio\n", {}, "mcp.servers.0"),
+    ],
+)
+def test_bad_values_name_the_key(
+    tmp_path: Path, yaml_text: str, env: dict[str, str], says: str
+) -> None:
+    config = write(tmp_path / "c.yaml", yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_path=config, environ=env, cwd=tmp_path)
+    assert says in str(caught.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(config_path=tmp_path / "missing.yaml", environ={}, cwd=tmp_path)
+    bad = write(tmp_path / "bad.yaml", "server: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(config_path=bad, environ={}, cwd=tmp_path)
+    listed = write(tmp_path / "list.yaml", "- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(config_path=listed, environ={}, cwd=tmp_path)
+
+
+def test_repository_config_yaml_is_valid() -> None:
+    repo_config = Path(__file__).resolve().parents[2] / "config.yaml"
+    settings = load_settings(config_path=repo_config, environ={}, cwd=repo_config.parent)
+    assert settings.storage.path == repo_config.parent / "data" / "tether.db"

@@ -1,0 +1,201 @@
+"""Protocol v1: parsing every client frame, and rendering every server frame."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tether.engines.base import Usage
+from tether.events import (
+    Accepted,
+    Completed,
+    Failed,
+    TextDelta,
+    ThinkingDelta,
+    Timings,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+from tether.protocol import (
+    CancelFrame,
+    ChatFrame,
+    PingFrame,
+    ProtocolError,
+    RequestFrames,
+    ResumeFrame,
+    event_body,
+    parse_client_frame,
+)
+
+LIMIT = 1000
+
+
+def parse(data: object) -> object:
+    return parse_client_frame(json.dumps(data), max_text_chars=LIMIT)
+
+
+def parse_error(raw: str | bytes) -> ProtocolError:
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_frame(raw, max_text_chars=LIMIT)
+    return caught.value
+
+
+def test_chat_frame_with_every_field() -> None:
+    frame = parse(
+        {
+            "type": "chat",
+            "request_id": "r1",
+            "text": "hi",
+            "session_id": "s",
+            "agent_id": "a",
+            "parent_id": "p",
+            "options": {
+                "model": "m",
+                "temperature": 0.2,
+                "top_p": 0.9,
+                "max_tokens": 5,
+                "seed": 7,
+                "stop": ["\n"],
+                "tools": False,
+                "show_thoughts": True,
+                "token_delay_ms": 10,
+            },
+        }
+    )
+    assert isinstance(frame, ChatFrame)
+    assert (frame.session_id, frame.agent_id, frame.parent_id) == ("s", "a", "p")
+    assert frame.options.max_tokens == 5
+    assert frame.options.stop_sequences() == ("\n",)
+    assert frame.options.tools is False
+
+
+def test_seed_003_action_payload_alias() -> None:
+    frame = parse({"action": "chat", "payload": {"text": "hello"}, "request_id": "x"})
+    assert isinstance(frame, ChatFrame)
+    assert (frame.text, frame.request_id) == ("hello", "x")
+
+
+def test_missing_request_id_is_filled_in() -> None:
+    frame = parse({"type": "ping"})
+    assert isinstance(frame, PingFrame)
+    assert len(frame.request_id) == 32
+
+
+def test_cancel_resume_ping() -> None:
+    assert isinstance(parse({"type": "cancel", "request_id": "a"}), CancelFrame)
+    resume = parse({"type": "resume", "request_id": "a", "after_seq": 3})
+    assert isinstance(resume, ResumeFrame)
+    assert resume.after_seq == 3
+
+
+def test_bytes_frames_are_json_too() -> None:
+    frame = parse_client_frame(b'{"type": "ping", "request_id": "b"}', max_text_chars=LIMIT)
+    assert isinstance(frame, PingFrame)
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "request_id", "says"),
+    [
+        ("not json", "bad_request", None, "not valid JSON"),
+        (b"\xff\xfe", "bad_request", None, "not valid JSON"),
+        ("[1, 2]", "bad_request", None, "JSON object"),
+        ('{"request_id": "r"}', "bad_request", "r", "no type"),
+        ('{"type": "shout", "request_id": "r"}', "bad_request", "r", "unknown frame type 'shout'"),
+        ('{"type": "chat", "request_id": "r"}', "bad_request", "r", "text: Field required"),
+        ('{"type": "chat", "request_id": "r", "text": 5}', "bad_request", "r", "text"),
+        ('{"type": "chat", "request_id": "r", "text": "  "}', "bad_request", "r", "empty"),
+        ('{"type": "chat", "request_id": 5, "text": "x"}', "bad_request", None, "request_id"),
+        (
+            '{"type": "chat", "request_id": "r", "text": "x", "options": {"temprature": 1}}',
+            "bad_request",
+            "r",
+            "options.temprature",
+        ),
+        (
+            '{"type": "chat", "request_id": "r", "text": "x", "options": {"max_tokens": 0}}',
+            "bad_request",
+            "r",
+            "options.max_tokens",
+        ),
+        ('{"type": "resume", "request_id": "r", "after_seq": "x"}', "bad_request", "r", "after_seq"),
+    ],
+)
+def test_bad_frames_name_the_problem(
+    raw: str | bytes, code: str, request_id: str | None, says: str
+) -> None:
+    error = parse_error(raw)
+    assert error.code == code
+    assert error.request_id == request_id
+    assert says in error.message
+
+
+def test_text_over_the_limit_is_too_large() -> None:
+    error = parse_error(json.dumps({"type": "chat", "request_id": "r", "text": "x" * (LIMIT + 1)}))
+    assert (error.code, error.request_id) == ("too_large", "r")
+    assert str(LIMIT) in error.message
+
+
+def test_text_at_the_limit_is_fine() -> None:
+    assert isinstance(parse({"type": "chat", "request_id": "r", "text": "x" * LIMIT}), ChatFrame)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.binary(), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=10,
+).map(json.dumps)))
+def test_any_input_parses_or_fails_cleanly(raw: str | bytes) -> None:
+    try:
+        parse_client_frame(raw, max_text_chars=LIMIT)
+    except ProtocolError as error:
+        assert error.code in {"bad_request", "too_large"}
+        assert error.message
+
+
+def test_seq_rises_by_one_per_request() -> None:
+    frames = RequestFrames("r")
+    rendered = [json.loads(frames.render({"status": "pong"})) for _ in range(3)]
+    assert [f["seq"] for f in rendered] == [0, 1, 2]
+    assert {f["request_id"] for f in rendered} == {"r"}
+
+
+def test_event_bodies() -> None:
+    assert event_body(TextDelta("hi")) == {"status": "chunk", "chunk": {"type": "text", "data": "hi"}}
+    assert event_body(ThinkingDelta("hm"))["chunk"]["type"] == "thinking"
+    processing = event_body(Accepted("s", "u", "echo", 2, True))
+    assert processing["status"] == "processing"
+    assert processing["chunk"]["metadata"] == {
+        "session_id": "s",
+        "user_message_id": "u",
+        "model": "echo",
+        "queue_position": 2,
+        "created_session": True,
+    }
+    call = event_body(ToolCallStarted("c", "calculator", {"expression": "1"}))
+    assert call["chunk"] == {
+        "type": "tool_call",
+        "data": {"id": "c", "name": "calculator", "arguments": {"expression": "1"}},
+    }
+    ok = event_body(ToolCallFinished("c", "calculator", "1", None, 1.5))["chunk"]["data"]
+    assert ok == {"id": "c", "name": "calculator", "result": "1", "duration_ms": 1.5}
+    bad = event_body(ToolCallFinished("c", "calculator", None, "boom", 1.5))["chunk"]["data"]
+    assert "result" not in bad
+    assert bad["error"] == "boom"
+    complete = event_body(
+        Completed("m", "length", Usage(3, 4), Timings(1.0, 2.0, 3.0), {"trimmed_messages": 2})
+    )
+    assert complete["chunk"]["metadata"] == {
+        "message_id": "m",
+        "finish_reason": "length",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+        "timings": {"ttft_ms": 1.0, "tokens_per_s": 2.0, "total_ms": 3.0},
+        "trimmed_messages": 2,
+    }
+    assert event_body(Failed("not_found", "nope")) == {
+        "status": "error",
+        "error": {"code": "not_found", "message": "nope"},
+    }
