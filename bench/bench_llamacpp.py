@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -24,6 +27,7 @@ from typing import Any, cast
 import llama_cpp
 
 from tether.engines.base import ChatMessage, GenerationOptions, GenerationRequest
+from tether.engines.chat_template import ChatTemplate
 from tether.engines.llamacpp import LlamaCppEngine
 
 SYSTEM = "You are Tether, a helpful assistant running locally."
@@ -64,7 +68,7 @@ class Timing:
 
 
 def raw_run(llama: llama_cpp.Llama, prompt: list[int], max_tokens: int) -> Timing:
-    llama.reset()  # no prefix reuse: measure the same work as a cold engine turn
+    cast(Any, llama).reset()  # no prefix reuse: measure the same work as a cold engine turn
     timing = Timing()
     chunks = llama.create_completion(
         prompt, max_tokens=max_tokens, temperature=0.0, stream=True, repeat_penalty=1.0
@@ -94,41 +98,76 @@ def story_request(request_id: str, max_tokens: int) -> GenerationRequest:
     )
 
 
-async def bench_decode(model: Path, threads: int, rounds: int, max_tokens: int) -> None:
-    print(f"\n## decode speed: {max_tokens} tokens, greedy, {rounds} interleaved rounds")
+async def decode_side(side: str, model: Path, threads: int, max_tokens: int) -> dict[str, float]:
+    """One measurement in this process: raw llama-cpp-python or the engine, never both.
+
+    Each side runs in a process of its own because llama.cpp's OpenMP build keeps a team of
+    threads per calling thread, and two teams in one process slow each other down.
+    """
     engine = LlamaCppEngine(
-        model.parent, default_model=model.name, n_ctx=N_CTX, n_threads=threads,
+        model.parent,
+        default_model=model.name,
+        n_ctx=N_CTX,
+        n_threads=threads,
         prompt_cache_bytes=0,
     )
-    llama = llama_cpp.Llama(
-        str(model), n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False
-    )
     try:
-        # The exact prompt tokens the engine builds, so both sides do the same work.
-        await engine_run(engine, story_request("warm-up", 4))
-        loaded = engine._slots[model.name.removesuffix(".gguf")].model
-        assert loaded is not None
-        prompt = loaded.encode(story_request("p", 1).messages)
-        raw_run(llama, prompt, 4)
-        raw_tps, engine_tps, raw_ttft, engine_ttft = [], [], [], []
-        for i in range(rounds):
-            raw = raw_run(llama, prompt, max_tokens)
-            loaded.prompt_cache.clear()
-            eng = await engine_run(engine, story_request(f"r{i}", max_tokens))
-            raw_tps.append(raw.decode_tps)
-            engine_tps.append(eng.decode_tps)
-            raw_ttft.append(raw.ttft)
-            engine_ttft.append(eng.ttft)
-            print(
-                f"round {i + 1}: raw {raw.tokens} tok {raw.decode_tps:6.1f} tok/s | "
-                f"engine {eng.tokens} tok {eng.decode_tps:6.1f} tok/s"
+        if side == "engine":
+            await engine_run(engine, story_request("warm-up", 4))
+            timing = await engine_run(engine, story_request("run", max_tokens))
+        else:
+            # The exact prompt tokens the engine builds (its template), so both do the same work.
+            llama = llama_cpp.Llama(
+                str(model), n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False
             )
-        print(f"raw llama-cpp-python: {median(raw_tps):6.1f} tok/s (median), ttft {ms(median(raw_ttft))}")
-        print(f"tether engine:        {median(engine_tps):6.1f} tok/s (median), ttft {ms(median(engine_ttft))}")
-        print(f"ratio engine/raw:     {median(engine_tps) / median(raw_tps):.3f}")
+            template = ChatTemplate(
+                llama.metadata.get("tokenizer.chat_template"), bos_token="", eos_token=""
+            )
+            text = template.render(story_request("p", 1).messages)
+            prompt = llama.tokenize(text.encode(), add_bos=False, special=True)
+            raw_run(llama, prompt, 4)
+            timing = raw_run(llama, prompt, max_tokens)
+            llama.close()
     finally:
-        llama.close()
         await engine.aclose()
+    return {"tps": timing.decode_tps, "ttft": timing.ttft, "tokens": timing.tokens}
+
+
+def bench_decode(model: Path, threads: int, rounds: int, max_tokens: int) -> None:
+    print(f"\n## decode speed: {max_tokens} tokens, greedy, {rounds} interleaved rounds")
+    results: dict[str, list[dict[str, float]]] = {"raw": [], "engine": []}
+    for i in range(rounds):
+        for side in ("raw", "engine"):
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--model",
+                    str(model),
+                    "--threads",
+                    str(threads),
+                    "--tokens",
+                    str(max_tokens),
+                    "--decode-side",
+                    side,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            results[side].append(json.loads(out.strip().splitlines()[-1]))
+        raw, eng = results["raw"][-1], results["engine"][-1]
+        print(
+            f"round {i + 1}: raw {raw['tokens']:.0f} tok {raw['tps']:6.1f} tok/s | "
+            f"engine {eng['tokens']:.0f} tok {eng['tps']:6.1f} tok/s"
+        )
+    raw_tps = median([r["tps"] for r in results["raw"]])
+    engine_tps = median([r["tps"] for r in results["engine"]])
+    raw_ttft = median([r["ttft"] for r in results["raw"]])
+    engine_ttft = median([r["ttft"] for r in results["engine"]])
+    print(f"raw llama-cpp-python: {raw_tps:6.1f} tok/s (median), ttft {ms(raw_ttft)}")
+    print(f"tether engine:        {engine_tps:6.1f} tok/s (median), ttft {ms(engine_ttft)}")
+    print(f"ratio engine/raw:     {engine_tps / raw_tps:.3f}")
 
 
 def next_turn(history: tuple[ChatMessage, ...], answer: str, turn: int) -> tuple[ChatMessage, ...]:
@@ -156,29 +195,34 @@ async def converse(
 async def bench_turns(model: Path, threads: int, turns: int, max_tokens: int) -> None:
     print(f"\n## prompt reuse over one conversation of {turns} turns ({max_tokens} tokens each)")
     engine = LlamaCppEngine(model.parent, default_model=model.name, n_ctx=N_CTX, n_threads=threads)
-    cold = LlamaCppEngine(
-        model.parent, default_model=model.name, n_ctx=N_CTX, n_threads=threads,
-        prompt_cache_bytes=0,
-    )
+    history: tuple[ChatMessage, ...] = (ChatMessage("system", SYSTEM), ChatMessage("user", STORY))
+    ttfts: list[float] = []
     try:
-        await converse(cold, (ChatMessage("user", "warm up"),), "warm", 2)
-        history: tuple[ChatMessage, ...] = (ChatMessage("system", SYSTEM), ChatMessage("user", STORY))
-        ttfts: list[float] = []
+        await converse(engine, (ChatMessage("user", "warm up"),), "warm", 2)
         for turn in range(1, turns + 1):
             ttft, answer, prompt_tokens = await converse(engine, history, f"t{turn}", max_tokens)
             ttfts.append(ttft)
             print(f"turn {turn}: prompt {prompt_tokens:5d} tokens, ttft {ms(ttft)}")
             last_history = history
             history = next_turn(history, answer, turn)
-        # Turn N's prompt on a context that holds something else: evaluated in full.
-        await converse(cold, (ChatMessage("user", "something else"),), "other", 2)
-        cold_ttft, _, cold_tokens = await converse(cold, last_history, "cold", max_tokens)
-        print(f"turn {turns} evaluated from scratch: {cold_tokens} tokens, ttft {ms(cold_ttft)}")
-        print(f"turn-{turns}/turn-1 ttft with reuse:    {ttfts[-1] / ttfts[0]:.2f}")
-        print(f"turn-{turns}/turn-1 ttft without reuse: {cold_ttft / ttfts[0]:.2f}")
     finally:
         await engine.aclose()
+    # Turn N's prompt on a fresh context: evaluated in full, as every turn would be without reuse.
+    cold = LlamaCppEngine(
+        model.parent,
+        default_model=model.name,
+        n_ctx=N_CTX,
+        n_threads=threads,
+        prompt_cache_bytes=0,
+    )
+    try:
+        await converse(cold, (ChatMessage("user", "warm up"),), "warm", 2)
+        cold_ttft, _, cold_tokens = await converse(cold, last_history, "cold", max_tokens)
+    finally:
         await cold.aclose()
+    print(f"turn {turns} evaluated from scratch: {cold_tokens} tokens, ttft {ms(cold_ttft)}")
+    print(f"turn-{turns}/turn-1 ttft with reuse:    {ttfts[-1] / ttfts[0]:.2f}")
+    print(f"turn-{turns}/turn-1 ttft without reuse: {cold_ttft / ttfts[0]:.2f}")
 
 
 async def bench_sessions(model: Path, threads: int, turns: int, max_tokens: int) -> None:
@@ -186,12 +230,18 @@ async def bench_sessions(model: Path, threads: int, turns: int, max_tokens: int)
     results: dict[str, list[float]] = {}
     for label, cache_bytes in (("prompt cache on ", 256 << 20), ("prompt cache off", 0)):
         engine = LlamaCppEngine(
-            model.parent, default_model=model.name, n_ctx=N_CTX, n_threads=threads,
+            model.parent,
+            default_model=model.name,
+            n_ctx=N_CTX,
+            n_threads=threads,
             prompt_cache_bytes=cache_bytes,
         )
         try:
-            sessions = {
-                name: (ChatMessage("system", SYSTEM), ChatMessage("user", f"{STORY} Call it {name}."))
+            sessions: dict[str, tuple[ChatMessage, ...]] = {
+                name: (
+                    ChatMessage("system", SYSTEM),
+                    ChatMessage("user", f"{STORY} Call it {name}."),
+                )
                 for name in ("A", "B")
             }
             ttfts: list[float] = []
@@ -201,8 +251,8 @@ async def bench_sessions(model: Path, threads: int, turns: int, max_tokens: int)
                     ttfts.append(ttft)
                     sessions[name] = next_turn(history, answer, turn)
             results[label] = ttfts
-            last = ttfts[-2:]
-            print(f"{label}: turn 1 ttft {ms(median(ttfts[:2]))}, turn {turns} ttft {ms(median(last))}")
+            first, last = median(ttfts[:2]), median(ttfts[-2:])
+            print(f"{label}: turn 1 ttft {ms(first)}, turn {turns} ttft {ms(last)}")
         finally:
             await engine.aclose()
     on, off = median(results["prompt cache on "][-2:]), median(results["prompt cache off"][-2:])
@@ -216,9 +266,14 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--decode-side", choices=("raw", "engine"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.decode_side:
+        result = await decode_side(args.decode_side, args.model, args.threads, args.tokens)
+        print(json.dumps(result))
+        return
     print(f"model {args.model}, {args.threads} threads, llama-cpp-python {llama_cpp.__version__}")
-    await bench_decode(args.model, args.threads, args.rounds, args.tokens)
+    bench_decode(args.model, args.threads, args.rounds, args.tokens)
     await bench_turns(args.model, args.threads, args.turns, 48)
     await bench_sessions(args.model, args.threads, max(2, args.turns // 2), 48)
 

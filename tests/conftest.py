@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import RunningServer, serve_app, make_settings
+from tests.support.servers import RunningServer, make_settings, serve_app
 from tether.config import Settings
 
 

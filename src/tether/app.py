@@ -19,6 +19,7 @@ from tether.detector import ToolCallDetector
 from tether.engines.base import Engine
 from tether.engines.factory import build_engine
 from tether.errors import TetherError
+from tether.security import security_middleware
 from tether.store.base import Store
 from tether.store.sqlite import SQLiteStore
 from tether.tools.executor import ToolExecutor
@@ -58,19 +59,23 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
-    """The ASGI app. `engine` overrides the configured one (tests, embedding)."""
+    """The ASGI app. `engine` overrides the configured one (tests, embedding).
+
+    What can refuse the configuration (tools, engine) is built here, at once, so that `tether
+    serve` can say what is wrong before it binds; what does I/O opens in the lifespan.
+    Raises ToolConfigError or EngineUnavailable.
+    """
+    registry = build_registry(
+        settings.tools.enabled,
+        files_root=settings.tools.files_root,
+        max_read_bytes=settings.tools.max_read_bytes,
+    )
+    mcp = McpManager(settings.mcp.servers)
+    registry.add_source(mcp)
+    active_engine = engine or build_engine(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Everything that can refuse the configuration goes first, before anything opens.
-        registry = build_registry(
-            settings.tools.enabled,
-            files_root=settings.tools.files_root,
-            max_read_bytes=settings.tools.max_read_bytes,
-        )
-        mcp = McpManager(settings.mcp.servers)
-        registry.add_source(mcp)
-        active_engine = engine or build_engine(settings)
         store = SQLiteStore(settings.storage.path, synchronous=settings.storage.synchronous)
         await store.open()
         await mcp.start()
@@ -102,5 +107,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     return Starlette(
         routes=[*rest.routes, WebSocketRoute("/ws/chat", chat_endpoint)],
         lifespan=lifespan,
+        middleware=security_middleware(settings),
         exception_handlers={TetherError: _tether_error, HTTPException: _http_error},
     )

@@ -21,7 +21,10 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tether.app import create_app
+    from tether.engines.factory import EngineUnavailable
     from tether.log import configure_logging
+    from tether.security import check_bind
+    from tether.tools.registry import ToolConfigError
 
     try:
         settings = load_settings(
@@ -38,9 +41,18 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    refusal = check_bind(settings)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     configure_logging(settings.log.level, settings.log.format)
+    try:
+        app = create_app(settings)
+    except (ToolConfigError, EngineUnavailable) as exc:
+        print(f"tether serve: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         ws="websockets-sansio",

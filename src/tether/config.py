@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_SYSTEM_PROMPT = "You are Tether, a helpful assistant running locally."
 
@@ -41,11 +49,28 @@ class StorageSettings(_Section):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
+class OpenAISettings(_Section):
+    """An OpenAI-compatible upstream: mlc_llm serve, Ollama, vLLM, llama.cpp's server."""
+
+    base_url: str = "http://127.0.0.1:8080/v1"
+    api_key: SecretStr | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=300.0, gt=0)
+
+
+class MLCSettings(_Section):
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, vulkan, metal, ...
+    mode: Literal["local", "interactive", "server"] = "local"
+    max_loaded: int = Field(default=1, ge=1)
+
+
 class EngineSettings(_Section):
     name: Literal["echo", "llamacpp", "mlc", "openai"] = "echo"
     model: str | None = None  # the default model; None: the engine's first
     dist_path: Path = Path("dist")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    openai: OpenAISettings = OpenAISettings()
+    mlc: MLCSettings = MLCSettings()
 
 
 class LimitsSettings(_Section):
@@ -103,6 +128,54 @@ class McpSettings(_Section):
     servers: list[McpServerConfig] = Field(default_factory=list)
 
 
+DEFAULT_ALLOWED_ORIGINS = (
+    "http://localhost:*",
+    "https://localhost:*",
+    "http://127.0.0.1:*",
+    "https://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://[::1]:*",
+)
+
+
+class SecuritySettings(_Section):
+    """Host/Origin checks, public paths and connection caps; the token is `server.token`.
+
+    The rules and the refusal codes are described in `tether.security`.
+    """
+
+    # Web pages (besides the server's own origin) that may open /ws/chat and use the REST API:
+    # "scheme://host[:port]", port "*" for any port; "*" for any origin; "null".
+    allowed_origins: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_ORIGINS))
+    # Accepted Host header names ("*.example.com", "*"); None: localhost, 127.0.0.1, ::1 and the
+    # bound host; any host when bound to 0.0.0.0 or :: with a token.
+    allowed_hosts: list[str] | None = None
+    # Paths readable (GET, HEAD) without the token; "/prefix/*" covers a subtree.
+    public_paths: list[str] = Field(default_factory=lambda: ["/health"])
+    # Open WebSocket connections, per server and per client address.
+    max_connections: int = Field(default=2000, ge=1)
+    max_connections_per_client: int = Field(default=1000, ge=1)
+
+    @field_validator("allowed_origins", "allowed_hosts", "public_paths", mode="before")
+    @classmethod
+    def _split_strings(cls, value: Any) -> Any:
+        # From the environment: a JSON list, or comma-separated values.
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        from tether.security_origins import parse_origin_pattern
+
+        for pattern in value:
+            parse_origin_pattern(pattern)  # raises ValueError naming the bad entry
+        return value
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -111,6 +184,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     tools: ToolsSettings = ToolsSettings()
     mcp: McpSettings = McpSettings()
+    security: SecuritySettings = SecuritySettings()
 
 
 class ConfigError(Exception):
@@ -126,8 +200,12 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "engine.name": ("TETHER_ENGINE",),
     "engine.model": ("TETHER_MODEL",),
     "engine.dist_path": ("TETHER_DIST_PATH", "MLC_DIST_PATH"),
+    "engine.openai.base_url": ("TETHER_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+    "engine.openai.api_key": ("TETHER_OPENAI_API_KEY", "OPENAI_API_KEY"),
     "log.level": ("TETHER_LOG_LEVEL",),
     "log.format": ("TETHER_LOG_FORMAT",),
+    "security.allowed_origins": ("TETHER_ALLOWED_ORIGINS",),
+    "security.allowed_hosts": ("TETHER_ALLOWED_HOSTS",),
 }
 PATH_KEYS = ("storage.path", "engine.dist_path", "tools.files_root")
 _NESTED_PREFIX = "TETHER_"

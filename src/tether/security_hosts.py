@@ -96,8 +96,7 @@ class HostMiddleware:
         shown = values[0][:100] if values else "(none)"
         log.info("security.bad_host", host=shown, path=scope.get("path"), kind=scope["type"])
         message = (
-            f"Host {shown!r} is not an allowed host of this server "
-            "(see security.allowed_hosts)"
+            f"Host {shown!r} is not an allowed host of this server (see security.allowed_hosts)"
         )
         if scope["type"] == "http":
             await send_http_error(send, 400, "invalid_host", message)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import ClassVar
 
 import pytest
 
@@ -41,7 +42,7 @@ async def collect(engine: Engine, req: GenerationRequest) -> list[Delta]:
 class EngineContract:
     prompt = "Tell me a long story about the sea and the ships that sail on it."
     # Options that make a long answer take a while, so a cancel lands mid-stream.
-    slow_options: dict[str, object] = {}
+    slow_options: ClassVar[dict[str, object]] = {}
 
     def test_is_an_engine(self, engine: Engine) -> None:
         assert isinstance(engine, Engine)

@@ -81,7 +81,9 @@ def rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
         return conn.execute(sql, params).fetchall()
 
 
-async def run(service: ChatService, turn: Turn, control: TurnControl | None = None) -> list[ChatEvent]:
+async def run(
+    service: ChatService, turn: Turn, control: TurnControl | None = None
+) -> list[ChatEvent]:
     events: list[ChatEvent] = []
 
     async def emit(event: ChatEvent) -> None:
@@ -92,7 +94,9 @@ async def run(service: ChatService, turn: Turn, control: TurnControl | None = No
     return events
 
 
-async def test_a_turn_streams_and_commits_in_order(store: SQLiteStore, engine: RecordingEcho) -> None:
+async def test_a_turn_streams_and_commits_in_order(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
     service = make_service(store, engine)
     seen_at_processing: list[tuple[object, ...]] = []
     seen_at_complete: list[tuple[object, ...]] = []
@@ -126,7 +130,9 @@ async def test_history_and_system_prompt_reach_the_engine(
     first = await run(service, Turn("r1", "one"))
     accepted = first[0]
     assert isinstance(accepted, Accepted)
-    await run(service, Turn("r2", "two", session_id=accepted.session_id, options=TurnOptions(tools=False)))
+    await run(
+        service, Turn("r2", "two", session_id=accepted.session_id, options=TurnOptions(tools=False))
+    )
     prompt = engine.requests[-1].messages
     assert [(m.role, m.content) for m in prompt] == [
         ("system", "You are a test."),
@@ -147,7 +153,10 @@ async def test_agent_prompt_and_context(store: SQLiteStore, engine: RecordingEch
     accepted = events[0]
     assert isinstance(accepted, Accepted)
     # The session remembers its agent for later turns.
-    await run(service, Turn("r2", "again", session_id=accepted.session_id, options=TurnOptions(tools=False)))
+    await run(
+        service,
+        Turn("r2", "again", session_id=accepted.session_id, options=TurnOptions(tools=False)),
+    )
     assert engine.requests[1].messages[0].content == "You review.\n\n- be brief"
 
 

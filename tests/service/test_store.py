@@ -32,7 +32,9 @@ async def test_schema_wal_and_version(store: SQLiteStore) -> None:
     latest = max(version for version, _ in load_migrations())
     assert raw(store.path, "PRAGMA user_version") == [(latest,)]
     assert raw(store.path, "PRAGMA journal_mode") == [("wal",)]
-    tables = {row[0] for row in raw(store.path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = {
+        row[0] for row in raw(store.path, "SELECT name FROM sqlite_master WHERE type='table'")
+    }
     assert {"sessions", "messages", "agents"} <= tables
 
 
@@ -140,7 +142,10 @@ async def test_everything_survives_a_restart(tmp_path: Path) -> None:
     await reopened.open()
     try:
         messages = await reopened.list_messages(start.session.id)
-        assert [(m.role, m.content) for m in messages] == [("user", "remember me"), ("assistant", "ok")]
+        assert [(m.role, m.content) for m in messages] == [
+            ("user", "remember me"),
+            ("assistant", "ok"),
+        ]
     finally:
         await reopened.close()
 

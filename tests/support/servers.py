@@ -56,7 +56,9 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(settings: Settings, *, engine: Engine | None = None) -> AsyncIterator[RunningServer]:
+async def serve_app(
+    settings: Settings, *, engine: Engine | None = None
+) -> AsyncIterator[RunningServer]:
     """Run `create_app(settings)` under a real uvicorn on a free loopback port, in this loop."""
     port = free_port()
     config = uvicorn.Config(
@@ -127,7 +129,9 @@ def tether_serve(
         deadline = time.monotonic() + scaled(60)
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"tether serve exited with {process.returncode}:\n{server.log()}")
+                raise RuntimeError(
+                    f"tether serve exited with {process.returncode}:\n{server.log()}"
+                )
             try:
                 if httpx.get(f"{server.http_url}/health", timeout=1).status_code == 200:
                     break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +22,7 @@ async def engine() -> AsyncIterator[EchoEngine]:
 
 
 class TestEchoContract(EngineContract):
-    slow_options = {"token_delay_ms": 20}
+    slow_options: ClassVar[dict[str, object]] = {"token_delay_ms": 20}
 
 
 @settings(max_examples=300, deadline=None)

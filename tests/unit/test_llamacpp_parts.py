@@ -8,7 +8,8 @@ import contextlib
 import itertools
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,12 @@ def test_template_that_always_fails_is_an_engine_error() -> None:
 # -- thread stream -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def executor() -> Iterator[Executor]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
 def counting_work(limit: int, produced: list[int]) -> Callable[..., None]:
     def work(emit: Callable[[int], None], cancelled: threading.Event) -> None:
         for i in range(limit):
@@ -275,20 +282,20 @@ def counting_work(limit: int, produced: list[int]) -> Callable[..., None]:
     return work
 
 
-async def test_thread_stream_delivers_items_in_order() -> None:
+async def test_thread_stream_delivers_items_in_order(executor: Executor) -> None:
     produced: list[int] = []
-    stream: ThreadStream[int] = ThreadStream(counting_work(100, produced))
+    stream: ThreadStream[int] = ThreadStream(counting_work(100, produced), executor)
     stream.start()
     assert [i async for i in stream] == list(range(100))
     await asyncio.wait_for(stream.done, TIMEOUT)
 
 
-async def test_thread_stream_reraises_the_workers_error() -> None:
+async def test_thread_stream_reraises_the_workers_error(executor: Executor) -> None:
     def work(emit: Callable[[int], None], cancelled: threading.Event) -> None:
         emit(1)
         raise EngineError("boom")
 
-    stream: ThreadStream[int] = ThreadStream(work)
+    stream: ThreadStream[int] = ThreadStream(work, executor)
     stream.start()
     seen: list[int] = []
 
@@ -301,7 +308,7 @@ async def test_thread_stream_reraises_the_workers_error() -> None:
     assert seen == [1]
 
 
-async def test_leaving_the_stream_early_stops_the_worker() -> None:
+async def test_leaving_the_stream_early_stops_the_worker(executor: Executor) -> None:
     gate = threading.Event()
     produced: list[int] = []
 
@@ -314,7 +321,7 @@ async def test_leaving_the_stream_early_stops_the_worker() -> None:
             if i == 0:
                 gate.wait(TIMEOUT)  # let the consumer leave while the worker is mid-stream
 
-    stream: ThreadStream[int] = ThreadStream(work)
+    stream: ThreadStream[int] = ThreadStream(work, executor)
     stream.start()
     async with contextlib.aclosing(aiter(stream)) as items:
         async for _ in items:

@@ -3,9 +3,10 @@
 A llama.cpp context serves one stream at a time, so each model has a FIFO line: requests wait
 their turn (`asyncio.Lock` wakes waiters in arrival order), a bounded number may wait
 (`EngineBusyError` past that), and `queue_position` says how many are ahead. Generation runs in a
-worker thread (`ThreadStream`); the model's turn passes on only when that thread has ended, not
-when the consumer leaves, so a cancelled generation can never overlap the next one. Loaded models
-live in an LRU of `max_loaded` entries; an idle model beyond that is closed.
+thread of the model's own (`ThreadStream`; loading and closing run there too); the model's turn
+passes on only when the work there has ended, not when the consumer leaves, so a cancelled
+generation can never overlap the next one. Loaded models live in an LRU of `max_loaded` entries;
+an idle model beyond that is closed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,6 +43,19 @@ SHUTDOWN_TIMEOUT_S = 10.0
 
 
 @dataclass(eq=False, slots=True)
+class _Resident:
+    """A loaded model and the one thread that drives it (`thread_stream` says why one)."""
+
+    model: LoadedModel
+    thread: ThreadPoolExecutor
+
+    def close(self) -> Future[None]:
+        closing = self.thread.submit(self.model.close)
+        self.thread.shutdown(wait=False)  # the thread ends once the close has run
+        return closing
+
+
+@dataclass(eq=False, slots=True)
 class _Slot:
     """One model's line: who holds it, how many are in it, and the model once loaded."""
 
@@ -48,7 +63,7 @@ class _Slot:
     path: Path
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     in_line: int = 0  # running + waiting
-    model: LoadedModel | None = None
+    resident: _Resident | None = None
 
 
 class LlamaCppEngine:
@@ -93,7 +108,7 @@ class LlamaCppEngine:
             slot = self._slots.get(name)
             if slot is None:
                 self._slots[name] = _Slot(name, path)
-            elif slot.model is None:
+            elif slot.resident is None:
                 slot.path = path  # the file may have moved; a loaded model keeps its own
         return on_disk
 
@@ -123,7 +138,7 @@ class LlamaCppEngine:
             ModelInfo(
                 id=name,
                 engine=self.name,
-                loaded=self._slots[name].model is not None,
+                loaded=self._slots[name].resident is not None,
                 path=str(self._slots[name].path),
             )
             for name in sorted(set(on_disk) | set(self._loaded))
@@ -134,32 +149,43 @@ class LlamaCppEngine:
         slot = self._slots.get(name) if name else None
         return slot.in_line if slot else 0
 
-    async def _load(self, slot: _Slot) -> LoadedModel:
-        if slot.model is None:
+    async def _load(self, slot: _Slot) -> _Resident:
+        if slot.resident is None:
             self._evict(room_for=1)
-            slot.model = await asyncio.to_thread(
-                partial(
-                    LoadedModel,
-                    slot.name,
-                    slot.path,
-                    n_ctx=self.n_ctx,
-                    n_threads=self.n_threads,
-                    prompt_cache_bytes=self.prompt_cache_bytes,
-                )
+            thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llamacpp-{slot.name}")
+            load = partial(
+                LoadedModel,
+                slot.name,
+                slot.path,
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                prompt_cache_bytes=self.prompt_cache_bytes,
             )
+            try:
+                model = await asyncio.wrap_future(thread.submit(load))
+            except BaseException:
+                thread.shutdown(wait=False)  # failed or cancelled: nothing will use it
+                raise
+            slot.resident = _Resident(model, thread)
+            if self._closed:  # shut down while loading
+                slot.resident.close()
+                slot.resident = None
+                raise EngineError("the llamacpp engine is shut down")
         self._loaded[slot.name] = slot
         self._loaded.move_to_end(slot.name)
-        return slot.model
+        return slot.resident
 
-    def _evict(self, room_for: int = 0) -> None:
+    def _evict(self, room_for: int = 0) -> list[Future[None]]:
         """Close idle models, least recently used first, until the LRU has room."""
+        closing: list[Future[None]] = []
         for slot in list(self._loaded.values()):
             if len(self._loaded) + room_for <= self.max_loaded:
-                return
-            if slot.in_line == 0 and slot.model is not None:
-                model, slot.model = slot.model, None
+                break
+            if slot.in_line == 0 and slot.resident is not None:
+                closing.append(slot.resident.close())
+                slot.resident = None
                 del self._loaded[slot.name]
-                model.close()
+        return closing
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -186,11 +212,11 @@ class LlamaCppEngine:
         try:
             if self._closed:  # shut down while this request waited
                 raise EngineError("the llamacpp engine is shut down")
-            model = await self._load(slot)
+            resident = await self._load(slot)
             progress = RunProgress()
             worker = ThreadStream(
-                partial(self._work, model, request, progress),
-                name=f"llamacpp-{slot.name}",
+                partial(self._work, resident.model, request, progress),
+                resident.thread,
                 on_cancel=progress.mark_cancelled,
             )
             worker.start()
@@ -239,15 +265,20 @@ class LlamaCppEngine:
                 log.exception("llamacpp on_run hook failed")
 
     async def aclose(self) -> None:
-        """Stop running generations, wait for their threads, and close every loaded model."""
+        """Stop running generations and close every loaded model; return when both are done.
+
+        A model's close runs on its own thread, so it waits there for a cancelled generation to
+        finish; requests still waiting in line fail with `EngineError`.
+        """
         self._closed = True
-        running = list(self._running)
-        for worker in running:
+        waits: list[asyncio.Future[None]] = []
+        for worker in self._running:
             worker.cancel()
-        if running:
-            await asyncio.wait([w.done for w in running], timeout=SHUTDOWN_TIMEOUT_S)
-        for slot in list(self._loaded.values()):
-            if slot.model is not None and not slot.lock.locked():
-                slot.model.close()
-                slot.model = None
+            waits.append(worker.done)
+        for slot in self._slots.values():
+            if slot.resident is not None:
+                waits.append(asyncio.wrap_future(slot.resident.close()))
+                slot.resident = None
         self._loaded.clear()
+        if waits:
+            await asyncio.wait(waits, timeout=SHUTDOWN_TIMEOUT_S)

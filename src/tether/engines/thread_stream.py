@@ -1,10 +1,14 @@
-"""Run blocking, item-producing work in its own thread and consume the items from asyncio.
+"""Run blocking, item-producing work on a worker thread and consume the items from asyncio.
 
 The worker gets an `emit` callback and a `threading.Event`; every `emit` hops onto the event loop
 with `call_soon_threadsafe`, so the loop never blocks on the worker and other sockets keep being
 served. Leaving the consumer early (task cancelled, `aclose()`, `break`) sets the event; the worker
-checks it between items, so it stops within one item. `done` resolves when the worker thread has
-really finished, which is when a shared resource it used (a llama.cpp context) is free again.
+checks it between items, so it stops within one item. `done` resolves when the work has really
+finished, which is when a shared resource it used (a llama.cpp context) is free again.
+
+The thread comes from the caller's executor: llama.cpp's OpenMP build keeps a team of compute
+threads per calling thread, and once a process has more of those than cores they stop spinning
+and decoding runs at half speed, so each model is driven from one long-lived thread of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -30,27 +35,25 @@ class _Failed:
 
 
 class ThreadStream(Generic[T]):
-    """One run of `work` in a dedicated daemon thread, iterated once with `async for`."""
+    """One run of `work` on `executor`, iterated once with `async for`."""
 
     def __init__(
         self,
         work: Work[T],
+        executor: Executor,
         *,
-        name: str = "tether-worker",
         on_cancel: Callable[[], None] | None = None,
     ) -> None:
         self._work = work
-        self._name = name
+        self._executor = executor
         self._on_cancel = on_cancel
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[T | _End | _Failed] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.done: asyncio.Future[None] = self._loop.create_future()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
+        self._executor.submit(self._run)
 
     def cancel(self) -> None:
         """Ask the worker to stop; it sees this before producing its next item."""
@@ -58,13 +61,6 @@ class ThreadStream(Generic[T]):
             if self._on_cancel is not None:
                 self._on_cancel()  # before the worker can see the flag
             self.cancelled.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Block until the thread ended (for shutdown paths without a loop); True if it did."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     async def __aiter__(self) -> AsyncGenerator[T, None]:
         try:
