@@ -113,7 +113,10 @@ async def decode_side(side: str, model: Path, threads: int, max_tokens: int) -> 
     )
     try:
         if side == "engine":
-            await engine_run(engine, story_request("warm-up", 4))
+            warm_up = GenerationRequest(
+                "warm-up", (ChatMessage("user", "Hi"),), options=GenerationOptions(max_tokens=4)
+            )
+            await engine_run(engine, warm_up)  # loads the model; shares no prompt with the run
             timing = await engine_run(engine, story_request("run", max_tokens))
         else:
             # The exact prompt tokens the engine builds (its template), so both do the same work.
@@ -165,9 +168,14 @@ def bench_decode(model: Path, threads: int, rounds: int, max_tokens: int) -> Non
     engine_tps = median([r["tps"] for r in results["engine"]])
     raw_ttft = median([r["ttft"] for r in results["raw"]])
     engine_ttft = median([r["ttft"] for r in results["engine"]])
-    print(f"raw llama-cpp-python: {raw_tps:6.1f} tok/s (median), ttft {ms(raw_ttft)}")
-    print(f"tether engine:        {engine_tps:6.1f} tok/s (median), ttft {ms(engine_ttft)}")
-    print(f"ratio engine/raw:     {engine_tps / raw_tps:.3f}")
+    # On a shared machine the best round is the one least disturbed by other work.
+    raw_best = max(r["tps"] for r in results["raw"])
+    engine_best = max(r["tps"] for r in results["engine"])
+    print(f"raw llama-cpp-python: {raw_tps:6.1f} tok/s median, {raw_best:6.1f} best")
+    print(f"tether engine:        {engine_tps:6.1f} tok/s median, {engine_best:6.1f} best")
+    ratio, best_ratio = engine_tps / raw_tps, engine_best / raw_best
+    print(f"ratio engine/raw:     {ratio:.3f} median, {best_ratio:.3f} best")
+    print(f"ttft (cold prompt):   raw {ms(raw_ttft)}, engine {ms(engine_ttft)}")
 
 
 def next_turn(history: tuple[ChatMessage, ...], answer: str, turn: int) -> tuple[ChatMessage, ...]:
@@ -192,22 +200,39 @@ async def converse(
     return timing.ttft, "".join(text), prompt_tokens
 
 
-async def bench_turns(model: Path, threads: int, turns: int, max_tokens: int) -> None:
-    print(f"\n## prompt reuse over one conversation of {turns} turns ({max_tokens} tokens each)")
+async def bench_turns(model: Path, threads: int, turns: int, max_tokens: int, repeats: int) -> None:
+    print(
+        f"\n## prompt reuse: {repeats} conversations of {turns} turns ({max_tokens} tokens each),"
+        " median per turn"
+    )
     engine = LlamaCppEngine(model.parent, default_model=model.name, n_ctx=N_CTX, n_threads=threads)
-    history: tuple[ChatMessage, ...] = (ChatMessage("system", SYSTEM), ChatMessage("user", STORY))
-    ttfts: list[float] = []
+    per_turn: list[list[float]] = [[] for _ in range(turns)]
+    prompt_sizes: list[int] = []
+    last_histories: list[tuple[ChatMessage, ...]] = []
     try:
         await converse(engine, (ChatMessage("user", "warm up"),), "warm", 2)
-        for turn in range(1, turns + 1):
-            ttft, answer, prompt_tokens = await converse(engine, history, f"t{turn}", max_tokens)
-            ttfts.append(ttft)
-            print(f"turn {turn}: prompt {prompt_tokens:5d} tokens, ttft {ms(ttft)}")
-            last_history = history
-            history = next_turn(history, answer, turn)
+        for rep in range(repeats):
+            # Each conversation differs from its first token on, so none reuses another's prompt.
+            system = ChatMessage("system", f"Conversation {rep + 1}. {SYSTEM}")
+            history: tuple[ChatMessage, ...] = (system, ChatMessage("user", STORY))
+            for turn in range(turns):
+                ttft, answer, prompt_tokens = await converse(
+                    engine, history, f"c{rep}t{turn}", max_tokens
+                )
+                per_turn[turn].append(ttft)
+                if rep == 0:
+                    prompt_sizes.append(prompt_tokens)
+                last_history = history
+                history = next_turn(history, answer, turn + 1)
+            last_histories.append(last_history)
     finally:
         await engine.aclose()
-    # Turn N's prompt on a fresh context: evaluated in full, as every turn would be without reuse.
+    ttfts = [median(values) for values in per_turn]
+    for turn, (ttft, size) in enumerate(zip(ttfts, prompt_sizes, strict=True), start=1):
+        print(f"turn {turn}: prompt {size:5d} tokens, ttft {ms(ttft)}")
+
+    # Turn N's prompt on a context holding something else: evaluated in full, as every turn
+    # would be without reuse.
     cold = LlamaCppEngine(
         model.parent,
         default_model=model.name,
@@ -215,11 +240,15 @@ async def bench_turns(model: Path, threads: int, turns: int, max_tokens: int) ->
         n_threads=threads,
         prompt_cache_bytes=0,
     )
+    cold_ttfts: list[float] = []
     try:
-        await converse(cold, (ChatMessage("user", "warm up"),), "warm", 2)
-        cold_ttft, _, cold_tokens = await converse(cold, last_history, "cold", max_tokens)
+        for i, last_history in enumerate(last_histories):
+            await converse(cold, (ChatMessage("user", "something else"),), f"other{i}", 2)
+            cold_ttft, _, cold_tokens = await converse(cold, last_history, f"cold{i}", max_tokens)
+            cold_ttfts.append(cold_ttft)
     finally:
         await cold.aclose()
+    cold_ttft = median(cold_ttfts)
     print(f"turn {turns} evaluated from scratch: {cold_tokens} tokens, ttft {ms(cold_ttft)}")
     print(f"turn-{turns}/turn-1 ttft with reuse:    {ttfts[-1] / ttfts[0]:.2f}")
     print(f"turn-{turns}/turn-1 ttft without reuse: {cold_ttft / ttfts[0]:.2f}")
@@ -266,6 +295,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="conversations per measurement")
     parser.add_argument("--decode-side", choices=("raw", "engine"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.decode_side:
@@ -274,7 +304,7 @@ async def main() -> None:
         return
     print(f"model {args.model}, {args.threads} threads, llama-cpp-python {llama_cpp.__version__}")
     bench_decode(args.model, args.threads, args.rounds, args.tokens)
-    await bench_turns(args.model, args.threads, args.turns, 48)
+    await bench_turns(args.model, args.threads, args.turns, 48, args.repeats)
     await bench_sessions(args.model, args.threads, max(2, args.turns // 2), 48)
 
 

@@ -19,6 +19,7 @@ from tether.detector import ToolCallDetector
 from tether.engines.base import Engine
 from tether.engines.factory import build_engine
 from tether.errors import TetherError
+from tether.runs import RunRegistry
 from tether.security import security_middleware
 from tether.store.base import Store
 from tether.store.sqlite import SQLiteStore
@@ -27,7 +28,7 @@ from tether.tools.loader import build_registry
 from tether.tools.mcp import McpManager
 from tether.tools.prompt import tools_prompt
 from tether.transports import rest
-from tether.transports.ws import chat_endpoint
+from tether.transports.ws import SocketHub, chat_endpoint
 
 log = structlog.get_logger("tether.app")
 
@@ -41,6 +42,20 @@ class Services:
     engine: Engine
     tools: ToolExecutor
     chat: ChatService
+    runs: RunRegistry  # running chat requests and the frame journal (resume)
+    sockets: SocketHub  # open /ws/chat connections
+
+
+async def drain_app(app: Starlette) -> None:
+    """Graceful shutdown, run by `tether.graceful.TetherServer` after it stops accepting
+    connections and before uvicorn closes them: running answers may finish for
+    `reliability.drain_timeout_sec`, the rest are cancelled and stored, then every chat socket
+    is closed with 1001 (going away)."""
+    services: Services | None = getattr(app.state, "services", None)
+    if services is None:  # start-up did not get that far
+        return
+    await services.runs.drain()
+    await services.sockets.close_all(1001, "server shutting down")
 
 
 def _error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -78,6 +93,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = SQLiteStore(settings.storage.path, synchronous=settings.storage.synchronous)
         await store.open()
+        for answer in await store.close_open_turns():
+            # A turn the last process died in (kill -9, power loss): closed as interrupted.
+            log.warning("turn.interrupted", session_id=answer.session_id, message_id=answer.id)
         await mcp.start()
         tools = ToolExecutor(
             registry,
@@ -94,11 +112,22 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             max_tool_loops=settings.limits.max_tool_loops,
             default_model=settings.engine.model,
         )
-        app.state.services = Services(settings, store, active_engine, tools, chat)
+        runs = RunRegistry(chat, store, settings.reliability)
+        await runs.open()
+        app.state.services = Services(
+            settings=settings,
+            store=store,
+            engine=active_engine,
+            tools=tools,
+            chat=chat,
+            runs=runs,
+            sockets=SocketHub(),
+        )
         log.info("app.started", engine=active_engine.name, db=str(settings.storage.path))
         try:
             yield
         finally:
+            await runs.aclose()  # without a drain (or after one): cancel, store, journal
             await mcp.aclose()
             await active_engine.aclose()
             await store.close()

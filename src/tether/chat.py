@@ -224,27 +224,29 @@ class ChatService:
             return
         session_id = start.session.id
         structlog.contextvars.bind_contextvars(session_id=session_id)
-        if agent is None and start.session.agent_id is not None:
-            agent = await self.store.get_agent(start.session.agent_id)
+        # The store keeps the turn open (a `turns` row) until one of the `_store_answer` calls
+        # below closes it; a turn left open by a dead process is closed at the next start-up.
+        turn_id = parent_id = start.message.id
         model = turn.options.model or self.default_model or self.engine.name
-        log.info("turn.accepted", user_message_id=start.message.id, created=start.created_session)
-        await emit(
-            Accepted(
-                session_id=session_id,
-                user_message_id=start.message.id,
-                model=model,
-                queue_position=self.engine.queue_position(turn.options.model),
-                created_session=start.created_session,
-            )
-        )
-        history = await self.store.branch(start.message.id)
-        offer_tools = bool(turn.options.tools and self.tools is not None and self.tools.specs())
-        messages = [self._system_message(agent, offer_tools), *map(_to_chat_message, history)]
-        parent_id = start.message.id
         current = _Round()
         usage = Usage()
         finish: FinishReason = "stop"
         try:
+            if agent is None and start.session.agent_id is not None:
+                agent = await self.store.get_agent(start.session.agent_id)
+            log.info("turn.accepted", user_message_id=turn_id, created=start.created_session)
+            await emit(
+                Accepted(
+                    session_id=session_id,
+                    user_message_id=turn_id,
+                    model=model,
+                    queue_position=self.engine.queue_position(turn.options.model),
+                    created_session=start.created_session,
+                )
+            )
+            history = await self.store.branch(turn_id)
+            offer_tools = bool(turn.options.tools and self.tools is not None and self.tools.specs())
+            messages = [self._system_message(agent, offer_tools), *map(_to_chat_message, history)]
             for loop in range(self.max_tool_loops + 1):
                 current = _Round()
                 request = GenerationRequest(
@@ -269,7 +271,7 @@ class ChatService:
                     finish = "tool_loop_limit"
                     break
                 parent_id, messages = await control.run(
-                    self._run_tools(session_id, parent_id, messages, current, emit, model)
+                    self._run_tools(session_id, turn_id, parent_id, messages, current, emit, model)
                 )
         except TurnCancelled:
             finish = "cancelled"
@@ -277,7 +279,14 @@ class ChatService:
             # The task itself was cancelled (server shutdown): keep what was said, then stop.
             await asyncio.shield(
                 self._store_answer(
-                    session_id, parent_id, current, "interrupted", "cancelled", usage, model
+                    session_id,
+                    turn_id,
+                    parent_id,
+                    current,
+                    "interrupted",
+                    "cancelled",
+                    usage,
+                    model,
                 )
             )
             raise
@@ -287,12 +296,14 @@ class ChatService:
                 log.exception("turn.failed")
             else:
                 log.warning("turn.failed", code=failure.code, error=failure.message)
-            await self._store_answer(session_id, parent_id, current, "error", None, usage, model)
+            await self._store_answer(
+                session_id, turn_id, parent_id, current, "error", None, usage, model
+            )
             await emit(failure)
             return
         status: MessageStatus = "cancelled" if finish == "cancelled" else "complete"
         message = await self._store_answer(
-            session_id, parent_id, current, status, finish, usage, model
+            session_id, turn_id, parent_id, current, status, finish, usage, model
         )
         clock.completion_tokens = usage.completion_tokens
         timings = clock.timings()
@@ -363,6 +374,7 @@ class ChatService:
     async def _run_tools(
         self,
         session_id: str,
+        turn_id: str,
         parent_id: str,
         messages: list[ChatMessage],
         answer: _Round,
@@ -383,6 +395,7 @@ class ChatService:
                 model=model,
                 finish_reason="tool_calls",
             ),
+            turn_id=turn_id,
         )
         messages = [*messages, _to_chat_message(stored)]
         parent_id = stored.id
@@ -410,6 +423,7 @@ class ChatService:
                     tool_call_id=result.call_id,
                     status="complete" if result.error is None else "error",
                 ),
+                turn_id=turn_id,
             )
             messages.append(_to_chat_message(tool_message))
             parent_id = tool_message.id
@@ -418,6 +432,7 @@ class ChatService:
     async def _store_answer(
         self,
         session_id: str,
+        turn_id: str,
         parent_id: str,
         answer: _Round,
         status: MessageStatus,
@@ -437,4 +452,6 @@ class ChatService:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             ),
+            turn_id=turn_id,
+            ends_turn=True,
         )

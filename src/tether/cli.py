@@ -18,12 +18,12 @@ DEFAULT_URL = "ws://127.0.0.1:8000/ws/chat"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from tether.app import create_app
+    from tether.app import create_app, drain_app
     from tether.engines.factory import EngineUnavailable
+    from tether.graceful import TetherServer
     from tether.log import configure_logging
     from tether.security import check_bind
+    from tether.server import uvicorn_config
     from tether.tools.registry import ToolConfigError
 
     try:
@@ -51,17 +51,8 @@ def _serve(args: argparse.Namespace) -> int:
     except (ToolConfigError, EngineUnavailable) as exc:
         print(f"tether serve: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        ws="websockets-sansio",
-        ws_max_size=settings.limits.max_frame_bytes,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+    # SIGTERM: stop accepting, let answers finish (reliability.drain_timeout_sec), exit 0.
+    TetherServer(uvicorn_config(app, settings), drain=lambda: drain_app(app)).run()
     return 0
 
 

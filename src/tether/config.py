@@ -79,6 +79,32 @@ class LimitsSettings(_Section):
     max_requests_per_socket: int = Field(default=16, ge=1)
     max_tool_loops: int = Field(default=5, ge=0)
     tool_timeout_sec: float = Field(default=15.0, gt=0)
+    # Client frames per second on one socket (a token bucket of `message_burst`), past it the
+    # frame is refused with `rate_limited`; refusals outpacing the rate by
+    # `rate_limit_close_after` frames close the socket with 1008. 0 turns each off.
+    messages_per_sec: float = Field(default=50.0, ge=0)
+    message_burst: int = Field(default=100, ge=1)
+    rate_limit_close_after: int = Field(default=1000, ge=0)
+    # No frame either way and no running request for this long: close with 1001. 0: never.
+    idle_timeout_sec: float = Field(default=300.0, ge=0)
+    # From TCP connect (or a keep-alive request's first byte) to the end of the request
+    # headers; a slower client is sent 408 and dropped. 0: never.
+    handshake_timeout_sec: float = Field(default=10.0, ge=0)
+
+
+class ReliabilitySettings(_Section):
+    """Resume, disconnects and shutdown; the guarantees are described in `tether.runs`."""
+
+    # A socket that closes mid-answer: "continue" generating for `disconnect_grace_sec` (so a
+    # `resume` from another socket can pick it up), then cancel; "cancel" at once. Either way
+    # the answer so far is stored.
+    on_disconnect: Literal["continue", "cancel"] = "continue"
+    disconnect_grace_sec: float = Field(default=30.0, ge=0)
+    # The frame journal of ended requests (for `resume`): kept this long, at most this many rows.
+    journal_max_age_sec: float = Field(default=3600.0, gt=0)
+    journal_max_rows: int = Field(default=200_000, ge=1)
+    # SIGTERM: running answers may finish for this long, then they are cancelled and stored.
+    drain_timeout_sec: float = Field(default=10.0, ge=0)
 
 
 class LogSettings(_Section):
@@ -185,6 +211,7 @@ class Settings(_Section):
     tools: ToolsSettings = ToolsSettings()
     mcp: McpSettings = McpSettings()
     security: SecuritySettings = SecuritySettings()
+    reliability: ReliabilitySettings = ReliabilitySettings()
 
 
 class ConfigError(Exception):

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from tether import jsonsafe
 from tether.engines.base import Usage
 from tether.events import (
     Accepted,
@@ -106,6 +107,11 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def usable_request_id(value: object) -> bool:
+    """A string of 1 to 200 characters that can be sent back (no lone surrogates)."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and jsonsafe.is_unicode(value)
+
+
 def _normalise(data: dict[str, Any]) -> dict[str, Any]:
     """Accept the seed-003 form `{"action": "chat", "payload": {"text": ...}}` as `chat`."""
     if "type" not in data and "action" in data:
@@ -122,17 +128,19 @@ def parse_client_frame(
 ) -> ChatFrame | CancelFrame | ResumeFrame | PingFrame:
     """Parse one client frame or raise ProtocolError (bad_request, too_large)."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ProtocolError("bad_request", "frame is not valid JSON") from None
+        data = jsonsafe.loads(raw)
+    except jsonsafe.JSONInputError as exc:
+        raise ProtocolError("bad_request", f"frame {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_request", "frame must be a JSON object")
     data = _normalise(data)
     request_id = data.get("request_id")
     if request_id is None:
         data["request_id"] = request_id = uuid.uuid4().hex
-    elif not isinstance(request_id, str) or not request_id or len(request_id) > 200:
+    elif not usable_request_id(request_id):
         raise ProtocolError("bad_request", "request_id must be a string of 1 to 200 characters")
+    if jsonsafe.has_lone_surrogates(raw, data):
+        raise ProtocolError("bad_request", f"frame {jsonsafe.LONE_SURROGATE}", request_id)
     kind = data.get("type")
     if kind is None:
         raise ProtocolError("bad_request", "frame has no type", request_id)
@@ -244,4 +252,9 @@ class RequestFrames:
     def render(self, body: dict[str, Any]) -> str:
         frame = {"request_id": self.request_id, "seq": self.next_seq, **body}
         self.next_seq += 1
-        return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+        if not jsonsafe.is_unicode(text):
+            # A lone surrogate (from a tool result, an echoed key) cannot go out as UTF-8;
+            # JSON's \u escapes carry it.
+            text = json.dumps(frame, separators=(",", ":"))
+        return text

@@ -10,6 +10,7 @@ import queue
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from tether.devtools.tiny_gguf import ensure_tiny_gguf
@@ -112,6 +113,22 @@ def split(deltas: list[Delta]) -> tuple[list[Delta], Delta]:
     return texts, final
 
 
+def test_tiny_model_is_cached_and_carries_the_real_template(tiny_gguf: Path) -> None:
+    mtime = tiny_gguf.stat().st_mtime_ns
+    assert ensure_tiny_gguf(tiny_gguf.parent, SMOLLM2) == tiny_gguf
+    assert tiny_gguf.stat().st_mtime_ns == mtime  # not rebuilt
+    assert tiny_gguf.stat().st_size < 16_000_000
+    tiny = llama_cpp.Llama(str(tiny_gguf), vocab_only=True, verbose=False)
+    real = llama_cpp.Llama(str(SMOLLM2), vocab_only=True, verbose=False)
+    try:
+        template = tiny.metadata["tokenizer.chat_template"]
+        assert template == real.metadata["tokenizer.chat_template"]
+        assert tiny.tokenize(b"The capital of France") == real.tokenize(b"The capital of France")
+    finally:
+        tiny.close()
+        real.close()
+
+
 async def test_is_an_engine(engine: LlamaCppEngine) -> None:
     assert isinstance(engine, Engine)
     assert engine.name == "llamacpp"
@@ -191,7 +208,12 @@ async def test_models_lists_dist_and_what_is_loaded(engine: LlamaCppEngine, dist
 
 async def test_a_model_added_later_is_found(engine: LlamaCppEngine, dist: Path) -> None:
     (dist / "late.gguf").symlink_to((dist / "tiny.gguf").resolve())
-    request = GenerationRequest("r", (ChatMessage("user", "hi"),), model="late.gguf")
+    request = GenerationRequest(
+        "r",
+        (ChatMessage("user", "hi"),),
+        model="late.gguf",
+        options=GenerationOptions(max_tokens=2),
+    )
     _, final = split(await collect(engine, request))
     assert final.usage is not None
 
@@ -199,7 +221,12 @@ async def test_a_model_added_later_is_found(engine: LlamaCppEngine, dist: Path) 
 async def test_least_recently_used_idle_model_is_closed(dist: Path) -> None:
     async with open_engine(dist, max_loaded=1) as engine:
         for model in ("tiny", "tiny-b"):
-            request = GenerationRequest("r", (ChatMessage("user", "hi"),), model=model)
+            request = GenerationRequest(
+                "r",
+                (ChatMessage("user", "hi"),),
+                model=model,
+                options=GenerationOptions(max_tokens=2),
+            )
             await collect(engine, request)
         loaded = {m.id: m.loaded for m in await engine.models()}
         assert loaded == {"tiny": False, "tiny-b": True}

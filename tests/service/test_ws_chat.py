@@ -13,6 +13,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from tests.support.servers import RunningServer, make_settings, serve_app
+from tests.support.timeouts import scaled
 from tests.support.wsclient import ProtocolClient, text_of
 
 CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
@@ -137,7 +138,7 @@ async def test_tool_call_through_the_socket(client: ProtocolClient) -> None:
             "not_found",
         ),
         (json.dumps({"type": "chat", "request_id": "x", "text": "x" * 100_001}), "too_large"),
-        (json.dumps({"type": "resume", "request_id": "x", "after_seq": 0}), "not_implemented"),
+        (json.dumps({"type": "resume", "request_id": "x", "after_seq": 0}), "not_found"),
     ],
 )
 async def test_bad_input_gets_an_error_and_the_socket_lives(
@@ -210,27 +211,32 @@ async def test_oversized_frames_close_with_1009(tmp_path: Path) -> None:
         assert closed.value.rcvd.code == 1009
 
 
-async def test_closing_the_socket_mid_answer_stores_the_partial(
-    server: RunningServer,
-) -> None:
-    async with connect(server.ws_url) as ws:
-        client = ProtocolClient(ws)
-        await client.send(
-            {
-                "type": "chat",
-                "request_id": "gone",
-                "text": "a b c d e f g h i j",
-                "options": {"token_delay_ms": 50},
-            }
-        )
-        frames = await client.until("gone", "chunk")
-        session_id = frames[0]["chunk"]["metadata"]["session_id"]
-    async with httpx.AsyncClient(base_url=server.http_url) as http:
-        for _ in range(200):
-            messages = (await http.get(f"/sessions/{session_id}/messages")).json()
-            if len(messages) == 2:
-                break
-            await asyncio.sleep(0.05)  # waiting for the server to notice the close; bounded
+async def test_closing_the_socket_mid_answer_stores_the_partial(tmp_path: Path) -> None:
+    # With `on_disconnect: cancel` the answer stops at once; the default ("continue", then a
+    # resume from another socket) is in test_ws_resume.py.
+    settings = make_settings(tmp_path, **{"reliability.on_disconnect": "cancel"})
+    words = " ".join(f"w{i}" for i in range(100))
+    async with serve_app(settings) as server:
+        async with connect(server.ws_url) as ws:
+            client = ProtocolClient(ws)
+            await client.send(
+                {
+                    "type": "chat",
+                    "request_id": "gone",
+                    "text": words,
+                    "options": {"token_delay_ms": 50},
+                }
+            )
+            frames = await client.until("gone", "chunk")
+            session_id = frames[0]["chunk"]["metadata"]["session_id"]
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            async with asyncio.timeout(scaled(10)):
+                while True:
+                    messages = (await http.get(f"/sessions/{session_id}/messages")).json()
+                    if len(messages) == 2:
+                        break
+                    await asyncio.sleep(0.05)  # polling for the server to store it; bounded
     assert messages[-1]["role"] == "assistant"
     assert messages[-1]["status"] == "cancelled"
-    assert "a b c d e f g h i j".startswith(messages[-1]["content"])
+    assert 0 < len(messages[-1]["content"]) < len(words)
+    assert words.startswith(messages[-1]["content"])

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from tests.support.timeouts import scaled
-from tether.app import create_app
+from tether.app import create_app, drain_app
 from tether.config import Settings, load_settings
 from tether.engines.base import Engine
+from tether.graceful import TetherServer
+from tether.server import uvicorn_config
 
 
 def free_port() -> int:
@@ -61,16 +62,10 @@ async def serve_app(
 ) -> AsyncIterator[RunningServer]:
     """Run `create_app(settings)` under a real uvicorn on a free loopback port, in this loop."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, engine=engine),
-        host="127.0.0.1",
-        port=port,
-        ws="websockets-sansio",
-        ws_max_size=settings.limits.max_frame_bytes,
-        log_config=None,
-        lifespan="on",
+    app = create_app(settings, engine=engine)
+    server = TetherServer(
+        uvicorn_config(app, settings, host="127.0.0.1", port=port), drain=lambda: drain_app(app)
     )
-    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(scaled(30)):

@@ -117,7 +117,7 @@ class LlamaCppEngine:
             return normalize_model_name(model)
         if self.default_model:
             return self.default_model
-        return next(iter(self._slots), None) or next(iter(self._scan()), None)
+        return min(self._slots or self._scan(), default=None)  # the first by name
 
     def _slot(self, model: str | None) -> _Slot:
         name = self._resolve(model)

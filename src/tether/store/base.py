@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -108,13 +109,46 @@ class Store(Protocol):
         ...
 
     async def append_message(
-        self, session_id: str, parent_id: str, message: NewMessage
-    ) -> Message: ...
+        self,
+        session_id: str,
+        parent_id: str,
+        message: NewMessage,
+        *,
+        turn_id: str | None = None,
+        ends_turn: bool = False,
+    ) -> Message:
+        """Commit a message after `parent_id`.
+
+        `turn_id` (the user message id from `begin_turn`) says the message belongs to that
+        running turn: the turn's record moves to it, or, with `ends_turn`, is closed, in the
+        same transaction.
+        """
+        ...
+
+    async def close_open_turns(self) -> list[Message]:
+        """Close every turn still open (its process died): store an empty assistant message
+        with status `interrupted` after the turn's newest message. Returns those messages."""
+        ...
 
     async def list_messages(self, session_id: str) -> list[Message]: ...
 
     async def branch(self, message_id: str) -> list[Message]:
         """The messages from the root of the session down to `message_id`, in order."""
+        ...
+
+    # The frame journal (`resume`)
+    async def save_journals(self, journals: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Commit, in one transaction, the frames (seq 0, 1, ...) of each (request_id, frames),
+        replacing any earlier journal of the same request_id."""
+        ...
+
+    async def read_journal(self, request_id: str) -> list[str] | None:
+        """The frames of `request_id` in seq order, or None when there is no journal."""
+        ...
+
+    async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
+        """Delete journals older than `max_age_sec`, then the oldest whole journals until at
+        most `max_rows` frames remain. Returns the number of frames deleted."""
         ...
 
     # Agents

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -307,11 +307,51 @@ class SQLiteStore:
             message = await self._insert_message(
                 conn, session.id, parent_id, NewMessage(role="user", content=text)
             )
+            # The turn is open until its answer is stored (see close_open_turns).
+            await conn.execute(
+                "INSERT INTO turns (user_message_id, session_id, head_id, started_at) "
+                "VALUES (?, ?, ?, ?)",
+                (message.id, session.id, message.id, message.created_at),
+            )
             return TurnStart(replace(session, updated_at=message.created_at), message, created)
 
-    async def append_message(self, session_id: str, parent_id: str, message: NewMessage) -> Message:
+    async def append_message(
+        self,
+        session_id: str,
+        parent_id: str,
+        message: NewMessage,
+        *,
+        turn_id: str | None = None,
+        ends_turn: bool = False,
+    ) -> Message:
         async with self._transaction() as conn:
-            return await self._insert_message(conn, session_id, parent_id, message)
+            stored = await self._insert_message(conn, session_id, parent_id, message)
+            if turn_id is not None and ends_turn:
+                await conn.execute("DELETE FROM turns WHERE user_message_id = ?", (turn_id,))
+            elif turn_id is not None:
+                await conn.execute(
+                    "UPDATE turns SET head_id = ? WHERE user_message_id = ?", (stored.id, turn_id)
+                )
+            return stored
+
+    async def close_open_turns(self) -> list[Message]:
+        closed = []
+        async with self._transaction() as conn:
+            async with conn.execute(
+                "SELECT user_message_id, session_id, head_id FROM turns ORDER BY started_at"
+            ) as cursor:
+                open_turns = list(await cursor.fetchall())
+            for turn in open_turns:
+                closed.append(
+                    await self._insert_message(
+                        conn,
+                        turn["session_id"],
+                        turn["head_id"],
+                        NewMessage(role="assistant", content="", status="interrupted"),
+                    )
+                )
+            await conn.execute("DELETE FROM turns")
+        return closed
 
     async def list_messages(self, session_id: str) -> list[Message]:
         rows = await self._fetchall(
@@ -334,6 +374,39 @@ class SQLiteStore:
             (message_id,),
         )
         return [_message(row) for row in rows]
+
+    # -- the frame journal ------------------------------------------------------------------
+
+    async def save_journals(self, journals: Sequence[tuple[str, Sequence[str]]]) -> None:
+        if not journals:
+            return
+        stamp = now_iso()
+        async with self._transaction() as conn:
+            for request_id, frames in journals:
+                await conn.execute("DELETE FROM events WHERE request_id = ?", (request_id,))
+                await conn.executemany(
+                    "INSERT INTO events (request_id, seq, frame, created_at) VALUES (?, ?, ?, ?)",
+                    [(request_id, seq, frame, stamp) for seq, frame in enumerate(frames)],
+                )
+
+    async def read_journal(self, request_id: str) -> list[str] | None:
+        rows = await self._fetchall(
+            "SELECT frame FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
+        )
+        return [row["frame"] for row in rows] or None
+
+    async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=max_age_sec)
+        stamp = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        async with self._transaction() as conn:
+            by_age = await conn.execute("DELETE FROM events WHERE created_at < ?", (stamp,))
+            # Every journal is written with one created_at, so this removes whole journals.
+            by_count = await conn.execute(
+                "DELETE FROM events WHERE created_at <= (SELECT created_at FROM events "
+                "ORDER BY created_at DESC LIMIT 1 OFFSET ?)",
+                (max_rows,),
+            )
+            return max(by_age.rowcount, 0) + max(by_count.rowcount, 0)
 
     # -- agents -----------------------------------------------------------------------------
 

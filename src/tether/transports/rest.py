@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -11,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether import __version__
+from tether import __version__, jsonsafe
 from tether.errors import BadRequest, NotFound
 from tether.protocol import PROTOCOL_VERSION
 from tether.store.base import Agent, Message, Session
@@ -71,9 +70,11 @@ class AgentBody(BaseModel):
 async def _json_body(request: Request, model: type[M]) -> M:
     raw = await request.body()
     try:
-        data = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError:
-        raise BadRequest("request body is not valid JSON") from None
+        data = jsonsafe.loads(raw) if raw.strip() else {}
+    except jsonsafe.JSONInputError as exc:
+        raise BadRequest(f"request body {exc}") from None
+    if jsonsafe.has_lone_surrogates(raw, data):
+        raise BadRequest(f"request body {jsonsafe.LONE_SURROGATE}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

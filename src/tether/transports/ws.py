@@ -1,23 +1,26 @@
 """`/ws/chat`: protocol v1 over one WebSocket, many interleaved requests.
 
-Each chat request runs in its own asyncio task; frames of all requests share the socket through
-one send lock, each request numbering its own frames. The socket only renders the chat core's
-events: it knows nothing of engines, tools or SQL.
+A chat request runs as a `Run` of the server's `RunRegistry` (`tether.runs`), not in the socket:
+the socket starts runs and *watches* them (the ones it started or resumed), and a run outlives
+its socket (the disconnect policy is in `tether.runs`). Frames of all watched runs share the
+socket through one send lock, each request numbering its own frames. The socket only renders
+frames: it knows nothing of engines, tools or SQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from typing import Any
 
 import structlog
 from starlette.websockets import WebSocket
 
-from tether.chat import ChatService, Turn, TurnControl, TurnOptions
+from tether.chat import Turn, TurnOptions
 from tether.config import LimitsSettings
 from tether.engines.base import GenerationOptions
-from tether.events import ChatEvent
+from tether.errors import TetherError
 from tether.protocol import (
     PONG_BODY,
     CancelFrame,
@@ -27,13 +30,15 @@ from tether.protocol import (
     RequestFrames,
     ResumeFrame,
     error_body,
-    event_body,
     parse_client_frame,
 )
+from tether.runs import RunRegistry, Watcher
+from tether.transports.ws_limits import SocketGuard
 
 log = structlog.get_logger("tether.ws")
 
-# Finished requests remembered per socket, so a late `cancel` continues their seq quietly.
+# Ended requests remembered per socket, so that a late `cancel` is quiet and a late frame about
+# one continues its seq.
 FINISHED_MEMORY = 256
 
 
@@ -61,29 +66,31 @@ def turn_from_frame(frame: ChatFrame) -> Turn:
     )
 
 
-class _Running:
-    __slots__ = ("control", "frames", "task")
-
-    def __init__(self, frames: RequestFrames, control: TurnControl) -> None:
-        self.frames = frames
-        self.control = control
-        self.task: asyncio.Task[None] | None = None
-
-
 class ChatSocket:
-    """One client connection."""
+    """One client connection: reads client frames and watches the runs it started or resumed."""
 
-    def __init__(self, websocket: WebSocket, chat: ChatService, limits: LimitsSettings) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        runs: RunRegistry,
+        limits: LimitsSettings,
+        hub: SocketHub | None = None,
+    ) -> None:
         self.websocket = websocket
-        self.chat = chat
+        self.runs = runs
         self.limits = limits
-        self.running: dict[str, _Running] = {}
-        self.finished: OrderedDict[str, RequestFrames] = OrderedDict()
+        self.hub = hub
+        self.watching: dict[str, Watcher] = {}  # running requests this socket receives
+        self.finished: OrderedDict[str, int] = OrderedDict()  # ended ones: their next seq
         self._send_lock = asyncio.Lock()
         self._open = True
+        self.guard = SocketGuard(limits)  # message rate and idle timeout
 
     async def serve(self) -> None:
         await self.websocket.accept()
+        self.guard.start(self.websocket, busy=lambda: bool(self.watching))
+        if self.hub is not None:
+            self.hub.add(self)
         client = self.websocket.client
         log.info("ws.open", client=f"{client.host}:{client.port}" if client else None)
         try:
@@ -97,36 +104,70 @@ class ChatSocket:
                 await self.handle(raw)
         finally:
             self._open = False
-            await self._stop_all()
+            self.guard.stop()
+            if self.hub is not None:
+                self.hub.discard(self)
+            self._stop_watching()
             log.info("ws.close")
 
-    async def _stop_all(self) -> None:
-        # The client is gone: stop its turns; each stores what it had produced.
-        tasks = [r.task for r in self.running.values() if r.task is not None]
-        for running in self.running.values():
-            running.control.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+    def _stop_watching(self) -> None:
+        # The client is gone; its runs go on without it (the disconnect policy decides).
+        watchers, self.watching = self.watching, {}
+        for watcher in watchers.values():
+            watcher.run.unwatch(watcher)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close from the server side (shutdown); the receive loop then ends as for any close."""
+        async with self._send_lock:
+            if not self._open:
+                return
+            self._open = False
+            with contextlib.suppress(Exception):  # already closing or gone
+                await self.websocket.close(code, reason)
 
     async def send(self, text: str) -> None:
         if not self._open:
             return
+        self.guard.activity()
         async with self._send_lock:
+            if not self._open:
+                return
             try:
                 await self.websocket.send_text(text)
             except Exception:  # the peer went away mid-send; the receive loop will see it
                 self._open = False
 
     async def send_body(self, request_id: str, body: dict[str, Any]) -> None:
-        frames = self._frames_for(request_id)
+        """Send a frame about `request_id` from outside its turn (an error, a pong).
+
+        When this socket watches that request, the request numbers and journals the frame as
+        one of its own, so its seq stays contiguous for every watcher. Otherwise the frame
+        continues the seq of the frames this socket saw of that id, or starts at 0.
+        """
+        watcher = self.watching.get(request_id)
+        if watcher is not None and not watcher.run.ended:
+            await watcher.run.post(body)
+            return
+        frames = RequestFrames(request_id)
+        if request_id in self.finished:
+            frames.next_seq = self.finished[request_id]
+            self.finished[request_id] += 1
         await self.send(frames.render(body))
 
-    def _frames_for(self, request_id: str) -> RequestFrames:
-        if request_id in self.running:
-            return self.running[request_id].frames
-        return self.finished.get(request_id) or RequestFrames(request_id)
+    def _ended(self, request_id: str, last_seq: int) -> None:
+        """A watched run ended (its final frame is sent)."""
+        self.watching.pop(request_id, None)
+        self._remember(request_id, last_seq + 1)
+
+    def _remember(self, request_id: str, next_seq: int) -> None:
+        self.finished[request_id] = next_seq
+        self.finished.move_to_end(request_id)
+        while len(self.finished) > FINISHED_MEMORY:
+            self.finished.popitem(last=False)
 
     async def handle(self, raw: str | bytes) -> None:
+        if not await self.guard.admit(raw, self.send_body, self.websocket):
+            return
         try:
             frame = parse_client_frame(raw, max_text_chars=self.limits.max_text_chars)
         except ProtocolError as exc:
@@ -139,65 +180,100 @@ class ChatSocket:
         elif isinstance(frame, PingFrame):
             await self.send_body(frame.request_id, PONG_BODY)
         elif isinstance(frame, ResumeFrame):
-            await self.send_body(
-                frame.request_id,
-                error_body("not_implemented", "resume is not implemented by this server yet"),
-            )
+            await self._resume(frame)
+
+    def _too_busy(self) -> dict[str, Any] | None:
+        if len(self.watching) < self.limits.max_requests_per_socket:
+            return None
+        return error_body(
+            "busy",
+            f"this socket already runs {len(self.watching)} requests "
+            f"(limit {self.limits.max_requests_per_socket}); wait for one to complete",
+        )
 
     async def _start(self, frame: ChatFrame) -> None:
         request_id = frame.request_id
-        if request_id in self.running:
+        running = self.runs.get(request_id)
+        if running is not None and not running.ended:
             await self.send_body(
                 request_id,
                 error_body("conflict", f"request {request_id!r} is already running"),
             )
             return
-        if len(self.running) >= self.limits.max_requests_per_socket:
+        refusal = self._too_busy()
+        if refusal is not None:
+            await self.send_body(request_id, refusal)
+            return
+        self.finished.pop(request_id, None)
+        try:
+            watcher = self.runs.start(turn_from_frame(frame), self.send, self._ended)
+        except TetherError as exc:  # the server is shutting down
+            await self.send_body(request_id, error_body(exc.code, exc.message))
+            return
+        self.watching[request_id] = watcher
+
+    async def _resume(self, frame: ResumeFrame) -> None:
+        """Replay the frames after `after_seq`, then the live ones if the request still runs."""
+        request_id, after_seq = frame.request_id, frame.after_seq
+        run = self.runs.get(request_id)
+        if run is not None and not run.ended:
+            watcher = self.watching.get(request_id)
+            if watcher is not None and watcher.run is run:
+                await watcher.rewind(after_seq)  # asked again on the socket that watches it
+                return
+            refusal = self._too_busy()
+            if refusal is not None:
+                await self.send_body(request_id, refusal)
+                return
+            watcher = run.watch(self.send, after_seq, self._ended)
+            self.watching[request_id] = watcher
+            await watcher.catch_up()
+            return
+        frames = await self.runs.journal(request_id)
+        if frames is None:
             await self.send_body(
                 request_id,
                 error_body(
-                    "busy",
-                    f"this socket already runs {len(self.running)} requests "
-                    f"(limit {self.limits.max_requests_per_socket}); wait for one to complete",
+                    "not_found",
+                    f"no request {request_id!r} to resume: unknown, or its journal expired",
                 ),
             )
             return
-        self.finished.pop(request_id, None)
-        running = _Running(RequestFrames(request_id), TurnControl())
-        self.running[request_id] = running
-        running.task = asyncio.create_task(self._run(turn_from_frame(frame), running))
-
-    async def _run(self, turn: Turn, running: _Running) -> None:
-        async def emit(event: ChatEvent) -> None:
-            await self.send(running.frames.render(event_body(event)))
-
-        try:
-            await self.chat.run_turn(turn, emit, running.control)
-        except Exception:
-            log.exception("ws.turn_crashed", request_id=turn.request_id)
-            await self.send(
-                running.frames.render(
-                    error_body("internal", "internal error; the server log has the details")
-                )
-            )
-        finally:
-            del self.running[turn.request_id]
-            self.finished[turn.request_id] = running.frames
-            while len(self.finished) > FINISHED_MEMORY:
-                self.finished.popitem(last=False)
+        for text in frames[after_seq + 1 :]:
+            await self.send(text)
+        self._remember(request_id, len(frames))
 
     async def _cancel(self, frame: CancelFrame) -> None:
-        running = self.running.get(frame.request_id)
-        if running is not None:
-            running.control.cancel()
-        elif frame.request_id not in self.finished:
+        run = self.runs.get(frame.request_id)
+        if run is not None and not run.ended:
+            run.control.cancel()
+        elif run is None and frame.request_id not in self.finished:
             await self.send_body(
                 frame.request_id,
-                error_body("not_found", f"no request {frame.request_id!r} on this socket"),
+                error_body("not_found", f"no running request {frame.request_id!r}"),
             )
         # A cancel that raced the request's completion needs no answer: `complete` said it all.
 
 
+class SocketHub:
+    """The open chat sockets, so that a shutdown can close them."""
+
+    def __init__(self) -> None:
+        self._sockets: set[ChatSocket] = set()
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def add(self, socket: ChatSocket) -> None:
+        self._sockets.add(socket)
+
+    def discard(self, socket: ChatSocket) -> None:
+        self._sockets.discard(socket)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        await asyncio.gather(*(socket.close(code, reason) for socket in list(self._sockets)))
+
+
 async def chat_endpoint(websocket: WebSocket) -> None:
     services = websocket.app.state.services
-    await ChatSocket(websocket, services.chat, services.settings.limits).serve()
+    await ChatSocket(websocket, services.runs, services.settings.limits, services.sockets).serve()

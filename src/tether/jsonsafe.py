@@ -1,0 +1,66 @@
+"""JSON from clients, read without surprises.
+
+`json.loads` has three ways to fail besides JSONDecodeError, each a crash where it is not
+expected: RecursionError for deep nesting (`[[[[...`), ValueError for an integer longer than
+Python's 4300-digit limit, UnicodeDecodeError for bytes that are not UTF-8. And it accepts
+escapes of lone surrogates (`"\\ud800"`), giving strings that cannot be encoded as UTF-8 again:
+echoed in a reply, stored in SQLite or logged, they raise far from where they came in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# Surrogates (\ud800-\udfff), as JSON escapes or (in a str from elsewhere than the network)
+# themselves: only text holding one needs its strings walked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class JSONInputError(ValueError):
+    """The text is not JSON we accept; the message says why ("is not valid JSON", ...)."""
+
+
+def loads(raw: str | bytes) -> Any:
+    """`json.loads` that fails only with JSONInputError."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise JSONInputError("is nested too deeply") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer past 4300 digits
+        raise JSONInputError("is not valid JSON") from None
+
+
+LONE_SURROGATE = "holds a lone surrogate escape (\\ud800-\\udfff)"
+
+
+def has_lone_surrogates(raw: str | bytes, data: Any) -> bool:
+    """Whether `data`, parsed from `raw`, holds a string that is not valid Unicode."""
+    if isinstance(raw, bytes):
+        if _SURROGATE_ESCAPE_BYTES.search(raw) is None:
+            return False
+    elif _SURROGATE_ESCAPE.search(raw) is None:
+        return False
+    stack = [data]  # iterative: `data` may be nested as deep as json.loads allows
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not is_unicode(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def is_unicode(text: str) -> bool:
+    """Whether `text` can be encoded as UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,314 @@
+"""Running requests, independent of sockets: their frames, who watches them, resume, shutdown.
+
+A chat request runs as a `Run` in the server's `RunRegistry` (built by `create_app`, one per
+app), not inside the socket that started it. The run renders every event of its turn into a
+protocol frame with the next `seq` and appends it to its frame log before any socket sees it;
+sockets *watch* runs through a `Watcher`, a cursor into that log that sends each frame once and
+in order. A socket that closes stops watching; the run goes on (see the disconnect policy).
+
+What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_reliability.py):
+
+- Resume, while the server runs: `{"type": "resume", "request_id", "after_seq"}` on any socket
+  sends every frame of that request with a seq above `after_seq`, in order, each once, then the
+  live frames if it still runs, so the client sees seq contiguous from `after_seq + 1` to the
+  final `complete` (or `error`). This holds for a running request, and for an ended one for at
+  least `reliability.journal_max_age_sec` after it ended (unless `journal_max_rows` pushed it
+  out sooner); then, or for an id never seen, `not_found`.
+- Where the frames live: in memory while the request runs (the log is the one the sockets read,
+  so a frame a socket saw is always in it); when the request ends its frames are committed to
+  the `events` table (several ended requests share one transaction), and only then does the run
+  leave memory, so there is no moment when an ended request is in neither place. Chunk frames
+  cost no SQLite write while streaming.
+- Across a crash (kill -9, power loss): the journals of requests that ended and were committed
+  survive a restart and can be resumed. A request that was running has no journal after a
+  restart (`not_found`), and one that ended within the last group commit before the crash may
+  have none: the stored messages are the truth then (`GET /sessions/{id}/messages`); its turn
+  was closed as `interrupted` at start-up (see `Store.close_open_turns`).
+- Request ids are client-chosen and name a request server-wide (resume works from any socket):
+  a `chat` whose `request_id` is running gets `conflict`; reusing the id of an ended request
+  starts a new request whose journal replaces the old one. Use unique ids (UUIDs).
+- Frames the server sends about a running request outside its turn, to a socket that watches
+  it (a `conflict` for a second chat with its id, a `pong` or a `bad_request` naming it), take
+  its next seq and are journaled like the others, so seq stays contiguous for every watcher.
+  A socket that does not watch it gets such frames numbered on their own (from 0), outside the
+  request's stream.
+
+Disconnects (`reliability.on_disconnect`): "continue" (default) lets a request nobody watches run
+on for `disconnect_grace_sec` (a resume within it re-attaches), then cancels it; "cancel" cancels
+it at once. A cancelled answer is stored with what was generated, status `cancelled`.
+
+Shutdown (`drain`): new chats are refused with `busy`, running requests may finish for
+`reliability.drain_timeout_sec`, the rest are cancelled (stored as `cancelled`, their watchers
+get `complete` with `finish_reason: "cancelled"`) and their journals committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from tether.chat import ChatService, Turn, TurnControl
+from tether.config import ReliabilitySettings
+from tether.errors import Busy, Conflict
+from tether.events import ChatEvent
+from tether.protocol import RequestFrames, error_body, event_body
+from tether.store.base import Store
+
+log = structlog.get_logger("tether.runs")
+
+FrameSink = Callable[[str], Awaitable[None]]
+EndHook = Callable[[str, int], None]  # (request_id, seq of the last frame sent to the watcher)
+
+# How often ended journals are pruned (by age and row count), at most.
+PRUNE_INTERVAL_SEC = 60.0
+# After a drain or close cancelled the runs, how long they get to store their answers.
+CANCEL_GRACE_SEC = 10.0
+
+
+class Watcher:
+    """One socket's cursor into one run's frame log: sends each frame once, in seq order."""
+
+    def __init__(self, run: Run, send: FrameSink, after_seq: int, on_end: EndHook | None) -> None:
+        self.run = run
+        self.last_seq = after_seq  # the highest seq this watcher has sent (or was told to skip)
+        self._send = send
+        self._on_end = on_end
+        self._lock = asyncio.Lock()
+
+    async def catch_up(self) -> None:
+        """Send every frame of the log after `last_seq`. Concurrent calls never double a frame:
+        the cursor moves under a lock, so whoever comes second finds less (or nothing) to do."""
+        async with self._lock:
+            frames = self.run.frames
+            while self.last_seq + 1 < len(frames):
+                self.last_seq += 1
+                await self._send(frames[self.last_seq])
+
+    async def rewind(self, after_seq: int) -> None:
+        """Send the frames after `after_seq` again (a resume on a socket already watching)."""
+        async with self._lock:
+            self.last_seq = min(self.last_seq, after_seq)
+        await self.catch_up()
+
+    def ended(self) -> None:
+        if self._on_end is not None:
+            self._on_end(self.run.request_id, self.last_seq)
+
+
+class Run:
+    """One chat request: its turn's task, its frame log and its watchers."""
+
+    def __init__(self, registry: RunRegistry, request_id: str) -> None:
+        self.registry = registry
+        self.request_id = request_id
+        self.frames: list[str] = []  # frames[seq]; append-only
+        self.watchers: list[Watcher] = []
+        self.control = TurnControl()
+        self.task: asyncio.Task[None] | None = None
+        self.ended = False  # the turn is over: no frame will be added
+        self._numbering = RequestFrames(request_id)
+        self._grace: asyncio.TimerHandle | None = None
+
+    # -- frames -------------------------------------------------------------------------------
+
+    def append(self, body: dict[str, Any]) -> str:
+        """Render `body` with the next seq and add it to the log; return the frame."""
+        frame = self._numbering.render(body)
+        self.frames.append(frame)
+        return frame
+
+    async def post(self, body: dict[str, Any]) -> str:
+        """Append a frame and send it to every watcher (waiting for them: backpressure)."""
+        frame = self.append(body)
+        for watcher in list(self.watchers):
+            await watcher.catch_up()
+        return frame
+
+    # -- watchers -----------------------------------------------------------------------------
+
+    def watch(self, send: FrameSink, after_seq: int, on_end: EndHook | None = None) -> Watcher:
+        """Start watching after `after_seq`; the caller then awaits `catch_up()` for the frames
+        already logged. The cursor is in place before any await, so whichever comes first, that
+        catch-up or the run's next `post`, every frame after `after_seq` goes out once, in order."""
+        watcher = Watcher(self, send, after_seq, on_end)
+        self.watchers.append(watcher)
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+            log.info("run.reattached", request_id=self.request_id)
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        """The watcher's socket is gone. With nobody left watching, apply the disconnect policy."""
+        if watcher in self.watchers:
+            self.watchers.remove(watcher)
+        if self.ended or self.watchers:
+            return
+        policy = self.registry.settings
+        if policy.on_disconnect == "cancel" or policy.disconnect_grace_sec <= 0:
+            log.info("run.orphaned", request_id=self.request_id, action="cancel")
+            self.control.cancel()
+        elif self._grace is None:
+            log.info(
+                "run.orphaned",
+                request_id=self.request_id,
+                action="continue",
+                grace_sec=policy.disconnect_grace_sec,
+            )
+            loop = asyncio.get_running_loop()
+            self._grace = loop.call_later(policy.disconnect_grace_sec, self._grace_expired)
+
+    def _grace_expired(self) -> None:
+        self._grace = None
+        if not self.watchers and not self.ended:
+            log.info("run.grace_expired", request_id=self.request_id)
+            self.control.cancel()
+
+    # -- the turn -----------------------------------------------------------------------------
+
+    async def execute(self, turn: Turn) -> None:
+        async def emit(event: ChatEvent) -> None:
+            await self.post(event_body(event))
+
+        try:
+            await self.registry.chat.run_turn(turn, emit, self.control)
+        except Exception:
+            log.exception("run.crashed", request_id=self.request_id)
+            await self.post(
+                error_body("internal", "internal error; the server log has the details")
+            )
+        finally:
+            self.ended = True
+            if self._grace is not None:
+                self._grace.cancel()
+                self._grace = None
+            watchers, self.watchers = self.watchers, []
+            for watcher in watchers:
+                watcher.ended()
+            # Shielded: even when this task is cancelled (a hard close), the frames it sent are
+            # committed before the run leaves memory.
+            await asyncio.shield(self.registry.retire(self))
+
+
+class RunRegistry:
+    """The server's running requests, by request_id, and the journal of ended ones."""
+
+    def __init__(self, chat: ChatService, store: Store, settings: ReliabilitySettings) -> None:
+        self.chat = chat
+        self.store = store
+        self.settings = settings
+        self.accepting = True
+        self._runs: dict[str, Run] = {}
+        self._pending: list[tuple[Run, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._last_prune = 0.0
+
+    async def open(self) -> None:
+        await self._prune()
+
+    def get(self, request_id: str) -> Run | None:
+        return self._runs.get(request_id)
+
+    def running(self) -> list[Run]:
+        return [run for run in self._runs.values() if not run.ended]
+
+    def start(self, turn: Turn, send: FrameSink, on_end: EndHook | None = None) -> Watcher:
+        """Start `turn` as a run watched by `send`. Raises Conflict (its request_id is running)
+        or Busy (the server is shutting down)."""
+        if not self.accepting:
+            raise Busy("the server is shutting down; try again shortly")
+        previous = self._runs.get(turn.request_id)
+        if previous is not None and not previous.ended:
+            raise Conflict(f"request {turn.request_id!r} is already running")
+        run = Run(self, turn.request_id)
+        self._runs[turn.request_id] = run  # an ended run of the same id is being journaled
+        watcher = run.watch(send, -1, on_end)
+        run.task = asyncio.create_task(run.execute(turn), name=f"run:{turn.request_id}")
+        return watcher
+
+    async def journal(self, request_id: str) -> list[str] | None:
+        """Every frame of request_id, if it has a journal in memory (running or being committed)
+        or in the store."""
+        run = self._runs.get(request_id)
+        if run is not None:
+            return list(run.frames)
+        return await self.store.read_journal(request_id)
+
+    # -- the journal writer: ended runs, committed in batches ----------------------------------
+
+    async def retire(self, run: Run) -> None:
+        """Commit the ended run's frames, then forget it."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((run, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_journals(), name="journal-writer")
+        await done
+
+    async def _write_journals(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self.store.save_journals([(run.request_id, run.frames) for run, _ in batch])
+            except Exception:
+                log.exception("runs.journal_failed", requests=len(batch))
+            for run, done in batch:
+                if self._runs.get(run.request_id) is run:
+                    del self._runs[run.request_id]
+                if not done.done():
+                    done.set_result(None)
+            if time.monotonic() - self._last_prune > PRUNE_INTERVAL_SEC:
+                await self._prune()
+
+    async def _prune(self) -> None:
+        self._last_prune = time.monotonic()
+        try:
+            deleted = await self.store.prune_journals(
+                self.settings.journal_max_age_sec, self.settings.journal_max_rows
+            )
+        except Exception:
+            log.exception("runs.prune_failed")
+            return
+        if deleted:
+            log.info("runs.journal_pruned", frames=deleted)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def drain(self, limit_sec: float | None = None) -> None:
+        """Refuse new runs, let running ones finish for `limit_sec` (default:
+        `reliability.drain_timeout_sec`), cancel the rest; return when every run has stored
+        its answer and committed its journal."""
+        self.accepting = False
+        limit = self.settings.drain_timeout_sec if limit_sec is None else limit_sec
+        tasks = {run.task for run in self._runs.values() if run.task is not None}
+        if not tasks:
+            return
+        log.info("runs.draining", running=len(self.running()), timeout_sec=limit)
+        _, pending = await asyncio.wait(tasks, timeout=limit)
+        if pending:
+            await self._cancel(pending)
+
+    async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
+        runs = [run for run in self._runs.values() if run.task in tasks and not run.ended]
+        log.info("runs.cancelling", running=len(runs))
+        for run in runs:
+            run.control.cancel()  # stops the phase running; the answer is stored as cancelled
+        _, stuck = await asyncio.wait(tasks, timeout=CANCEL_GRACE_SEC)
+        for task in stuck:  # did not stop within the grace: the turn stores `interrupted`
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck)
+
+    async def aclose(self) -> None:
+        """Cancel whatever still runs (no drain happened, or a new run slipped in) and wait."""
+        self.accepting = False
+        tasks = {run.task for run in self._runs.values() if run.task is not None}
+        if tasks:
+            await self._cancel(tasks)
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer

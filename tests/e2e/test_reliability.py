@@ -1,0 +1,211 @@
+"""Reliability with real `tether serve` processes: SIGTERM drains, kill -9 loses nothing acked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.support.servers import ServerProcess, tether_serve
+from tests.support.timeouts import scaled
+from tests.support.wsclient import Frame, ProtocolClient, text_of
+
+pytestmark = pytest.mark.e2e
+
+CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+
+
+def words(count: int) -> str:
+    return " ".join(f"w{i}" for i in range(count))
+
+
+def chat_frame(request_id: str, text: str, delay_ms: int) -> dict[str, Any]:
+    return {
+        "type": "chat",
+        "request_id": request_id,
+        "text": text,
+        "options": {"token_delay_ms": delay_ms},
+    }
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def close_code(ws: ClientConnection) -> int:
+    """Wait for the server to close the socket (no frame may come first); its close code."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), scaled(30))
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code
+
+
+async def wait_refused(server: ServerProcess) -> None:
+    """Wait until the server stops accepting connections (its shutdown has begun)."""
+    async with asyncio.timeout(scaled(10)):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            except ConnectionRefusedError:
+                return
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.sleep(0.02)  # polling another process; bounded by the timeout
+
+
+def wait_exit(server: ServerProcess) -> int:
+    return server.process.wait(timeout=scaled(30))
+
+
+# -- SIGTERM --------------------------------------------------------------------------------
+
+
+async def test_sigterm_lets_the_answer_finish_then_closes_with_1001(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    text = words(30)  # 30 words at 50 ms: 1.5 s, well inside the 10 s drain
+    with tether_serve(tmp_path, "--db", str(db), "--engine", "echo") as server:
+        async with connect(server.ws_url) as ws, connect(server.ws_url) as idle:
+            client = ProtocolClient(ws)
+            await client.send(chat_frame("slow", text, 50))
+            await client.until("slow", "chunk")
+            server.process.send_signal(signal.SIGTERM)
+            await wait_refused(server)
+            # Draining: no new work, but the running answer goes on to its end.
+            await client.send(chat_frame("late", "too late", 0))
+            frames = await client.until("slow")
+            assert (await client.until("late"))[-1]["error"]["code"] == "busy"
+            assert await close_code(ws) == 1001
+            assert await close_code(idle) == 1001
+        assert wait_exit(server) == 0
+        log = server.log()
+    assert frames[-1]["status"] == "complete"
+    assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "stop"
+    assert text_of(frames) == text
+    message_id = frames[-1]["chunk"]["metadata"]["message_id"]
+    assert query(db, "SELECT status, content FROM messages WHERE id = ?", message_id) == [
+        ("complete", text)
+    ]
+    journal = query(db, "SELECT frame FROM events WHERE request_id = 'slow' ORDER BY seq")
+    assert [json.loads(row[0]) for row in journal] == frames
+    assert "server.draining" in log
+
+
+async def test_sigterm_cancels_what_outlasts_the_drain(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    text = words(400)  # 400 words at 50 ms: 20 s, far past a 0.5 s drain
+    env = {"TETHER_RELIABILITY__DRAIN_TIMEOUT_SEC": "0.5"}
+    with tether_serve(tmp_path, "--db", str(db), "--engine", "echo", env=env) as server:
+        async with connect(server.ws_url) as ws:
+            client = ProtocolClient(ws)
+            await client.send(chat_frame("long", text, 50))
+            await client.until("long", "chunk")
+            server.process.send_signal(signal.SIGTERM)
+            frames = await client.until("long")
+            assert await close_code(ws) == 1001
+        assert wait_exit(server) == 0
+    final = frames[-1]
+    assert final["status"] == "complete"
+    assert final["chunk"]["metadata"]["finish_reason"] == "cancelled"
+    partial = text_of(frames)
+    assert 0 < len(partial) < len(text)
+    assert query(
+        db,
+        "SELECT status, content FROM messages WHERE id = ?",
+        final["chunk"]["metadata"]["message_id"],
+    ) == [("cancelled", partial)]
+
+
+# -- kill -9 --------------------------------------------------------------------------------
+
+
+def check_consistent(db: Path, acked: dict[str, str], completed: dict[str, str]) -> None:
+    """Every acknowledged question is stored, every turn closed, every `complete` stored."""
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert query(db, "SELECT count(*) FROM turns") == [(0,)]
+    rows = query(db, "SELECT id, parent_id, role, status, tool_calls FROM messages")
+    by_id = {row[0]: row for row in rows}
+    children: dict[str, list[str]] = {}
+    for message_id, parent_id, *_ in rows:
+        if parent_id is not None:
+            children.setdefault(parent_id, []).append(message_id)
+    for user_id in acked:
+        assert user_id in by_id, f"acknowledged user message {user_id} is gone"
+    for message_id, _, role, _, _ in rows:
+        if role != "user":
+            continue
+        # Walk the turn: assistant (tool calls) -> tool results -> ... -> a final answer.
+        ends = []
+        pending = list(children.get(message_id, []))
+        while pending:
+            child = by_id[pending.pop()]
+            if child[2] == "assistant" and child[4] is None:
+                ends.append(child[3])
+            elif child[2] != "user":
+                pending.extend(children.get(child[0], []))
+        assert ends, f"the turn of {message_id} was never closed"
+        assert set(ends) <= {"complete", "cancelled", "interrupted", "error"}
+    for answer_id, status in completed.items():
+        assert by_id[answer_id][3] == status
+
+
+async def test_kill_9_at_any_moment_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    db = tmp_path / "kill.db"
+    acked: dict[str, str] = {}  # user_message_id -> request_id
+    completed: dict[str, str] = {}  # answers a client saw `complete` for -> status
+    running: list[str] = []  # request ids that were running when the process died
+    for iteration in range(8):
+        with tether_serve(tmp_path, "--db", str(db), "--engine", "echo") as server:
+            # The previous process was killed: this one closed its open turns at start-up.
+            check_consistent(db, acked, completed)
+            async with connect(server.ws_url) as ws:
+                client = ProtocolClient(ws)
+                for request_id in running:  # their frames died with the process
+                    await client.send({"type": "resume", "request_id": request_id})
+                    assert (await client.until(request_id))[-1]["error"]["code"] == "not_found"
+                background = f"b{iteration}"
+                await client.send(chat_frame(background, words(200), 20))
+                await client.until(background, "processing")
+                target = f"a{iteration}"
+                kind = iteration % 4
+                if kind == 3:
+                    await client.send(chat_frame(target, CALC, 0))
+                else:
+                    await client.send(chat_frame(target, words(20), 10))
+                wanted = {0: "processing", 1: "chunk", 2: "complete", 3: "tool"}[kind]
+                await client.until(target, wanted)
+                if kind == 1:
+                    while len(client.frames[target]) < 2 + iteration:  # more chunks each time
+                        await client.next_frame()
+                server.process.kill()
+                assert wait_exit(server) == -signal.SIGKILL
+            for request_frames in client.frames.values():
+                record(request_frames, acked, completed)
+            running = [
+                request_id
+                for request_id, request_frames in client.frames.items()
+                if request_frames and request_frames[-1]["status"] not in ("complete", "error")
+            ]
+    with tether_serve(tmp_path, "--db", str(db), "--engine", "echo"):
+        check_consistent(db, acked, completed)
+    assert len(acked) == 16
+    statuses = {row[0] for row in query(db, "SELECT status FROM messages")}
+    assert "interrupted" in statuses
+
+
+def record(frames: list[Frame], acked: dict[str, str], completed: dict[str, str]) -> None:
+    for frame in frames:
+        if frame["status"] == "processing":
+            acked[frame["chunk"]["metadata"]["user_message_id"]] = frame["request_id"]
+        elif frame["status"] == "complete":
+            meta = frame["chunk"]["metadata"]
+            status = "cancelled" if meta["finish_reason"] == "cancelled" else "complete"
+            completed[meta["message_id"]] = status

@@ -1,0 +1,121 @@
+"""The store's reliability parts against real files: open turns, the frame journal."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.service.test_chat_service import make_service
+from tether.chat import Turn
+from tether.engines.base import ToolCall
+from tether.engines.echo import EchoEngine
+from tether.events import ChatEvent
+from tether.store.base import NewMessage
+from tether.store.sqlite import SQLiteStore
+
+CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "store.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def open_turns(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT user_message_id, head_id FROM turns").fetchall()
+
+
+async def test_a_turn_is_open_from_its_question_to_its_answer(store: SQLiteStore) -> None:
+    start = await store.begin_turn(session_id=None, text="6*7?")
+    sid, turn = start.session.id, start.message.id
+    assert open_turns(store.path) == [(turn, turn)]
+    said = await store.append_message(
+        sid,
+        turn,
+        NewMessage("assistant", "", tool_calls=(ToolCall("c1", "calculator", {}),)),
+        turn_id=turn,
+    )
+    assert open_turns(store.path) == [(turn, said.id)]
+    result = await store.append_message(
+        sid, said.id, NewMessage("tool", "42", tool_call_id="c1"), turn_id=turn
+    )
+    assert open_turns(store.path) == [(turn, result.id)]
+    await store.append_message(
+        sid, result.id, NewMessage("assistant", "42"), turn_id=turn, ends_turn=True
+    )
+    assert open_turns(store.path) == []
+
+
+async def test_open_turns_are_closed_as_interrupted_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    store = SQLiteStore(path)
+    await store.open()
+    plain = await store.begin_turn(session_id=None, text="never answered")
+    tooled = await store.begin_turn(session_id=None, text="6*7?")
+    call = await store.append_message(
+        tooled.session.id,
+        tooled.message.id,
+        NewMessage("assistant", "", tool_calls=(ToolCall("c1", "calculator", {}),)),
+        turn_id=tooled.message.id,
+    )
+    await store.close()  # as if the process died: nothing else was written
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    try:
+        closed = await reopened.close_open_turns()
+        assert sorted((m.session_id, m.parent_id) for m in closed) == sorted(
+            [(plain.session.id, plain.message.id), (tooled.session.id, call.id)]
+        )
+        assert {(m.role, m.status, m.content) for m in closed} == {("assistant", "interrupted", "")}
+        assert open_turns(path) == []
+        assert await reopened.close_open_turns() == []
+        history = await reopened.branch(closed[0].id)
+        assert history[-1].status == "interrupted"
+    finally:
+        await reopened.close()
+
+
+async def test_the_chat_service_closes_every_turn_it_opens(store: SQLiteStore) -> None:
+    service = make_service(store, EchoEngine())
+
+    async def ignore(_event: ChatEvent) -> None:
+        pass
+
+    await service.run_turn(Turn(request_id="a", text="plain"), ignore)
+    await service.run_turn(Turn(request_id="b", text=CALC), ignore)
+    assert open_turns(store.path) == []
+
+
+async def test_journals_are_saved_read_and_replaced(store: SQLiteStore) -> None:
+    assert await store.read_journal("r1") is None
+    await store.save_journals([("r1", ["a", "b", "c"]), ("r2", ["x"])])
+    assert await store.read_journal("r1") == ["a", "b", "c"]
+    assert await store.read_journal("r2") == ["x"]
+    await store.save_journals([("r1", ["new"])])  # the id was reused
+    assert await store.read_journal("r1") == ["new"]
+
+
+async def test_journals_are_pruned_whole_by_age_and_by_rows(store: SQLiteStore) -> None:
+    with sqlite3.connect(store.path) as conn:  # an hour-old journal
+        conn.executemany(
+            "INSERT INTO events VALUES ('old', ?, 'f', '2000-01-01T00:00:00.000000Z')",
+            [(0,), (1,)],
+        )
+    await store.save_journals([("first", ["1", "2", "3"])])
+    await store.save_journals([("second", ["1", "2"])])
+    await store.save_journals([("third", ["1", "2"])])
+    assert await store.prune_journals(max_age_sec=3600, max_rows=100) == 2
+    assert await store.read_journal("old") is None
+    # At most 5 frames: "first" goes whole, although dropping one of its frames would do.
+    assert await store.prune_journals(max_age_sec=3600, max_rows=5) == 3
+    assert await store.read_journal("first") is None
+    assert await store.read_journal("second") == ["1", "2"]
+    assert await store.read_journal("third") == ["1", "2"]
+    assert await store.prune_journals(max_age_sec=3600, max_rows=5) == 0

@@ -1,0 +1,207 @@
+"""`resume` and the disconnect policy over real sockets: no frame lost, none doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect
+
+from tests.support.servers import RunningServer, make_settings, serve_app
+from tests.support.timeouts import scaled
+from tests.support.wsclient import Frame, ProtocolClient, text_of
+
+WORDS = " ".join(f"w{i}" for i in range(40))
+
+
+def chat_frame(request_id: str, text: str = WORDS, delay_ms: int = 20) -> dict[str, Any]:
+    return {
+        "type": "chat",
+        "request_id": request_id,
+        "text": text,
+        "options": {"token_delay_ms": delay_ms},
+    }
+
+
+def seqs(frames: list[Frame]) -> list[int]:
+    return [f["seq"] for f in frames]
+
+
+async def stored_answer(server: RunningServer, session_id: str) -> dict[str, Any]:
+    """The session's assistant message, once the server has stored it."""
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        async with asyncio.timeout(scaled(20)):
+            while True:
+                messages = (await http.get(f"/sessions/{session_id}/messages")).json()
+                if messages[-1]["role"] == "assistant":
+                    answer: dict[str, Any] = messages[-1]
+                    return answer
+                await asyncio.sleep(0.05)  # polling for the server to store it; bounded
+
+
+async def test_resume_on_another_socket_after_a_disconnect(server: RunningServer) -> None:
+    async with connect(server.ws_url) as ws:
+        first = ProtocolClient(ws)
+        await first.send(chat_frame("r"))
+        while len(first.frames["r"]) < 5:  # processing and a few chunks, then the client drops
+            await first.next_frame()
+        seen = list(first.frames["r"])
+    # The default policy ("continue"): the answer goes on without a socket, and a resume on a
+    # new socket picks it up where the client stopped reading.
+    async with connect(server.ws_url) as ws:
+        second = ProtocolClient(ws)
+        await second.send({"type": "resume", "request_id": "r", "after_seq": seen[-1]["seq"]})
+        rest = await second.until("r")
+    frames = seen + rest
+    assert seqs(frames) == list(range(len(frames)))
+    assert frames[-1]["status"] == "complete"
+    assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "stop"
+    assert text_of(frames) == WORDS
+    answer = await stored_answer(server, frames[0]["chunk"]["metadata"]["session_id"])
+    assert (answer["status"], answer["content"]) == ("complete", WORDS)
+
+
+async def test_resume_races_the_live_frames(server: RunningServer) -> None:
+    # Watchers join at different points of a running answer, some from the start, some from
+    # the middle: each must get every frame after its after_seq once, in order, to the end.
+    async with contextlib.AsyncExitStack() as stack:
+        owner = ProtocolClient(await stack.enter_async_context(connect(server.ws_url)))
+        await owner.send(chat_frame("race", delay_ms=5))
+        await owner.until("race", "processing")
+        watchers = []
+        for after_seq in (-1, 0, 3, 7, -1, 12):
+            client = ProtocolClient(await stack.enter_async_context(connect(server.ws_url)))
+            await client.send({"type": "resume", "request_id": "race", "after_seq": after_seq})
+            watchers.append((after_seq, client))
+        everything = await owner.until("race")
+        for after_seq, client in watchers:
+            got = await client.until("race")
+            assert seqs(got) == list(range(after_seq + 1, len(everything)))
+            assert got == everything[after_seq + 1 :]
+
+
+async def test_an_ended_request_replays_from_the_journal_even_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    async with serve_app(settings) as server, connect(server.ws_url) as ws:
+        frames = await ProtocolClient(ws).chat("done", "one two three")
+        # At once after `complete` (the journal may still be on its way to SQLite) and later.
+        for after_seq in (-1, 2):
+            async with connect(server.ws_url) as other:
+                replay = ProtocolClient(other)
+                await replay.send({"type": "resume", "request_id": "done", "after_seq": after_seq})
+                assert await replay.until("done") == frames[after_seq + 1 :]
+    stored = sqlite3.connect(settings.storage.path).execute(
+        "SELECT seq, frame FROM events WHERE request_id = 'done' ORDER BY seq"
+    )
+    assert [json.loads(frame) for _, frame in stored] == frames
+    async with serve_app(settings) as server, connect(server.ws_url) as ws:
+        replay = ProtocolClient(ws)
+        await replay.send({"type": "resume", "request_id": "done", "after_seq": 0})
+        assert await replay.until("done") == frames[1:]
+        # Nothing after the end: an empty replay, then the socket goes on as usual.
+        await replay.send({"type": "resume", "request_id": "done", "after_seq": len(frames)})
+        await replay.send({"type": "ping", "request_id": "p"})
+        assert (await replay.next_frame())["status"] == "pong"
+
+
+async def test_resume_of_an_unknown_request_is_not_found(server: RunningServer) -> None:
+    async with connect(server.ws_url) as ws:
+        client = ProtocolClient(ws)
+        await client.send({"type": "resume", "request_id": "never", "after_seq": -1})
+        error = await client.next_frame()
+        assert (error["request_id"], error["status"]) == ("never", "error")
+        assert error["error"]["code"] == "not_found"
+
+
+async def test_an_orphaned_answer_is_cancelled_after_the_grace(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, **{"reliability.disconnect_grace_sec": 0.3})
+    async with serve_app(settings) as server:
+        async with connect(server.ws_url) as ws:
+            client = ProtocolClient(ws)
+            await client.send(chat_frame("orphan", delay_ms=50))
+            seen = await client.until("orphan", "chunk")
+        answer = await stored_answer(server, seen[0]["chunk"]["metadata"]["session_id"])
+        assert answer["status"] == "cancelled"
+        assert 0 < len(answer["content"]) < len(WORDS)
+        # The cancelled request resumes to its end, the part nobody saw included.
+        async with connect(server.ws_url) as ws:
+            client = ProtocolClient(ws)
+            await client.send({"type": "resume", "request_id": "orphan", "after_seq": -1})
+            frames = await client.until("orphan")
+    assert frames[: len(seen)] == seen
+    assert seqs(frames) == list(range(len(frames)))
+    assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "cancelled"
+    assert text_of(frames) == answer["content"]
+
+
+async def test_a_resume_within_the_grace_keeps_the_answer_going(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, **{"reliability.disconnect_grace_sec": 0.5})
+    async with serve_app(settings) as server:
+        async with connect(server.ws_url) as ws:
+            client = ProtocolClient(ws)
+            await client.send(chat_frame("back", delay_ms=50))  # 40 words: about 2 s
+            seen = await client.until("back", "chunk")
+        async with connect(server.ws_url) as ws:
+            client = ProtocolClient(ws)
+            await client.send({"type": "resume", "request_id": "back", "after_seq": -1})
+            frames = await client.until("back")
+    assert frames[: len(seen)] == seen
+    assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "stop"
+    assert text_of(frames) == WORDS
+
+
+async def test_a_request_id_is_server_wide(server: RunningServer) -> None:
+    async with connect(server.ws_url) as a, connect(server.ws_url) as b:
+        owner, other = ProtocolClient(a), ProtocolClient(b)
+        await owner.send(chat_frame("shared"))
+        await owner.until("shared", "chunk")
+        # Another socket cannot start a request with a running id...
+        await other.send(chat_frame("shared", text="mine"))
+        refused = await other.until("shared", "error")
+        assert [(f["seq"], f["error"]["code"]) for f in refused] == [(0, "conflict")]
+        # ...but may cancel it (ids are meant to be unguessable: use UUIDs).
+        await other.send({"type": "cancel", "request_id": "shared"})
+        frames = await owner.until("shared", "complete")
+    # The stranger's refusal is not part of the request's stream.
+    assert seqs(frames) == list(range(len(frames)))
+    assert [f["status"] for f in frames if f["status"] not in ("chunk",)] == [
+        "processing",
+        "complete",
+    ]
+    assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "cancelled"
+
+
+async def test_a_resume_on_the_watching_socket_replays_again(server: RunningServer) -> None:
+    async with connect(server.ws_url) as ws:
+        client = ProtocolClient(ws)
+        await client.send(chat_frame("again", delay_ms=10))
+        await client.until("again", "chunk")
+        await client.send({"type": "resume", "request_id": "again", "after_seq": 0})
+        frames = await client.until("again")
+    # Some frames come twice (they were asked for), but from the resume on, in order, to the end.
+    last = frames[-1]["seq"]
+    assert sorted({f["seq"] for f in frames}) == list(range(last + 1))
+    tail = frames[[i for i, f in enumerate(frames) if f["seq"] == 1][-1] :]
+    assert seqs(tail) == list(range(1, last + 1))
+
+
+async def test_old_journals_are_pruned(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, **{"reliability.journal_max_rows": 5})
+    async with serve_app(settings) as server, connect(server.ws_url) as ws:
+        client = ProtocolClient(ws)
+        for request_id in ("j0", "j1", "j2"):
+            assert len(await client.chat(request_id, "two words")) == 4
+    async with serve_app(settings) as server, connect(server.ws_url) as ws:  # prunes at start
+        client = ProtocolClient(ws)
+        for request_id in ("j0", "j1"):
+            await client.send({"type": "resume", "request_id": request_id})
+            assert (await client.until(request_id))[-1]["error"]["code"] == "not_found"
+        await client.send({"type": "resume", "request_id": "j2"})
+        assert text_of(await client.until("j2")) == "two words"
