@@ -244,12 +244,14 @@ async def bench_turns(model: Path, threads: int, turns: int, max_tokens: int, re
     try:
         for i, last_history in enumerate(last_histories):
             await converse(cold, (ChatMessage("user", "something else"),), f"other{i}", 2)
-            cold_ttft, _, cold_tokens = await converse(cold, last_history, f"cold{i}", max_tokens)
+            cold_ttft, _, _ = await converse(cold, last_history, f"cold{i}", max_tokens)
             cold_ttfts.append(cold_ttft)
     finally:
         await cold.aclose()
     cold_ttft = median(cold_ttfts)
-    print(f"turn {turns} evaluated from scratch: {cold_tokens} tokens, ttft {ms(cold_ttft)}")
+    print(
+        f"turn {turns} evaluated from scratch: {prompt_sizes[-1]:5d} tokens, ttft {ms(cold_ttft)}"
+    )
     print(f"turn-{turns}/turn-1 ttft with reuse:    {ttfts[-1] / ttfts[0]:.2f}")
     print(f"turn-{turns}/turn-1 ttft without reuse: {cold_ttft / ttfts[0]:.2f}")
 

@@ -17,7 +17,8 @@ from tether.chat import ChatService
 from tether.config import Settings
 from tether.detector import ToolCallDetector
 from tether.engines.base import Engine
-from tether.engines.factory import build_engine
+from tether.engines.factory import build_router
+from tether.engines.router import EngineRouter
 from tether.errors import TetherError
 from tether.runs import RunRegistry
 from tether.security import security_middleware
@@ -39,7 +40,7 @@ class Services:
 
     settings: Settings
     store: Store
-    engine: Engine
+    engine: EngineRouter
     tools: ToolExecutor
     chat: ChatService
     runs: RunRegistry  # running chat requests and the frame journal (resume)
@@ -87,7 +88,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     )
     mcp = McpManager(settings.mcp.servers)
     registry.add_source(mcp)
-    active_engine = engine or build_engine(settings)
+    router = (
+        EngineRouter([engine], default_model=settings.engine.model)
+        if engine is not None
+        else build_router(settings)
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -104,32 +109,31 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         )
         chat = ChatService(
             store=store,
-            engine=active_engine,
+            engine=router,
             system_prompt=settings.engine.system_prompt,
             tools=tools,
             tool_prompt=tools_prompt,
             detector_factory=lambda offer_tools: ToolCallDetector(detect_calls=offer_tools),
             max_tool_loops=settings.limits.max_tool_loops,
-            default_model=settings.engine.model,
         )
         runs = RunRegistry(chat, store, settings.reliability)
         await runs.open()
         app.state.services = Services(
             settings=settings,
             store=store,
-            engine=active_engine,
+            engine=router,
             tools=tools,
             chat=chat,
             runs=runs,
             sockets=SocketHub(),
         )
-        log.info("app.started", engine=active_engine.name, db=str(settings.storage.path))
+        log.info("app.started", engine=router.name, db=str(settings.storage.path))
         try:
             yield
         finally:
             await runs.aclose()  # without a drain (or after one): cancel, store, journal
             await mcp.aclose()
-            await active_engine.aclose()
+            await router.aclose()
             await store.close()
             log.info("app.stopped")
 

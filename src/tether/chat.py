@@ -38,6 +38,7 @@ from tether.engines.base import (
     UnknownModelError,
     Usage,
 )
+from tether.engines.router import EngineRouter
 from tether.errors import NotFound, TetherError
 from tether.events import (
     Accepted,
@@ -67,7 +68,8 @@ class TurnOptions:
     model: str | None = None
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     show_thoughts: bool = False
-    tools: bool = True  # offer the configured tools (when there are any)
+    # Offer the configured tools: None follows the model (its template declares tool support).
+    tools: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,13 +184,12 @@ class ChatService:
         self,
         *,
         store: Store,
-        engine: Engine,
+        engine: EngineRouter,
         system_prompt: str,
         tools: ToolRunner | None = None,
         tool_prompt: Callable[[ToolRunner], str] | None = None,
         detector_factory: DetectorFactory | None = None,
         max_tool_loops: int = 5,
-        default_model: str | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -199,7 +200,6 @@ class ChatService:
             lambda _tools: PassthroughDetector()
         )
         self.max_tool_loops = max_tool_loops
-        self.default_model = default_model
 
     # -- the turn ---------------------------------------------------------------------------
 
@@ -211,6 +211,9 @@ class ChatService:
         clock = _Clock()
         structlog.contextvars.bind_contextvars(request_id=turn.request_id)
         try:
+            # A turn the server cannot answer (unknown model or agent) is refused before its
+            # message is stored, so a bad request never leaves an unanswered message behind.
+            engine, model_info = await self.engine.resolve(turn.options.model)
             agent = await self._agent_for(turn)
             start = await self.store.begin_turn(
                 session_id=turn.session_id,
@@ -219,15 +222,15 @@ class ChatService:
                 agent_id=turn.agent_id,
                 title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
             )
-        except TetherError as exc:
-            await emit(Failed(exc.code, exc.message))
+        except (TetherError, UnknownModelError) as exc:
+            await emit(_error_event(exc))
             return
         session_id = start.session.id
         structlog.contextvars.bind_contextvars(session_id=session_id)
         # The store keeps the turn open (a `turns` row) until one of the `_store_answer` calls
         # below closes it; a turn left open by a dead process is closed at the next start-up.
         turn_id = parent_id = start.message.id
-        model = turn.options.model or self.default_model or self.engine.name
+        model = model_info.id
         current = _Round()
         usage = Usage()
         finish: FinishReason = "stop"
@@ -240,24 +243,26 @@ class ChatService:
                     session_id=session_id,
                     user_message_id=turn_id,
                     model=model,
-                    queue_position=self.engine.queue_position(turn.options.model),
+                    queue_position=engine.queue_position(model),
                     created_session=start.created_session,
                 )
             )
             history = await self.store.branch(turn_id)
-            offer_tools = bool(turn.options.tools and self.tools is not None and self.tools.specs())
+            # Tools go to models whose chat template declares tool support, unless the turn says.
+            wants_tools = model_info.tools if turn.options.tools is None else turn.options.tools
+            offer_tools = bool(wants_tools and self.tools is not None and self.tools.specs())
             messages = [self._system_message(agent, offer_tools), *map(_to_chat_message, history)]
             for loop in range(self.max_tool_loops + 1):
                 current = _Round()
                 request = GenerationRequest(
                     request_id=turn.request_id,
                     messages=tuple(messages),
-                    model=turn.options.model,
+                    model=model,
                     options=turn.options.generation,
                 )
                 try:
                     await control.run(
-                        self._generate(request, current, emit, clock, turn, offer_tools)
+                        self._generate(engine, request, current, emit, clock, turn, offer_tools)
                     )
                 finally:
                     usage = Usage(
@@ -336,6 +341,7 @@ class ChatService:
 
     async def _generate(
         self,
+        engine: Engine,
         request: GenerationRequest,
         out: _Round,
         emit: EventSink,
@@ -358,7 +364,7 @@ class ChatService:
                 elif isinstance(piece, MalformedCall):
                     out.malformed.append(piece)
 
-        async with contextlib.aclosing(self.engine.stream(request)) as deltas:
+        async with contextlib.aclosing(engine.stream(request)) as deltas:
             async for delta in deltas:
                 if delta.text:
                     clock.token()

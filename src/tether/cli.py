@@ -165,6 +165,60 @@ def _sessions(args: argparse.Namespace) -> int:
     return 1
 
 
+# -- models -----------------------------------------------------------------------------------
+
+
+def _print_models(models: list[dict[str, Any]]) -> None:
+    if not models:
+        print("no models found", file=sys.stderr)
+    for model in models:
+        state = "loaded" if model.get("loaded") else "-"
+        tools = "tools" if model.get("tools") else "-"
+        path = model.get("path") or ""
+        print(f"{model['id']:<40} {model['engine']:<9} {state:<7} {tools:<6} {path}")
+
+
+async def _local_models(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from dataclasses import asdict
+
+    from tether.engines.factory import build_router
+
+    settings = load_settings(config_path=args.config, overrides={"engine.name": args.engine})
+    router = build_router(settings)
+    try:
+        return [asdict(model) for model in await router.models()]
+    finally:
+        await router.aclose()
+
+
+def _models(args: argparse.Namespace) -> int:
+    """The running server's models; with no server there, what this config would serve."""
+    import httpx
+
+    from tether.engines.factory import EngineUnavailable
+
+    base = _http_base(args.url)
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    if not args.local:
+        try:
+            response = httpx.get(f"{base}/models", headers=headers, timeout=10)
+        except httpx.TransportError:
+            print(f"(no server at {base}: listing from the configuration)", file=sys.stderr)
+        else:
+            if response.is_success:
+                _print_models(response.json())
+                return 0
+            error = response.json().get("error", {})
+            print(f"error ({error.get('code')}): {error.get('message')}", file=sys.stderr)
+            return 1
+    try:
+        _print_models(asyncio.run(_local_models(args)))
+    except (ConfigError, EngineUnavailable) as exc:
+        print(f"tether models: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="A local chat server for LLMs.")
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
@@ -199,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--show", metavar="ID", help="print the messages of a session")
     group.add_argument("--delete", metavar="ID", help="delete a session")
     sessions.set_defaults(run=_sessions)
+
+    models = commands.add_parser("models", help="list the models the server can serve")
+    client_flags(models)
+    models.add_argument("--local", action="store_true", help="ask the configuration, not a server")
+    models.add_argument("--config", type=Path, help="config file (default ./config.yaml)")
+    models.add_argument("--engine", help="default engine, as for serve")
+    models.set_defaults(run=_models)
     return parser
 
 

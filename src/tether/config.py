@@ -52,7 +52,7 @@ class StorageSettings(_Section):
 class OpenAISettings(_Section):
     """An OpenAI-compatible upstream: mlc_llm serve, Ollama, vLLM, llama.cpp's server."""
 
-    base_url: str = "http://127.0.0.1:8080/v1"
+    base_url: str | None = None  # e.g. http://127.0.0.1:8080/v1; unset: no upstream
     api_key: SecretStr | None = None
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0)
@@ -64,13 +64,37 @@ class MLCSettings(_Section):
     max_loaded: int = Field(default=1, ge=1)
 
 
+class LlamaCppSettings(_Section):
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int | None = Field(default=None, ge=1)  # None: every core
+    max_loaded: int = Field(default=1, ge=1)  # models kept in memory (LRU)
+    max_queue: int = Field(default=16, ge=0)  # requests waiting per model before `busy`
+    prompt_cache_mb: int = Field(default=256, ge=0)  # saved prompt states per model; 0: off
+    # Sampling defaults for what a request leaves unset.
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int = Field(default=40, ge=0)
+    min_p: float = Field(default=0.05, ge=0, le=1)
+    repeat_penalty: float = Field(default=1.0, gt=0)
+
+
 class EngineSettings(_Section):
     name: Literal["echo", "llamacpp", "mlc", "openai"] = "echo"
     model: str | None = None  # the default model; None: the engine's first
     dist_path: Path = Path("dist")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    llamacpp: LlamaCppSettings = LlamaCppSettings()
     openai: OpenAISettings = OpenAISettings()
     mlc: MLCSettings = MLCSettings()
+
+    @model_validator(mode="after")
+    def _upstream_needs_a_url(self) -> EngineSettings:
+        if self.name == "openai" and not self.openai.base_url:
+            raise ValueError(
+                "engine.openai.base_url is required when engine.name is openai "
+                "(e.g. http://127.0.0.1:8080/v1)"
+            )
+        return self
 
 
 class LimitsSettings(_Section):
@@ -367,6 +391,8 @@ def load_settings(
     data = _merge(data, _absolutize(flags, cwd))
     if _get_dotted(data, "storage.path") is None:
         _set_dotted(data, "storage.path", str(default_data_dir(environ) / "tether.db"))
+    if _get_dotted(data, "engine.dist_path") is None:
+        _set_dotted(data, "engine.dist_path", str(cwd / "dist"))
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -46,7 +46,7 @@ class ChatOptions(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
     stop: list[str] | str | None = None
-    tools: bool = True
+    tools: bool | None = None  # None: offer tools if the model's template supports them
     show_thoughts: bool = False
     token_delay_ms: int = Field(default=0, ge=0, le=1000)
 

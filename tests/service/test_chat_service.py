@@ -20,6 +20,7 @@ from tether.engines.base import (
     GenerationRequest,
 )
 from tether.engines.echo import EchoEngine
+from tether.engines.router import EngineRouter
 from tether.events import (
     Accepted,
     ChatEvent,
@@ -67,7 +68,7 @@ def make_service(store: SQLiteStore, engine: EchoEngine, **kwargs: object) -> Ch
     tools = ToolExecutor(build_registry(["builtin"]), timeout_s=5)
     return ChatService(
         store=store,
-        engine=engine,
+        engine=EngineRouter([engine]),
         system_prompt="You are a test.",
         tools=tools,
         tool_prompt=tools_prompt,

@@ -290,6 +290,19 @@ async def test_thread_stream_delivers_items_in_order(executor: Executor) -> None
     await asyncio.wait_for(stream.done, TIMEOUT)
 
 
+async def test_done_callbacks_have_run_when_the_consumer_sees_the_end(
+    executor: Executor,
+) -> None:
+    freed: list[bool] = []
+    stream: ThreadStream[int] = ThreadStream(
+        counting_work(3, []), executor, on_done=lambda: freed.append(True)
+    )
+    stream.start()
+    async for _ in stream:
+        pass
+    assert freed == [True]
+
+
 async def test_thread_stream_reraises_the_workers_error(executor: Executor) -> None:
     def work(emit: Callable[[int], None], cancelled: threading.Event) -> None:
         emit(1)

@@ -79,6 +79,9 @@ class ModelInfo:
     engine: str
     loaded: bool = False
     path: str | None = None
+    # Whether the model's chat template declares tool support: tools are offered to it by default
+    # (a turn can still force them on or off with `options.tools`).
+    tools: bool = True
 
 
 class EngineError(Exception):

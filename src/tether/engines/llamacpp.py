@@ -64,6 +64,7 @@ class _Slot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     in_line: int = 0  # running + waiting
     resident: _Resident | None = None
+    worker: ThreadStream[Delta] | None = None  # the generation running now
 
 
 class LlamaCppEngine:
@@ -96,7 +97,6 @@ class LlamaCppEngine:
         self.on_run = on_run
         self._slots: dict[str, _Slot] = {}
         self._loaded: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
-        self._running: set[ThreadStream[Delta]] = set()
         self._closed = False
 
     # -- models --------------------------------------------------------------------------------
@@ -175,17 +175,19 @@ class LlamaCppEngine:
         self._loaded.move_to_end(slot.name)
         return slot.resident
 
-    def _evict(self, room_for: int = 0) -> list[Future[None]]:
-        """Close idle models, least recently used first, until the LRU has room."""
-        closing: list[Future[None]] = []
+    def _evict(self, room_for: int = 0) -> None:
+        """Close idle models, least recently used first, until the LRU has room.
+
+        A model in use (running or with requests in line) stays: the LRU may be over its size
+        until that model's line empties, when this runs again.
+        """
         for slot in list(self._loaded.values()):
             if len(self._loaded) + room_for <= self.max_loaded:
-                break
+                return
             if slot.in_line == 0 and slot.resident is not None:
-                closing.append(slot.resident.close())
+                slot.resident.close()  # on the model's thread; nothing waits for it
                 slot.resident = None
                 del self._loaded[slot.name]
-        return closing
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -214,15 +216,15 @@ class LlamaCppEngine:
                 raise EngineError("the llamacpp engine is shut down")
             resident = await self._load(slot)
             progress = RunProgress()
+            # The line moves on when the work has ended, whatever the consumer does.
             worker = ThreadStream(
                 partial(self._work, resident.model, request, progress),
                 resident.thread,
                 on_cancel=progress.mark_cancelled,
+                on_done=partial(self._worker_done, slot),
             )
+            slot.worker = worker
             worker.start()
-            self._running.add(worker)
-            # The line moves on when the thread has ended, whatever the consumer does.
-            worker.done.add_done_callback(partial(self._worker_done, slot, worker))
             async for delta in worker:
                 yield delta
         finally:
@@ -231,8 +233,8 @@ class LlamaCppEngine:
             else:
                 worker.cancel()
 
-    def _worker_done(self, slot: _Slot, worker: ThreadStream[Delta], _: object) -> None:
-        self._running.discard(worker)
+    def _worker_done(self, slot: _Slot) -> None:
+        slot.worker = None
         self._release(slot)
 
     def _work(
@@ -272,10 +274,10 @@ class LlamaCppEngine:
         """
         self._closed = True
         waits: list[asyncio.Future[None]] = []
-        for worker in self._running:
-            worker.cancel()
-            waits.append(worker.done)
         for slot in self._slots.values():
+            if slot.worker is not None:
+                slot.worker.cancel()
+                waits.append(slot.worker.done)
             if slot.resident is not None:
                 waits.append(asyncio.wrap_future(slot.resident.close()))
                 slot.resident = None

@@ -43,10 +43,14 @@ class ThreadStream(Generic[T]):
         executor: Executor,
         *,
         on_cancel: Callable[[], None] | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
+        """`on_cancel` runs when the consumer leaves early; `on_done` (on the loop) when the work
+        has finished, before the consumer can see the end of the stream."""
         self._work = work
         self._executor = executor
         self._on_cancel = on_cancel
+        self._on_done = on_done
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[T | _End | _Failed] = asyncio.Queue()
         self.cancelled = threading.Event()
@@ -95,8 +99,9 @@ class ThreadStream(Generic[T]):
             self._post(lambda: self._finish(outcome))
 
     def _finish(self, outcome: _End | _Failed) -> None:
-        # `done` first: its callbacks (which free the worker's resources) are then scheduled
-        # ahead of the consumer's wake-up, so a consumer that saw the end finds them freed.
-        if not self.done.done():
+        try:
+            if self._on_done is not None:
+                self._on_done()  # directly: a consumer that saw the end finds resources freed
+        finally:
             self.done.set_result(None)
-        self._queue.put_nowait(outcome)
+            self._queue.put_nowait(outcome)
