@@ -2,10 +2,9 @@
 
 Opens `--connections` sockets; `--streaming` of them send chat turns back to back (the echo
 engine's words, `--words` a turn, `--token-delay-ms` apart, `--turns-per-session` turns in a
-session) for
-`--duration` seconds while the others send a `ping` every `--ping-every` seconds. Each answer is
-checked (its text, a contiguous seq, processing ... complete). Prints the sockets held at the end,
-turns/s, and p50/p95/p99 of the time from sending a turn to its `complete`.
+session) for `--duration` seconds while the others send a `ping` every `--ping-every` seconds.
+Each answer is checked (its text, a contiguous seq, processing ... complete). Prints the sockets
+held at the end, turns/s, and p50/p95/p99 of the time from sending a turn to its `complete`.
 
 Without `--url` it starts `tether serve --engine echo` on a free loopback port with a throwaway
 database (and the message rate limit off, since a bench socket sends faster than any person).
@@ -132,9 +131,7 @@ async def streamer(
         turn += 1
 
 
-async def pinger(
-    ws: ClientConnection, index: int, every: float, stop: float, tally: Tally
-) -> None:
+async def pinger(ws: ClientConnection, index: int, every: float, stop: float, tally: Tally) -> None:
     await asyncio.sleep(every * (index % 100) / 100)  # spread the pings over the period
     n = 0
     while time.monotonic() < stop:
@@ -142,7 +139,8 @@ async def pinger(
         if json.loads(await ws.recv()).get("status") == "pong":
             tally.pings += 1
         n += 1
-        await asyncio.sleep(every)  # the client's own pace, not a wait for the server
+        # The client's own pace, not a wait for the server.
+        await asyncio.sleep(max(0.0, min(every, stop - time.monotonic())))
 
 
 async def run(url: str, args: argparse.Namespace) -> int:
@@ -157,7 +155,7 @@ async def run(url: str, args: argparse.Namespace) -> int:
                 return None
 
     started = time.monotonic()
-    opened = [ws for ws in await asyncio.gather(*(open_one() for _ in range(args.connections)))]
+    opened = await asyncio.gather(*(open_one() for _ in range(args.connections)))
     sockets = [ws for ws in opened if ws is not None]
     print(f"opened {len(sockets)}/{args.connections} sockets in {time.monotonic() - started:.2f} s")
     tally = Tally()
@@ -184,6 +182,8 @@ async def run(url: str, args: argparse.Namespace) -> int:
         + (f", mean {statistics.fmean(lat) * 1000:.1f} ms" if lat else "")
     )
     print(f"bad answers:       {len(tally.bad)}; socket errors: {len(failures)}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"client CPU:        {usage.ru_utime + usage.ru_stime:.1f} s (this process)")
     for problem in [*tally.bad[:5], *map(repr, failures[:5])]:
         print(f"  {problem}")
     ok = held == args.connections and not tally.bad and not failures
@@ -217,7 +217,10 @@ def main() -> int:
     if args.url:
         return asyncio.run(run(args.url, args))
     with local_server(args.connections, args.synchronous) as url:
-        return asyncio.run(run(url, args))
+        status = asyncio.run(run(url, args))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"server CPU:        {usage.ru_utime + usage.ru_stime:.1f} s (tether serve)")
+    return status
 
 
 if __name__ == "__main__":

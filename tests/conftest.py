@@ -9,6 +9,18 @@ import pytest
 
 from tests.support.servers import RunningServer, make_settings, serve_app
 from tether.config import Settings
+from tether.devtools.tiny_gguf import ensure_tiny_gguf
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2 = ROOT / "dist" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf() -> Path:
+    """A tiny random-weight GGUF with SmolLM2's tokenizer and chat template (built once)."""
+    if not SMOLLM2.is_file():
+        pytest.fail(f"{SMOLLM2} is missing: run ./setup.sh, which puts the default model there")
+    return ensure_tiny_gguf(ROOT / ".cache" / "tiny-gguf", SMOLLM2)
 
 
 @pytest.fixture

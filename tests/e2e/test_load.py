@@ -64,7 +64,7 @@ async def stream_turns(ws: ClientConnection, index: int) -> list[str]:
         if session_id is not None:
             frame["session_id"] = session_id
         await ws.send(json.dumps(frame))
-        frames = []
+        frames: list[dict[str, Any]] = []
         while not frames or frames[-1]["status"] not in ("complete", "error"):
             reply = await recv_json(ws)
             if reply["request_id"] == request_id:

@@ -144,3 +144,28 @@ def test_bad_settings_stop_start_up_naming_the_key(
     )
     assert result.returncode == 2
     assert says in result.stderr
+
+
+def test_the_default_setup_answers_with_the_embedded_model(tmp_path: Path) -> None:
+    """`./setup.sh && tether serve` with the repository's config: SmolLM2, offline, knows Paris."""
+    repo = Path(__file__).resolve().parents[2]
+    args = ("--config", str(repo / "config.yaml"), "--db", str(tmp_path / "t.db"))
+    with tether_serve(tmp_path, *args) as server:
+        health = httpx.get(f"{server.http_url}/health").json()
+        assert health["engine"] == "llamacpp"
+        result = subprocess.run(
+            [
+                *tether_bin(),
+                "chat",
+                "--url",
+                server.ws_url,
+                "--prompt",
+                "What is the capital of France?",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=scaled(120),
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout

@@ -13,6 +13,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
+from tests.contract.engine_contract import EngineContract
 from tether.devtools.tiny_gguf import ensure_tiny_gguf
 from tether.engines.base import (
     ChatMessage,
@@ -32,13 +33,6 @@ SMOLLM2 = ROOT / "dist" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
 TIMEOUT = 30 * SCALE
 SYSTEM = "You are Tether, a helpful assistant running locally."
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf() -> Path:
-    if not SMOLLM2.is_file():
-        pytest.skip(f"{SMOLLM2} is missing: run ./setup.sh")
-    return ensure_tiny_gguf(ROOT / ".cache" / "tiny-gguf", SMOLLM2)
 
 
 @pytest.fixture
@@ -69,10 +63,25 @@ def runs() -> Runs:
 
 
 @contextlib.asynccontextmanager
-async def open_engine(dist: Path, **kwargs: object) -> AsyncIterator[LlamaCppEngine]:
-    settings: dict[str, object] = {"default_model": "tiny", "n_ctx": 512, "n_threads": 1}
-    settings.update(kwargs)
-    engine = LlamaCppEngine(dist, **settings)  # type: ignore[arg-type]
+async def open_engine(
+    dist: Path,
+    *,
+    default_model: str = "tiny",
+    n_ctx: int = 512,
+    max_loaded: int = 1,
+    max_queue: int = 16,
+    on_run: Runs | None = None,
+) -> AsyncIterator[LlamaCppEngine]:
+    # One thread: the machine is shared, and spinning OpenMP threads suffer most from that.
+    engine = LlamaCppEngine(
+        dist,
+        default_model=default_model,
+        n_ctx=n_ctx,
+        n_threads=1,
+        max_loaded=max_loaded,
+        max_queue=max_queue,
+        on_run=on_run,
+    )
     try:
         yield engine
     finally:
@@ -85,11 +94,23 @@ async def engine(dist: Path, runs: Runs) -> AsyncIterator[LlamaCppEngine]:
         yield engine
 
 
-def ask(text: str, request_id: str = "r1", **options: object) -> GenerationRequest:
+def ask(
+    text: str,
+    request_id: str = "r1",
+    *,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: tuple[str, ...] = (),
+) -> GenerationRequest:
+    options = GenerationOptions(
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop
+    )
     return GenerationRequest(
         request_id=request_id,
         messages=(ChatMessage("system", SYSTEM), ChatMessage("user", text)),
-        options=GenerationOptions(**options),  # type: ignore[arg-type]
+        options=options,
     )
 
 
@@ -201,6 +222,7 @@ async def test_models_lists_dist_and_what_is_loaded(engine: LlamaCppEngine, dist
     assert not before["tiny"].loaded
     assert before["tiny"].engine == "llamacpp"
     assert before["tiny"].path == str(dist / "tiny.gguf")
+    assert not before["tiny"].tools  # SmolLM2's template renders no tools
     await collect(engine, ask("hi", max_tokens=1))
     after = {m.id: m.loaded for m in await engine.models()}
     assert after == {"tiny": True, "tiny-b": False}
@@ -361,6 +383,20 @@ async def test_queue_position_and_bound(dist: Path) -> None:
         await second.aclose()
 
 
+async def test_cancelled_while_waiting_leaves_the_line(dist: Path) -> None:
+    async with open_engine(dist, n_ctx=4096) as engine:
+        first = engine.stream(ask("Hello", "first", temperature=0))
+        await asyncio.wait_for(anext(first), TIMEOUT)
+        waiting = asyncio.create_task(first_delta(engine.stream(ask("Hello", "second"))))
+        await asyncio.sleep(0)  # one loop turn: the second request joins the line
+        assert engine.queue_position(None) == 2
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert engine.queue_position(None) == 1
+        await first.aclose()
+
+
 async def test_aclose_stops_running_work_and_unloads(dist: Path, runs: Runs) -> None:
     engine = LlamaCppEngine(dist, default_model="tiny", n_ctx=4096, n_threads=1, on_run=runs)
     stream = engine.stream(ask("Hello", temperature=0))
@@ -373,10 +409,12 @@ async def test_aclose_stops_running_work_and_unloads(dist: Path, runs: Runs) -> 
 
 @pytest.mark.slow
 async def test_smollm2_knows_the_capital_of_france() -> None:
-    if not SMOLLM2.is_file():
-        pytest.skip(f"{SMOLLM2} is missing: run ./setup.sh")
     async with open_engine(SMOLLM2.parent, default_model=SMOLLM2.name) as engine:
         request = ask("What is the capital of France?", temperature=0, max_tokens=48)
         texts, final = split(await asyncio.wait_for(collect(engine, request), TIMEOUT))
         assert "Paris" in answer(texts)
         assert final.finish_reason == "stop"
+
+
+class TestLlamaCppContract(EngineContract):
+    """The Engine contract every engine passes, on the real engine."""

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 
+from tests.contract.engine_contract import EngineContract
 from tether.engines.base import (
     ChatMessage,
     Delta,
@@ -287,3 +288,13 @@ async def test_a_broken_install_fails_at_load_with_the_same_error(
     monkeypatch.setitem(sys.modules, "mlc_llm", None)  # ...but importing it fails
     with pytest.raises(MLCNotInstalledError, match="import failed"):
         await collect(engine.stream(request()))
+
+
+class TestMLCContract(EngineContract):
+    """The Engine contract, on the MLC adapter over the stand-in `mlc_llm`."""
+
+    @pytest.fixture
+    async def engine(self, fake_mlc: ModuleType, dist: Path) -> AsyncIterator[MLCEngine]:
+        engine = MLCEngine(dist, device="cpu")
+        yield engine
+        await engine.aclose()

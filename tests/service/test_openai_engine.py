@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.contract.engine_contract import EngineContract
 from tether.engines.base import (
     ChatMessage,
     Delta,
@@ -28,10 +29,6 @@ from tether.engines.base import (
 )
 from tether.engines.openai_compat import OpenAIEngine
 
-pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python with its server extra")
-from tether.devtools.tiny_gguf import build_tiny_gguf
-
-SOURCE_GGUF = Path(__file__).resolve().parents[2] / "dist" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
 TIMEOUT = 30 * SCALE
 ALIAS = "tiny"
@@ -54,12 +51,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A llama_cpp.server process."""
-    if not SOURCE_GGUF.is_file():
-        pytest.skip(f"{SOURCE_GGUF} is missing: run setup.sh")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
+    """A llama_cpp.server process serving the tiny GGUF."""
     folder = tmp_path_factory.mktemp("llama")
-    model = build_tiny_gguf(SOURCE_GGUF, folder / "tiny.gguf")
+    model = tiny_gguf
     port = free_port()
     log = (folder / "server.log").open("wb")
     command = [
@@ -202,3 +197,9 @@ async def test_a_wrong_path_is_an_upstream_404(server: Server) -> None:
             await collect(engine.stream(request()))
     finally:
         await engine.aclose()
+
+
+class TestOpenAIContract(EngineContract):
+    """The Engine contract every engine passes, on the real engine."""
+
+    refuses_unknown_models = False

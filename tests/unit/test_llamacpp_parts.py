@@ -14,13 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGUFWriter
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tether.engines.base import ChatMessage, EngineError, ToolCall
 from tether.engines.chat_template import ChatTemplate
 from tether.engines.context_fit import TRUNCATION_MARK, fit_prompt, shorten
-from tether.engines.gguf_models import discover_gguf, normalize_model_name
+from tether.engines.gguf_models import (
+    discover_gguf,
+    normalize_model_name,
+    read_gguf_string,
+    template_takes_tools,
+)
 from tether.engines.prompt_cache import PromptCache, SavedState, common_prefix
 from tether.engines.stop_strings import StopMatcher
 from tether.engines.thread_stream import ThreadStream
@@ -208,6 +214,32 @@ def test_discovery_lists_gguf_files_by_stem(tmp_path: Path) -> None:
     assert list(found) == ["a", "b.Q4_1", "big-00001-of-00002"]
     assert found["a"] == tmp_path / "sub" / "a.gguf"
     assert discover_gguf(tmp_path / "missing") == {}
+
+
+def test_gguf_header_string_is_read_past_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    writer = GGUFWriter(path, arch="llama")
+    writer.add_token_list(["<s>", "a", "bc"])
+    writer.add_token_scores([0.0, 1.0, 2.0])
+    writer.add_uint32("x.count", 7)
+    writer.add_chat_template("{% for tool in tools %}{{ tool }}{% endfor %}")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    template = read_gguf_string(path, "tokenizer.chat_template")
+    assert template == "{% for tool in tools %}{{ tool }}{% endfor %}"
+    assert template_takes_tools(template)
+    assert read_gguf_string(path, "general.architecture") == "llama"
+    assert read_gguf_string(path, "x.count") is None  # not a string
+    assert read_gguf_string(path, "missing") is None
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\xff")
+    assert read_gguf_string(tmp_path / "junk.gguf", "any") is None
+    assert read_gguf_string(tmp_path / "absent.gguf", "any") is None
+
+
+def test_templates_without_tools_do_not_take_tools() -> None:
+    assert not template_takes_tools(None)
+    assert not template_takes_tools("{{ messages }} tool_call toolset")
 
 
 def test_model_names_are_normalized() -> None:

@@ -3,11 +3,16 @@
 Files directly in the folder and one level down (`dist/<name>/<file>.gguf`) count; deeper trees
 and split shards beyond the first (`-00002-of-00003.gguf`) do not, since llama.cpp loads a split
 model from its first file. The scan is cheap, so it is redone whenever a name is not found.
+
+`read_gguf_string` reads one string field (the chat template) from a file's header without
+loading the model, so listing models can tell which ones take tools.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
+import struct
 from pathlib import Path
 
 _LATER_SHARD = re.compile(r"-(\d{5})-of-\d{5}$")
@@ -35,3 +40,67 @@ def discover_gguf(dist: Path) -> dict[str, Path]:
         if path.is_file():
             found.setdefault(model_id(path), path)
     return dict(sorted(found.items()))
+
+
+# GGUF value types (gguf.GGUFValueType) and the byte sizes of the fixed-size ones.
+_STRING, _ARRAY = 8, 9
+_FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_TOOLS = re.compile(r"\btools\b")
+
+
+class _Header:
+    """A cursor over a little-endian GGUF header (format version 2 and later)."""
+
+    def __init__(self, data: mmap.mmap) -> None:
+        self.data = data
+        self.at = 0
+
+    def take(self, fmt: str) -> int:
+        (value,) = struct.unpack_from(fmt, self.data, self.at)
+        self.at += struct.calcsize(fmt)
+        return int(value)
+
+    def string(self) -> bytes:
+        size = self.take("<Q")
+        self.at += size
+        return self.data[self.at - size : self.at]
+
+    def skip(self, kind: int) -> None:
+        if kind == _STRING:
+            size = self.take("<Q")  # not `self.at += self.take(...)`: take() moves `at` first
+            self.at += size
+        elif kind == _ARRAY:
+            item, count = self.take("<I"), self.take("<Q")
+            if item in _FIXED_SIZES:
+                self.at += _FIXED_SIZES[item] * count
+            else:
+                for _ in range(count):
+                    self.skip(item)
+        elif kind in _FIXED_SIZES:
+            self.at += _FIXED_SIZES[kind]
+        else:
+            raise ValueError(f"unknown GGUF value type {kind}")
+
+
+def read_gguf_string(path: Path, key: str) -> str | None:
+    """The string value of `key` in the GGUF header of `path`; None if absent or unreadable."""
+    wanted = key.encode()
+    try:
+        with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            header = _Header(data)
+            if data[:4] != b"GGUF" or header.take("<4xI") < 2:
+                return None
+            header.take("<Q")  # tensor count
+            for _ in range(header.take("<Q")):
+                name, kind = header.string(), header.take("<I")
+                if name == wanted and kind == _STRING:
+                    return header.string().decode("utf-8", errors="replace")
+                header.skip(kind)
+    except (OSError, ValueError, struct.error):
+        return None
+    return None
+
+
+def template_takes_tools(template: str | None) -> bool:
+    """Whether a chat template renders a `tools` list (Qwen, Hermes, Llama 3.1 and the like)."""
+    return template is not None and _TOOLS.search(template) is not None

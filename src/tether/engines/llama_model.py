@@ -41,6 +41,11 @@ from tether.engines.context_fit import FittedPrompt, fit_prompt
 from tether.engines.prompt_cache import PromptCache, SavedState, common_prefix
 from tether.engines.stop_strings import StopMatcher
 
+# Prompt tokens evaluated between two looks at the cancel flag. Measured on 2 cores, chunks of
+# 64 to 512 evaluate a prompt equally fast, and 64 keeps a cancel during a long prompt under a
+# second even for SmolLM2 on one busy core.
+PREFILL_CHUNK = 64
+
 
 class _Llama(Protocol):
     """The part of `llama_cpp.Llama` this module uses."""
@@ -144,11 +149,12 @@ class LoadedModel:
         n_ctx: int,
         n_threads: int,
         n_batch: int = 512,
+        prefill_chunk: int = PREFILL_CHUNK,
         prompt_cache_bytes: int = 0,
     ) -> None:
         self.name = name
         self.path = path
-        self.n_batch = n_batch
+        self.prefill_chunk = min(prefill_chunk, n_batch)
         try:
             llama = llama_cpp.Llama(
                 model_path=str(path),
@@ -243,7 +249,7 @@ class LoadedModel:
             cached = self._reuse_prefix(tokens)
             # The prompt is evaluated in chunks, so that a cancel is seen between them too.
             while llama.n_tokens < len(tokens) - 1 and not cancelled.is_set():
-                end = min(llama.n_tokens + self.n_batch, len(tokens) - 1)
+                end = min(llama.n_tokens + self.prefill_chunk, len(tokens) - 1)
                 llama.eval(tokens[llama.n_tokens : end])
             prefilled = time.perf_counter()
             finish, completion = self._sample(tokens, options, sampling, emit, cancelled, progress)

@@ -12,6 +12,7 @@ an idle model beyond that is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -30,7 +31,12 @@ from tether.engines.base import (
     ModelInfo,
     UnknownModelError,
 )
-from tether.engines.gguf_models import discover_gguf, normalize_model_name
+from tether.engines.gguf_models import (
+    discover_gguf,
+    normalize_model_name,
+    read_gguf_string,
+    template_takes_tools,
+)
 from tether.engines.llama_model import LoadedModel, RunProgress, RunStats, Sampling
 from tether.engines.thread_stream import ThreadStream
 
@@ -40,6 +46,7 @@ DEFAULT_N_CTX = 4096
 DEFAULT_MAX_QUEUE = 16
 DEFAULT_PROMPT_CACHE_BYTES = 256 << 20
 SHUTDOWN_TIMEOUT_S = 10.0
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
 
 @dataclass(eq=False, slots=True)
@@ -65,6 +72,8 @@ class _Slot:
     in_line: int = 0  # running + waiting
     resident: _Resident | None = None
     worker: ThreadStream[Delta] | None = None  # the generation running now
+    tools: bool = False  # whether its chat template renders tools
+    stamp: tuple[int, int] | None = None  # (size, mtime) of the file `tools` was read from
 
 
 class LlamaCppEngine:
@@ -134,15 +143,35 @@ class LlamaCppEngine:
 
     async def models(self) -> list[ModelInfo]:
         on_disk = self._scan()
+        slots = [self._slots[name] for name in sorted(set(on_disk) | set(self._loaded))]
+        await self._read_templates(slots)
         return [
             ModelInfo(
-                id=name,
+                id=slot.name,
                 engine=self.name,
-                loaded=self._slots[name].resident is not None,
-                path=str(self._slots[name].path),
+                loaded=slot.resident is not None,
+                path=str(slot.path),
+                tools=slot.tools,
             )
-            for name in sorted(set(on_disk) | set(self._loaded))
+            for slot in slots
         ]
+
+    async def _read_templates(self, slots: list[_Slot]) -> None:
+        """Learn which models' templates take tools, from files not read since they changed."""
+        stale: list[tuple[_Slot, tuple[int, int]]] = []
+        for slot in slots:
+            with contextlib.suppress(OSError):
+                stat = slot.path.stat()
+                if slot.stamp != (stamp := (stat.st_size, stat.st_mtime_ns)):
+                    stale.append((slot, stamp))
+        if not stale:
+            return
+        paths = [slot.path for slot, _ in stale]
+        templates = await asyncio.to_thread(
+            lambda: [read_gguf_string(path, CHAT_TEMPLATE_KEY) for path in paths]
+        )
+        for (slot, stamp), template in zip(stale, templates, strict=True):
+            slot.tools, slot.stamp = template_takes_tools(template), stamp
 
     def queue_position(self, model: str | None) -> int:
         name = self._resolve(model)

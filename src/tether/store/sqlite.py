@@ -169,13 +169,16 @@ class SQLiteStore:
             # transaction open for the next writer.
             await asyncio.shield(conn.execute("COMMIT"))
 
+    # Each read runs to its end in one call on the reader's thread. A statement left open
+    # across awaits (execute, then fetch) holds the connection's read snapshot, and every read
+    # other tasks start meanwhile shares that stale snapshot: a turn could miss the message it
+    # had just committed.
     async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self.reader.execute(sql, tuple(params)) as cursor:
-            return await cursor.fetchone()
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.reader.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self.reader.execute_fetchall(sql, tuple(params)))
 
     # -- sessions ---------------------------------------------------------------------------
 
