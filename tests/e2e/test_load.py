@@ -112,7 +112,9 @@ async def test_a_thousand_sockets_a_hundred_streaming(tmp_path: Path) -> None:
                 # Every socket answers while 100 of them stream, concurrently.
                 quiet = sockets[STREAMING:]
                 results = await asyncio.gather(
-                    asyncio.gather(*(stream_turns(ws, i) for i, ws in enumerate(sockets[:STREAMING]))),
+                    asyncio.gather(
+                        *(stream_turns(ws, i) for i, ws in enumerate(sockets[:STREAMING]))
+                    ),
                     asyncio.gather(*(ping(ws, i) for i, ws in enumerate(quiet))),
                 )
                 streamed, pongs = results
