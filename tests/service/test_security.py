@@ -13,74 +13,32 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from tether.app import create_app
-from tether.config import load_settings
+from tests.support.servers import RunningServer, make_settings, serve_app
 
 TIMEOUT = 10 * float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
 TOKEN = "s3cret-token"
 
 
-@dataclass(frozen=True)
-class Server:
-    port: int
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/chat"
-
-
 @contextlib.asynccontextmanager
-async def serve(tmp_path: Path, **overrides: Any) -> AsyncIterator[Server]:
-    """`create_app` under uvicorn on a loopback socket bound here (so no port race)."""
-    values: dict[str, Any] = {"storage.path": str(tmp_path / "tether.db"), "engine.name": "echo"}
-    values.update(overrides)
-    settings = load_settings(overrides=values, environ={}, cwd=tmp_path)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings),
-        ws="websockets-sansio",
-        ws_max_size=settings.limits.max_frame_bytes,
-        log_config=None,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while not server.started:  # a flag uvicorn sets; polled, bounded by the timeout
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited during start-up")
-                await asyncio.sleep(0.01)
-        yield Server(port)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, TIMEOUT)
-        sock.close()
+async def serve(tmp_path: Path, **overrides: Any) -> AsyncIterator[RunningServer]:
+    """The production app and uvicorn configuration, with these settings overridden."""
+    async with serve_app(make_settings(tmp_path, **overrides)) as server:
+        yield server
 
 
 def ws_connect(url: str, **kwargs: Any) -> connect:
     return connect(url, proxy=None, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
 
 
-def http(server: Server) -> httpx.AsyncClient:
+def http(server: RunningServer) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=server.http_url, trust_env=False, timeout=TIMEOUT)
 
 

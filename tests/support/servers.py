@@ -42,9 +42,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings(overrides=values, environ={}, cwd=tmp_path)
 
 
-@dataclass(frozen=True)
-class RunningServer:
-    settings: Settings
+class LoopbackUrls:
+    """The addresses of a server listening on 127.0.0.1:`port`."""
+
     port: int
 
     @property
@@ -56,17 +56,26 @@ class RunningServer:
         return f"ws://127.0.0.1:{self.port}/ws/chat"
 
 
+@dataclass(frozen=True)
+class RunningServer(LoopbackUrls):
+    settings: Settings
+    port: int
+
+
 @contextlib.asynccontextmanager
 async def serve_app(
     settings: Settings, *, engine: Engine | None = None
 ) -> AsyncIterator[RunningServer]:
     """Run `create_app(settings)` under a real uvicorn on a free loopback port, in this loop."""
-    port = free_port()
+    # Bound here and handed to uvicorn, so no other process can take the port in between.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
     app = create_app(settings, engine=engine)
     server = TetherServer(
         uvicorn_config(app, settings, host="127.0.0.1", port=port), drain=lambda: drain_app(app)
     )
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(scaled(30)):
             while not server.started:
@@ -78,21 +87,14 @@ async def serve_app(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, scaled(30))
+        sock.close()
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(LoopbackUrls):
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/chat"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
