@@ -21,14 +21,19 @@ MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 # Portable (no -march=native) and without the multimodal tools Tether does not use.
 LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF"
 
+# uv: the one on PATH, else the one in this Python, else our own copy in a private venv (which
+# works on systems whose Python refuses `pip install` outside a venv, PEP 668).
 if command -v uv >/dev/null 2>&1; then
     UV=(uv)
-else
-    if ! python3 -m uv --version >/dev/null 2>&1; then
-        echo "setup: installing uv from PyPI" >&2
-        python3 -m pip install --quiet --disable-pip-version-check uv
-    fi
+elif python3 -m uv --version >/dev/null 2>&1; then
     UV=(python3 -m uv)
+else
+    if [ ! -x "$CACHE/uv-venv/bin/uv" ]; then
+        echo "setup: installing uv from PyPI into $CACHE/uv-venv" >&2
+        python3 -m venv "$CACHE/uv-venv"
+        "$CACHE/uv-venv/bin/python" -m pip install --quiet --disable-pip-version-check uv
+    fi
+    UV=("$CACHE/uv-venv/bin/uv")
 fi
 
 # Serialise concurrent set-ups on one machine (CI runs beside a developer's) around the cache.
@@ -52,6 +57,10 @@ have_llama_wheel() {
 }
 
 if ! have_llama_wheel; then
+    if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
+        echo "setup: building llama-cpp-python needs a C++ compiler (apt install g++)" >&2
+        exit 1
+    fi
     echo "setup: building llama-cpp-python $LLAMA_VERSION once into $WHEELHOUSE (takes minutes)" >&2
     build="$(mktemp -d)"
     trap 'rm -rf "$build"' EXIT

@@ -16,7 +16,7 @@ from starlette.routing import WebSocketRoute
 from tether.chat import ChatService
 from tether.config import Settings
 from tether.detector import ToolCallDetector
-from tether.engines.base import Engine
+from tether.engines.base import Engine, UnknownModelError
 from tether.engines.factory import build_router
 from tether.engines.router import EngineRouter
 from tether.errors import TetherError
@@ -127,6 +127,19 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             runs=runs,
             sockets=SocketHub(),
         )
+        try:
+            _, default_model = await router.resolve(None)
+        except UnknownModelError as exc:
+            # Serve anyway (other engines, REST, history), but say why chats will fail.
+            log.warning(
+                "app.no_default_model",
+                engine=router.name,
+                dist=str(settings.engine.dist_path),
+                error=str(exc),
+                hint="run ./setup.sh to put the default model in dist/, or use --engine echo",
+            )
+        else:
+            log.info("app.default_model", engine=router.name, model=default_model.id)
         log.info("app.started", engine=router.name, db=str(settings.storage.path))
         try:
             yield

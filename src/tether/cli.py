@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import uuid
@@ -70,6 +71,19 @@ async def _chat_turn(
     if model:
         frame["options"] = {"model": model}
     await ws.send(json.dumps(frame))
+    try:
+        return await _print_turn(ws, request_id, session_id, out)
+    except asyncio.CancelledError:
+        # Ctrl-C: stop the answer on the server too (else it runs on for the disconnect grace).
+        with contextlib.suppress(Exception):
+            cancel = json.dumps({"type": "cancel", "request_id": request_id})
+            await asyncio.wait_for(asyncio.shield(ws.send(cancel)), 2)
+        raise
+
+
+async def _print_turn(
+    ws: Any, request_id: str, session_id: str | None, out: TextIO
+) -> tuple[str | None, bool]:
     while True:
         reply = json.loads(await ws.recv())
         if reply.get("request_id") != request_id:
@@ -107,7 +121,11 @@ async def _chat(args: argparse.Namespace) -> int:
         async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
             session_id: str | None = args.session
             if args.prompt is not None:
-                _, ok = await _chat_turn(ws, args.prompt, session_id, args.model, sys.stdout)
+                session_id, ok = await _chat_turn(
+                    ws, args.prompt, session_id, args.model, sys.stdout
+                )
+                if session_id and session_id != args.session:
+                    print(f"(session {session_id}; continue it with --session)", file=sys.stderr)
                 return 0 if ok else 1
             loop = asyncio.get_running_loop()
             print(f"Connected to {url}. Type a message; Ctrl-D to quit.", file=sys.stderr)

@@ -312,12 +312,20 @@ def _sqlite_url_path(value: str) -> str:
     return value
 
 
-def env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings the environment gives, and for each dotted key the variable that gave it.
+
+    `TETHER_<SECTION>__<KEY>` names are read for Tether's own sections only, so another tool's
+    `TETHER_SOMETHING__ELSE` is left alone; within a section a misspelt key is an error.
+    """
     layer: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for name, raw in environ.items():
         if name.startswith(_NESTED_PREFIX) and _NESTED_SEP in name:
             dotted = name[len(_NESTED_PREFIX) :].lower().replace(_NESTED_SEP, ".")
-            _set_dotted(layer, dotted, _env_value(raw))
+            if dotted.split(".", 1)[0] in Settings.model_fields:
+                _set_dotted(layer, dotted, _env_value(raw))
+                sources[dotted] = name
     for dotted, names in ENV_ALIASES.items():
         for name in names:
             if name in environ:
@@ -325,8 +333,9 @@ def env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
                 if name == "MLC_SQLITE_URL":
                     value = _sqlite_url_path(value)
                 _set_dotted(layer, dotted, value)
+                sources[dotted] = name
                 break
-    return layer
+    return layer, sources
 
 
 def _absolutize(layer: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -362,11 +371,16 @@ def find_config_file(explicit: Path | None, environ: Mapping[str, str], cwd: Pat
     return candidate if candidate.is_file() else None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(
+    exc: ValidationError, sources: Mapping[str, str] | None = None
+) -> str:
+    """One line per problem, naming the key (and the environment variable that set it)."""
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(root)"
-        lines.append(f"config: {key}: {error['msg']} (got {error.get('input')!r})")
+        source = (sources or {}).get(key)
+        where = f"{key} (from {source})" if source else key
+        lines.append(f"config: {where}: {error['msg']} (got {error.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -384,11 +398,13 @@ def load_settings(
     path = find_config_file(config_path, environ, cwd)
     if path is not None:
         data = read_config_file(path)
-    data = _merge(data, _absolutize(env_layer(environ), cwd))
+    from_env, sources = env_layer(environ)
+    data = _merge(data, _absolutize(from_env, cwd))
     flags: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(flags, dotted, value)
+            sources.pop(dotted, None)  # a flag overrode the variable: the flag is to blame
     data = _merge(data, _absolutize(flags, cwd))
     if _get_dotted(data, "storage.path") is None:
         _set_dotted(data, "storage.path", str(default_data_dir(environ) / "tether.db"))
@@ -397,4 +413,4 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from exc
+        raise ConfigError(describe_validation_error(exc, sources)) from exc

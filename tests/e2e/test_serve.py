@@ -169,3 +169,16 @@ def test_the_default_setup_answers_with_the_embedded_model(tmp_path: Path) -> No
         )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
+
+
+async def test_no_model_in_dist_is_said_at_start_and_on_chat(tmp_path: Path) -> None:
+    with tether_serve(tmp_path, "--db", str(tmp_path / "t.db")) as server:
+        assert "app.no_default_model" in server.log()
+        async with connect(server.ws_url) as ws:
+            frames = await ProtocolClient(ws).chat("r1", "hello")
+        assert frames[-1]["error"]["code"] == "not_found"
+        assert "no model" in frames[-1]["error"]["message"]
+        # The echo engine is still there for a wiring check.
+        async with connect(server.ws_url) as ws:
+            frames = await ProtocolClient(ws).chat("r2", "hello", options={"model": "echo"})
+        assert text_of(frames) == "hello"
