@@ -19,12 +19,14 @@ DEFAULT_URL = "ws://127.0.0.1:8000/ws/chat"
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import structlog
+
     from tether.app import create_app, drain_app
     from tether.engines.factory import EngineUnavailable
     from tether.graceful import TetherServer
     from tether.log import configure_logging
     from tether.security import check_bind
-    from tether.server import uvicorn_config
+    from tether.server import raise_open_file_limit, uvicorn_config
     from tether.tools.registry import ToolConfigError
 
     try:
@@ -47,6 +49,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(refusal, file=sys.stderr)
         return 2
     configure_logging(settings.log.level, settings.log.format)
+    limit, needed = raise_open_file_limit(settings.security.max_connections)
+    if limit < needed:
+        structlog.get_logger("tether.cli").warning(
+            "serve.file_limit",
+            open_files=limit,
+            needed=needed,
+            hint="raise `ulimit -n` or lower security.max_connections",
+        )
     try:
         app = create_app(settings)
     except (ToolConfigError, EngineUnavailable) as exc:

@@ -43,6 +43,15 @@ class ServerSettings(_Section):
     port: int = Field(default=8000, ge=0, le=65535)  # 0: pick a free port
     token: SecretStr | None = None
 
+    @field_validator("token")
+    @classmethod
+    def _token_is_sendable(cls, token: SecretStr | None) -> SecretStr | None:
+        # A token with white space cannot be sent intact in an Authorization header, and a
+        # blank one would look set while protecting nothing.
+        if token is not None and any(c.isspace() for c in token.get_secret_value()):
+            raise ValueError("the token must not contain white space")
+        return token
+
 
 class StorageSettings(_Section):
     path: Path = Field(default_factory=lambda: default_data_dir() / "tether.db")
@@ -259,6 +268,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "security.allowed_origins": ("TETHER_ALLOWED_ORIGINS",),
     "security.allowed_hosts": ("TETHER_ALLOWED_HOSTS",),
 }
+SECRET_KEYS = frozenset({"server.token", "engine.openai.api_key"})  # never echoed in errors
 PATH_KEYS = ("storage.path", "engine.dist_path", "tools.files_root")
 _NESTED_PREFIX = "TETHER_"
 _NESTED_SEP = "__"
@@ -380,7 +390,8 @@ def describe_validation_error(
         key = ".".join(str(part) for part in error["loc"]) or "(root)"
         source = (sources or {}).get(key)
         where = f"{key} (from {source})" if source else key
-        lines.append(f"config: {where}: {error['msg']} (got {error.get('input')!r})")
+        got = "" if key in SECRET_KEYS else f" (got {error.get('input')!r})"
+        lines.append(f"config: {where}: {error['msg']}{got}")
     return "\n".join(lines)
 
 

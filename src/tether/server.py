@@ -106,3 +106,26 @@ def uvicorn_config(
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+
+
+# File descriptors a process needs besides its sockets: SQLite, logs, models, MCP pipes.
+RESERVED_FILES = 64
+
+
+def raise_open_file_limit(connections: int) -> tuple[int, int]:
+    """Lift the soft RLIMIT_NOFILE towards the hard limit so `connections` sockets fit.
+
+    Many systems start processes at a soft limit of 1024 files, below the default connection
+    cap; past the limit, accept() fails and clients hang instead of getting a clean 503.
+    Returns (the limit now, the number needed).
+    """
+    import resource
+
+    needed = connections + RESERVED_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft, needed

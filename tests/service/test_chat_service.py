@@ -18,6 +18,7 @@ from tether.engines.base import (
     EngineError,
     GenerationOptions,
     GenerationRequest,
+    ModelInfo,
 )
 from tether.engines.echo import EchoEngine
 from tether.engines.router import EngineRouter
@@ -289,3 +290,22 @@ async def test_task_cancellation_stores_the_answer_as_interrupted(
     assert rows(store.path, "SELECT content, status FROM messages WHERE role='assistant'") == [
         ("a ", "interrupted")
     ]
+
+
+class NoToolsEcho(RecordingEcho):
+    """An echo "model" whose chat template does not declare tool support (like SmolLM2's)."""
+
+    async def models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=self.model_id, engine=self.name, loaded=True, tools=False)]
+
+
+async def test_tools_follow_the_template_unless_the_turn_says(store: SQLiteStore) -> None:
+    engine = NoToolsEcho()
+    service = make_service(store, engine)
+    plain = await run(service, Turn("r1", CALC))
+    assert "calculator" not in engine.requests[-1].messages[0].content
+    assert "".join(e.text for e in plain if isinstance(e, TextDelta)) == CALC
+    assert not [e for e in plain if isinstance(e, ToolCallStarted)]
+    forced = await run(service, Turn("r2", CALC, options=TurnOptions(tools=True)))
+    assert "calculator" in engine.requests[-2].messages[0].content
+    assert [e.name for e in forced if isinstance(e, ToolCallStarted)] == ["calculator"]

@@ -81,6 +81,8 @@ def test_config_yaml_in_the_working_directory_is_found(tmp_path: Path) -> None:
         ("engine:\n  name: gpt\n", {}, "engine.name"),
         ("", {"TETHER_PORT": "eighty"}, "server.port"),
         ("", {"TETHER_LIMITS__MAX_TEXT_CHARS": "0"}, "limits.max_text_chars"),
+        ("", {"TETHER_TOKEN": " "}, "server.token (from TETHER_TOKEN): Value error, the token"),
+        ("server:\n  token: 'two words'\n", {}, "server.token"),
         ("mcp:\n  servers:\n    - name: x\n      transport: stdio\n", {}, "mcp.servers.0"),
     ],
 )
@@ -123,3 +125,9 @@ def test_errors_name_the_variable_that_set_the_value(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"MLC_PORT": "8001"}, cwd=tmp_path, overrides={"server.port": -1})
     assert "MLC_PORT" not in str(caught.value)
+
+
+def test_a_bad_token_is_not_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"TETHER_TOKEN": "sec ret"}, cwd=tmp_path)
+    assert "sec ret" not in str(caught.value)
