@@ -145,6 +145,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             yield
         finally:
             await runs.aclose()  # without a drain (or after one): cancel, store, journal
+            await tools.aclose()  # refuse further calls; hung tool threads are not waited for
             await mcp.aclose()
             await router.aclose()
             await store.close()

@@ -127,6 +127,18 @@ class _Round:
     usage: Usage = field(default_factory=Usage)
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def record_usage(self, usage: Usage) -> None:
+        """The engine's usage sink: called also when the round is cancelled mid-stream."""
+        self.usage = usage
+
+
+@dataclass(slots=True)
+class _Head:
+    """The newest stored message of the turn: where the next one attaches (kept outside the
+    phase tasks, so a cancelled tool phase still tells where it got to)."""
+
+    id: str
+
 
 @dataclass(slots=True)
 class _Clock:
@@ -229,7 +241,8 @@ class ChatService:
         structlog.contextvars.bind_contextvars(session_id=session_id)
         # The store keeps the turn open (a `turns` row) until one of the `_store_answer` calls
         # below closes it; a turn left open by a dead process is closed at the next start-up.
-        turn_id = parent_id = start.message.id
+        turn_id = start.message.id
+        head = _Head(turn_id)
         model = model_info.id
         current = _Round()
         usage = Usage()
@@ -259,6 +272,7 @@ class ChatService:
                     messages=tuple(messages),
                     model=model,
                     options=turn.options.generation,
+                    usage_sink=current.record_usage,
                 )
                 try:
                     await control.run(
@@ -275,8 +289,8 @@ class ChatService:
                 if loop == self.max_tool_loops:
                     finish = "tool_loop_limit"
                     break
-                parent_id, messages = await control.run(
-                    self._run_tools(session_id, turn_id, parent_id, messages, current, emit, model)
+                messages = await control.run(
+                    self._run_tools(session_id, turn_id, head, messages, current, emit, model)
                 )
         except TurnCancelled:
             finish = "cancelled"
@@ -286,7 +300,7 @@ class ChatService:
                 self._store_answer(
                     session_id,
                     turn_id,
-                    parent_id,
+                    head.id,
                     current,
                     "interrupted",
                     "cancelled",
@@ -302,13 +316,13 @@ class ChatService:
             else:
                 log.warning("turn.failed", code=failure.code, error=failure.message)
             await self._store_answer(
-                session_id, turn_id, parent_id, current, "error", None, usage, model
+                session_id, turn_id, head.id, current, "error", None, usage, model
             )
             await emit(failure)
             return
         status: MessageStatus = "cancelled" if finish == "cancelled" else "complete"
         message = await self._store_answer(
-            session_id, turn_id, parent_id, current, status, finish, usage, model
+            session_id, turn_id, head.id, current, status, finish, usage, model
         )
         clock.completion_tokens = usage.completion_tokens
         timings = clock.timings()
@@ -381,19 +395,24 @@ class ChatService:
         self,
         session_id: str,
         turn_id: str,
-        parent_id: str,
+        head: _Head,
         messages: list[ChatMessage],
         answer: _Round,
         emit: EventSink,
         model: str,
-    ) -> tuple[str, list[ChatMessage]]:
-        """Store the calling answer, run its calls, store the results; return the new prompt."""
+    ) -> list[ChatMessage]:
+        """Store the calling answer, run its calls, store the results; return the new prompt.
+
+        Every stored call gets a stored result, also when the turn is cancelled mid-call (an
+        error result then): a chat template, or an OpenAI-compatible server, refuses a history
+        with a call left unanswered.
+        """
         assert self.tools is not None
         bad = [ToolCall(_new_call_id(), "invalid_tool_call", {}) for _ in answer.malformed]
         calls = [*answer.calls, *bad]
         stored = await self.store.append_message(
             session_id,
-            parent_id,
+            head.id,
             NewMessage(
                 role="assistant",
                 content="".join(answer.text),
@@ -403,25 +422,16 @@ class ChatService:
             ),
             turn_id=turn_id,
         )
+        head.id = stored.id
+        answer.text.clear()  # said: it is this message's content now, not the final answer's
         messages = [*messages, _to_chat_message(stored)]
-        parent_id = stored.id
-        for call in calls:
-            await emit(ToolCallStarted(call.id, call.name, call.arguments))
-        results = await self.tools.run(list(answer.calls)) if answer.calls else []
-        results += [
-            ToolResult(call.id, call.name, error=f"could not parse the tool call: {bad_call.error}")
-            for call, bad_call in zip(bad, answer.malformed, strict=True)
-        ]
-        for result in results:
-            await emit(
-                ToolCallFinished(
-                    result.call_id, result.name, result.result, result.error, result.duration_ms
-                )
-            )
+        answered: set[str] = set()
+
+        async def store_result(result: ToolResult) -> None:
             content = result.result if result.error is None else f"Error: {result.error}"
             tool_message = await self.store.append_message(
                 session_id,
-                parent_id,
+                head.id,
                 NewMessage(
                     role="tool",
                     content=content or "",
@@ -432,8 +442,40 @@ class ChatService:
                 turn_id=turn_id,
             )
             messages.append(_to_chat_message(tool_message))
-            parent_id = tool_message.id
-        return parent_id, messages
+            head.id = tool_message.id
+            answered.add(result.call_id)
+
+        try:
+            for call in calls:
+                await emit(ToolCallStarted(call.id, call.name, call.arguments))
+            results = await self.tools.run(list(answer.calls)) if answer.calls else []
+            results += [
+                ToolResult(
+                    call.id, call.name, error=f"could not parse the tool call: {bad_call.error}"
+                )
+                for call, bad_call in zip(bad, answer.malformed, strict=True)
+            ]
+            for result in results:
+                await emit(
+                    ToolCallFinished(
+                        result.call_id, result.name, result.result, result.error, result.duration_ms
+                    )
+                )
+                await store_result(result)
+        except asyncio.CancelledError:
+            missing = [
+                ToolResult(call.id, call.name, error="cancelled before the tool returned")
+                for call in calls
+                if call.id not in answered
+            ]
+
+            async def close_calls() -> None:
+                for result in missing:
+                    await store_result(result)
+
+            await asyncio.shield(close_calls())
+            raise
+        return messages
 
     async def _store_answer(
         self,

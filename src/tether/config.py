@@ -124,6 +124,12 @@ class LimitsSettings(_Section):
     # From TCP connect (or a keep-alive request's first byte) to the end of the request
     # headers; a slower client is sent 408 and dropped. 0: never.
     handshake_timeout_sec: float = Field(default=10.0, ge=0)
+    # A client that reads slower than its answers stream: frames waiting to go out on its socket,
+    # and seconds one frame (or the close) may wait for the client to take it. Past either the
+    # socket is closed with 1008 and its requests go on without it (reliability.on_disconnect);
+    # an answer never waits for a socket. send_timeout_sec 0: no timeout.
+    send_buffer_frames: int = Field(default=10_000, ge=1)
+    send_timeout_sec: float = Field(default=30.0, ge=0)
 
 
 class ReliabilitySettings(_Section):

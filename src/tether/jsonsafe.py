@@ -2,14 +2,19 @@
 
 `json.loads` has three ways to fail besides JSONDecodeError, each a crash where it is not
 expected: RecursionError for deep nesting (`[[[[...`), ValueError for an integer longer than
-Python's 4300-digit limit, UnicodeDecodeError for bytes that are not UTF-8. And it accepts
-escapes of lone surrogates (`"\\ud800"`), giving strings that cannot be encoded as UTF-8 again:
-echoed in a reply, stored in SQLite or logged, they raise far from where they came in.
+Python's 4300-digit limit, UnicodeDecodeError for bytes that are not UTF-8. It accepts `NaN`,
+`Infinity` and `-Infinity`, which are not JSON, and reads `1e999` as infinity: `loads` refuses
+them (or, with `finite=False`, leaves them for `has_non_finite` to find once the caller has
+read what it needs to reply, such as a request id), since no field wants them and a NaN
+compares false with every bound. And it accepts escapes of lone surrogates (`"\\ud800"`),
+giving strings that cannot be encoded as UTF-8 again: echoed in a reply, stored in SQLite or
+logged, they raise far from where they came in.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -23,10 +28,29 @@ class JSONInputError(ValueError):
     """The text is not JSON we accept; the message says why ("is not valid JSON", ...)."""
 
 
-def loads(raw: str | bytes) -> Any:
-    """`json.loads` that fails only with JSONInputError."""
+NON_FINITE = "holds NaN, Infinity or a number too large for a float, which JSON does not allow"
+
+
+def _refuse_constant(_name: str) -> Any:
+    raise JSONInputError(NON_FINITE)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONInputError(NON_FINITE)
+    return value
+
+
+def loads(raw: str | bytes, *, finite: bool = True) -> Any:
+    """`json.loads` that fails only with JSONInputError; refuses non-finite numbers unless
+    `finite` is False."""
     try:
-        return json.loads(raw)
+        if not finite:
+            return json.loads(raw)
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except JSONInputError:
+        raise
     except RecursionError:
         raise JSONInputError("is nested too deeply") from None
     except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer past 4300 digits
@@ -51,6 +75,21 @@ def has_lone_surrogates(raw: str | bytes, data: Any) -> bool:
                 return True
         elif isinstance(item, dict):
             stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def has_non_finite(data: Any) -> bool:
+    """Whether `data` (parsed with `finite=False`) holds NaN or an infinity."""
+    stack = [data]  # iterative, as in has_lone_surrogates
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)

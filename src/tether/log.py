@@ -34,7 +34,9 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # Methods below `level` are a bare `return None`: a filtered-out line costs no processing
+        # (the stdlib BoundLogger ran every processor before the stdlib logger dropped it).
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

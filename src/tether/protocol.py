@@ -1,6 +1,9 @@
 """WebSocket protocol v1: the client frames we accept and the server frames we send.
 
-Client frames are validated with pydantic; every way a frame can be wrong becomes a
+Client frames are validated with pydantic in strict mode, so a wrong-typed field is refused
+rather than coerced (`"3"` or `true` is no `after_seq`, `"yes"` no `tools`; a JSON integer still
+passes for a float such as `temperature`), and NaN, Infinity and numbers past the float range are
+refused before that (`tether.jsonsafe`). Every way a frame can be wrong becomes a
 `ProtocolError` with a stable code and, when the frame named one, its request_id. Server frames
 are rendered from the chat core's events with a per-request `seq` by `RequestFrames`.
 """
@@ -89,6 +92,12 @@ _CLIENT_FRAME: TypeAdapter[ChatFrame | CancelFrame | ResumeFrame | PingFrame] = 
     ClientFrame
 )
 CLIENT_TYPES = ("chat", "cancel", "resume", "ping")
+# Frames about an earlier request: without its id they cannot mean anything (chat and ping get
+# a fresh id from the server instead).
+NEEDS_REQUEST_ID = {
+    "cancel": "cancel needs the request_id of the request to stop",
+    "resume": "resume needs the request_id of the request to resume",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,20 +137,24 @@ def parse_client_frame(
 ) -> ChatFrame | CancelFrame | ResumeFrame | PingFrame:
     """Parse one client frame or raise ProtocolError (bad_request, too_large)."""
     try:
-        data = jsonsafe.loads(raw)
+        data = jsonsafe.loads(raw, finite=False)  # refused below, under the request's id
     except jsonsafe.JSONInputError as exc:
         raise ProtocolError("bad_request", f"frame {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_request", "frame must be a JSON object")
     data = _normalise(data)
+    kind = data.get("type")
     request_id = data.get("request_id")
     if request_id is None:
+        if isinstance(kind, str) and kind in NEEDS_REQUEST_ID:
+            raise ProtocolError("bad_request", NEEDS_REQUEST_ID[kind])
         data["request_id"] = request_id = uuid.uuid4().hex
     elif not usable_request_id(request_id):
         raise ProtocolError("bad_request", "request_id must be a string of 1 to 200 characters")
     if jsonsafe.has_lone_surrogates(raw, data):
         raise ProtocolError("bad_request", f"frame {jsonsafe.LONE_SURROGATE}", request_id)
-    kind = data.get("type")
+    if jsonsafe.has_non_finite(data):
+        raise ProtocolError("bad_request", f"frame {jsonsafe.NON_FINITE}", request_id)
     if kind is None:
         raise ProtocolError("bad_request", "frame has no type", request_id)
     if kind not in CLIENT_TYPES:
@@ -158,7 +171,7 @@ def parse_client_frame(
             request_id,
         )
     try:
-        frame = _CLIENT_FRAME.validate_python(data)
+        frame = _CLIENT_FRAME.validate_python(data, strict=True)
     except ValidationError as exc:
         raise ProtocolError("bad_request", _describe(exc), request_id) from None
     if isinstance(frame, ChatFrame) and not frame.text.strip():

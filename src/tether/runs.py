@@ -3,8 +3,11 @@
 A chat request runs as a `Run` in the server's `RunRegistry` (built by `create_app`, one per
 app), not inside the socket that started it. The run renders every event of its turn into a
 protocol frame with the next `seq` and appends it to its frame log before any socket sees it;
-sockets *watch* runs through a `Watcher`, a cursor into that log that sends each frame once and
-in order. A socket that closes stops watching; the run goes on (see the disconnect policy).
+sockets *watch* runs through a `Watcher`, a cursor into that log that hands each frame once and
+in order to the socket's outgoing buffer (a `FrameSink`). A run never waits on a socket: the
+buffer is drained by the socket's own writer, and a client too slow to take its frames is
+dropped (`tether.transports.ws_outbox`) like any closed socket. A socket that closes stops
+watching; the run goes on (see the disconnect policy).
 
 What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_reliability.py):
 
@@ -13,7 +16,8 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   live frames if it still runs, so the client sees seq contiguous from `after_seq + 1` to the
   final `complete` (or `error`). This holds for a running request, and for an ended one for at
   least `reliability.journal_max_age_sec` after it ended (unless `journal_max_rows` pushed it
-  out sooner); then, or for an id never seen, `not_found`.
+  out sooner); then, or for an id never seen, `not_found`. An ended request with no frame
+  after `after_seq` sends its final frame again, so that the client learns it is over.
 - Where the frames live: in memory while the request runs (the log is the one the sockets read,
   so a frame a socket saw is always in it); when the request ends its frames are committed to
   the `events` table (several ended requests share one transaction), and only then does the run
@@ -37,6 +41,15 @@ Disconnects (`reliability.on_disconnect`): "continue" (default) lets a request n
 on for `disconnect_grace_sec` (a resume within it re-attaches), then cancels it; "cancel" cancels
 it at once. A cancelled answer is stored with what was generated, status `cancelled`.
 
+An unwatched answer yields the model to a waiting request: a local model serves one request at
+a time (FIFO), so a run nobody watches would make the next user wait out the grace. A run learns
+its model from its own `processing` frame (`model`, `queue_position`). When a request is
+accepted with `queue_position` > 0, every run on that model that nobody watches is cancelled at
+once; and when the last socket leaves a run while a watched request on its model is waiting
+(accepted with `queue_position` > 0, no output yet), it is cancelled at once instead of after
+the grace. Either way it is stored as `cancelled` and stays resumable; engines without a queue
+(echo, openai, mlc: `queue_position` 0) never trigger it.
+
 Shutdown (`drain`): new chats are refused with `busy`, running requests may finish for
 `reliability.drain_timeout_sec`, the rest are cancelled (stored as `cancelled`, their watchers
 get `complete` with `finish_reason: "cancelled"`) and their journals committed.
@@ -47,22 +60,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import structlog
 
 from tether.chat import ChatService, Turn, TurnControl
 from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
-from tether.events import ChatEvent
+from tether.events import Accepted, ChatEvent
 from tether.protocol import RequestFrames, error_body, event_body
 from tether.store.base import Store
 
 log = structlog.get_logger("tether.runs")
 
-FrameSink = Callable[[str], Awaitable[None]]
-EndHook = Callable[[str, int], None]  # (request_id, seq of the last frame sent to the watcher)
+EndHook = Callable[[str, int], None]  # (request_id, seq of the last frame queued for the watcher)
 
 # How often ended journals are pruned (by age and row count), at most.
 PRUNE_INTERVAL_SEC = 60.0
@@ -70,30 +82,58 @@ PRUNE_INTERVAL_SEC = 60.0
 CANCEL_GRACE_SEC = 10.0
 
 
+class FrameSink(Protocol):
+    """A socket's outgoing buffer, as a watcher sees it."""
+
+    def put(self, frame: str) -> None:
+        """Queue `frame` to be sent; never waits."""
+
+    async def room(self) -> bool:
+        """Wait until replayed frames may be queued; False once the socket is closing."""
+
+
 class Watcher:
-    """One socket's cursor into one run's frame log: sends each frame once, in seq order."""
+    """One socket's cursor into one run's frame log: queues each frame once, in seq order.
 
-    def __init__(self, run: Run, send: FrameSink, after_seq: int, on_end: EndHook | None) -> None:
+    A *live* watcher gets each new frame from the run as it is logged (`push`, never waiting);
+    one that joined late (or rewound) first `replay`s the log at the socket's pace, then goes
+    live. The cursor moves only in code that does not await between reading the log and
+    queueing, so no frame is doubled or missed across the switch.
+    """
+
+    def __init__(self, run: Run, sink: FrameSink, after_seq: int, on_end: EndHook | None) -> None:
         self.run = run
-        self.last_seq = after_seq  # the highest seq this watcher has sent (or was told to skip)
-        self._send = send
+        self.last_seq = after_seq  # the highest seq this watcher has queued (or was told to skip)
+        self.live = False
+        self._sink = sink
         self._on_end = on_end
-        self._lock = asyncio.Lock()
 
-    async def catch_up(self) -> None:
-        """Send every frame of the log after `last_seq`. Concurrent calls never double a frame:
-        the cursor moves under a lock, so whoever comes second finds less (or nothing) to do."""
-        async with self._lock:
-            frames = self.run.frames
-            while self.last_seq + 1 < len(frames):
-                self.last_seq += 1
-                await self._send(frames[self.last_seq])
+    def push(self) -> None:
+        """Queue the frames logged after `last_seq` (the run calls this for live watchers)."""
+        frames = self.run.frames
+        while self.last_seq + 1 < len(frames):
+            self.last_seq += 1
+            self._sink.put(frames[self.last_seq])
+
+    async def replay(self) -> None:
+        """Queue the log after `last_seq` as the socket takes it, then go live (or end)."""
+        frames = self.run.frames
+        while self.last_seq + 1 < len(frames):
+            if not await self._sink.room():
+                return  # the socket is closing
+            self.last_seq += 1
+            self._sink.put(frames[self.last_seq])
+        # Caught up, and no await since the check: the run's next frame will be pushed.
+        if self.run.ended:
+            self.ended()
+        else:
+            self.live = True
 
     async def rewind(self, after_seq: int) -> None:
         """Send the frames after `after_seq` again (a resume on a socket already watching)."""
-        async with self._lock:
-            self.last_seq = min(self.last_seq, after_seq)
-        await self.catch_up()
+        self.live = False
+        self.last_seq = min(self.last_seq, after_seq)
+        await self.replay()
 
     def ended(self) -> None:
         if self._on_end is not None:
@@ -111,6 +151,8 @@ class Run:
         self.control = TurnControl()
         self.task: asyncio.Task[None] | None = None
         self.ended = False  # the turn is over: no frame will be added
+        self.model: str | None = None  # from its `processing` frame
+        self.waiting = False  # accepted behind others in its model's queue, no output yet
         self._numbering = RequestFrames(request_id)
         self._grace: asyncio.TimerHandle | None = None
 
@@ -122,20 +164,21 @@ class Run:
         self.frames.append(frame)
         return frame
 
-    async def post(self, body: dict[str, Any]) -> str:
-        """Append a frame and send it to every watcher (waiting for them: backpressure)."""
+    def post(self, body: dict[str, Any]) -> str:
+        """Append a frame and queue it for every live watcher; never waits on a socket."""
         frame = self.append(body)
-        for watcher in list(self.watchers):
-            await watcher.catch_up()
+        for watcher in self.watchers:
+            if watcher.live:
+                watcher.push()
         return frame
 
     # -- watchers -----------------------------------------------------------------------------
 
-    def watch(self, send: FrameSink, after_seq: int, on_end: EndHook | None = None) -> Watcher:
-        """Start watching after `after_seq`; the caller then awaits `catch_up()` for the frames
-        already logged. The cursor is in place before any await, so whichever comes first, that
-        catch-up or the run's next `post`, every frame after `after_seq` goes out once, in order."""
-        watcher = Watcher(self, send, after_seq, on_end)
+    def watch(self, sink: FrameSink, after_seq: int, on_end: EndHook | None = None) -> Watcher:
+        """Start watching after `after_seq`; the caller then awaits `replay()`, which queues the
+        frames already logged and then makes the watcher live, so every frame after `after_seq`
+        goes out once, in order."""
+        watcher = Watcher(self, sink, after_seq, on_end)
         self.watchers.append(watcher)
         if self._grace is not None:
             self._grace.cancel()
@@ -150,7 +193,10 @@ class Run:
         if self.ended or self.watchers:
             return
         policy = self.registry.settings
-        if policy.on_disconnect == "cancel" or policy.disconnect_grace_sec <= 0:
+        if self.model is not None and self.registry.someone_waits_for(self.model, besides=self):
+            log.info("run.orphaned", request_id=self.request_id, action="yield", model=self.model)
+            self.control.cancel()
+        elif policy.on_disconnect == "cancel" or policy.disconnect_grace_sec <= 0:
             log.info("run.orphaned", request_id=self.request_id, action="cancel")
             self.control.cancel()
         elif self._grace is None:
@@ -173,23 +219,32 @@ class Run:
 
     async def execute(self, turn: Turn) -> None:
         async def emit(event: ChatEvent) -> None:
-            await self.post(event_body(event))
+            if isinstance(event, Accepted):
+                self.model, self.waiting = event.model, event.queue_position > 0
+                if self.waiting:
+                    self.registry.yield_model(self)
+            else:
+                self.waiting = False
+            self.post(event_body(event))
+            # Let the sockets' writers take the frame before the next one (an engine that
+            # never awaits would otherwise fill their buffers in one go).
+            await asyncio.sleep(0)
 
         try:
             await self.registry.chat.run_turn(turn, emit, self.control)
         except Exception:
             log.exception("run.crashed", request_id=self.request_id)
-            await self.post(
-                error_body("internal", "internal error; the server log has the details")
-            )
+            self.post(error_body("internal", "internal error; the server log has the details"))
         finally:
             self.ended = True
+            self.waiting = False
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = None
             watchers, self.watchers = self.watchers, []
             for watcher in watchers:
-                watcher.ended()
+                if watcher.live:  # one still replaying ends when its replay does
+                    watcher.ended()
             # Shielded: even when this task is cancelled (a hard close), the frames it sent are
             # committed before the run leaves memory.
             await asyncio.shield(self.registry.retire(self))
@@ -217,9 +272,9 @@ class RunRegistry:
     def running(self) -> list[Run]:
         return [run for run in self._runs.values() if not run.ended]
 
-    def start(self, turn: Turn, send: FrameSink, on_end: EndHook | None = None) -> Watcher:
-        """Start `turn` as a run watched by `send`. Raises Conflict (its request_id is running)
-        or Busy (the server is shutting down)."""
+    def start(self, turn: Turn, sink: FrameSink, on_end: EndHook | None = None) -> Watcher:
+        """Start `turn` as a run watched through `sink`. Raises Conflict (its request_id is
+        running) or Busy (the server is shutting down)."""
         if not self.accepting:
             raise Busy("the server is shutting down; try again shortly")
         previous = self._runs.get(turn.request_id)
@@ -227,9 +282,37 @@ class RunRegistry:
             raise Conflict(f"request {turn.request_id!r} is already running")
         run = Run(self, turn.request_id)
         self._runs[turn.request_id] = run  # an ended run of the same id is being journaled
-        watcher = run.watch(send, -1, on_end)
+        watcher = run.watch(sink, -1, on_end)
+        watcher.live = True  # nothing is logged yet: no replay
         run.task = asyncio.create_task(run.execute(turn), name=f"run:{turn.request_id}")
         return watcher
+
+    # -- one model, one request at a time: unwatched answers give way ---------------------------
+
+    def yield_model(self, waiter: Run) -> None:
+        """`waiter` was accepted behind others on its model: cancel the runs on that model that
+        nobody watches, so that it does not wait out their grace."""
+        for run in self.running():
+            if (
+                run is not waiter
+                and run.model == waiter.model
+                and not run.watchers
+                and not run.control.cancelled
+            ):
+                log.info(
+                    "run.yielded_model",
+                    request_id=run.request_id,
+                    model=run.model,
+                    to=waiter.request_id,
+                )
+                run.control.cancel()
+
+    def someone_waits_for(self, model: str, *, besides: Run) -> bool:
+        """Whether a watched run other than `besides` waits in `model`'s queue."""
+        return any(
+            run is not besides and run.waiting and run.watchers and run.model == model
+            for run in self.running()
+        )
 
     async def journal(self, request_id: str) -> list[str] | None:
         """Every frame of request_id, if it has a journal in memory (running or being committed)

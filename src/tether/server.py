@@ -7,7 +7,8 @@ from the TCP connect, or from the first byte of the next request on a keep-alive
 request line and headers must be complete within `limits.handshake_timeout_sec`, or the client
 gets `408 Request Timeout` and the connection is closed. Request bodies are not timed (the API's
 are small JSON). A WebSocket upgrade completes the headers, so open sockets are never affected;
-their own limits are in `tether.transports.ws_limits`.
+their own limits are in `tether.transports.ws_limits`, and `tether.server_ws` lets the app close
+a socket whose client stopped reading.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tether.config import Settings
+from tether.server_ws import close_now_protocol
 
 log = structlog.get_logger("tether.server")
 
@@ -100,7 +102,7 @@ def uvicorn_config(
         host=settings.server.host if host is None else host,
         port=settings.server.port if port is None else port,
         http=header_timeout_protocol(settings.limits.handshake_timeout_sec),
-        ws="websockets-sansio",
+        ws=close_now_protocol(settings.limits.send_timeout_sec),
         ws_max_size=settings.limits.max_frame_bytes,
         log_config=None,
         lifespan="on",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from typing import ClassVar
 
 import pytest
@@ -20,6 +21,7 @@ from tether.engines.base import (
     GenerationOptions,
     GenerationRequest,
     UnknownModelError,
+    Usage,
 )
 
 
@@ -103,6 +105,57 @@ class EngineContract:
             await stream.aclose()
         deltas = await collect(engine, request(self.prompt, "e2", max_tokens=4))
         assert deltas[-1].finish_reason in {"stop", "length"}
+
+    async def test_usage_sink_hears_the_final_usage_once(self, engine: Engine) -> None:
+        heard: list[Usage] = []
+        req = replace(request(self.prompt, "s0", max_tokens=8), usage_sink=heard.append)
+        deltas = await collect(engine, req)
+        assert heard == [deltas[-1].usage]
+
+    async def test_usage_sink_hears_a_cancelled_generation(self, engine: Engine) -> None:
+        # The consumer never sees a final delta, yet the prompt was read and tokens were made.
+        heard: list[Usage] = []
+        first_token = asyncio.Event()
+        seen = 0
+
+        async def consume() -> None:
+            nonlocal seen
+            long_request = request(self.prompt, "s1", max_tokens=400, **self.slow_options)
+            async for delta in engine.stream(replace(long_request, usage_sink=heard.append)):
+                assert delta.finish_reason is None
+                if delta.text:
+                    seen += 1
+                    first_token.set()
+
+        task = asyncio.create_task(consume())
+        async with asyncio.timeout(scaled(60)):
+            await first_token.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(scaled(5)):
+                await task
+        assert task.cancelled()
+        # Heard by the time the cancellation came out of the consumer, and only once.
+        [usage] = heard
+        assert usage.prompt_tokens > 0
+        assert usage.completion_tokens >= seen - 1
+
+    async def test_usage_sink_hears_an_early_close(self, engine: Engine) -> None:
+        heard: list[Usage] = []
+        long_request = request(self.prompt, "s2", max_tokens=400, **self.slow_options)
+        stream = engine.stream(replace(long_request, usage_sink=heard.append))
+        seen = 0
+        async with asyncio.timeout(scaled(60)):
+            async for delta in stream:
+                assert delta.finish_reason is None
+                seen += 1
+                if seen == 2:
+                    break
+            assert heard == []  # still running: nothing final to tell yet
+            await stream.aclose()
+        [usage] = heard
+        assert usage.prompt_tokens > 0
+        assert usage.completion_tokens >= seen - 1
 
     async def test_concurrent_requests_all_complete(self, engine: Engine) -> None:
         results = await asyncio.gather(

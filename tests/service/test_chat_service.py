@@ -36,6 +36,7 @@ from tether.store.sqlite import SQLiteStore
 from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
 from tether.tools.prompt import tools_prompt
+from tether.tools.registry import Registry
 
 CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
 
@@ -309,3 +310,50 @@ async def test_tools_follow_the_template_unless_the_turn_says(store: SQLiteStore
     forced = await run(service, Turn("r2", CALC, options=TurnOptions(tools=True)))
     assert "calculator" in engine.requests[-2].messages[0].content
     assert [e.name for e in forced if isinstance(e, ToolCallStarted)] == ["calculator"]
+
+
+async def test_cancel_mid_tool_answers_every_call(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
+    started = asyncio.Event()
+
+    async def wait_forever(seconds: int) -> str:
+        """Wait.
+
+        Args:
+            seconds: How long.
+        """
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    registry = Registry()
+    registry.add(wait_forever)
+    service = ChatService(
+        store=store,
+        engine=EngineRouter([engine]),
+        system_prompt="You are a test.",
+        tools=ToolExecutor(registry, timeout_s=60),
+        tool_prompt=tools_prompt,
+        detector_factory=lambda offer: ToolCallDetector(detect_calls=offer),
+    )
+    control = TurnControl()
+    text = 'Checking. <tool_call>{"name": "wait_forever", "arguments": {"seconds": 9}}</tool_call>'
+    task = asyncio.create_task(
+        run(service, Turn("r1", text, options=TurnOptions(tools=True)), control)
+    )
+    async with asyncio.timeout(scaled(30)):
+        await started.wait()
+    control.cancel()
+    events = await task
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert final.finish_reason == "cancelled"
+    assert final.usage.completion_tokens > 0  # what the engine said before the call counts
+    stored = rows(store.path, "SELECT role, content, status FROM messages ORDER BY rowid")
+    assert stored == [
+        ("user", text, "complete"),
+        ("assistant", "Checking. ", "complete"),
+        ("tool", "Error: cancelled before the tool returned", "error"),
+        ("assistant", "", "cancelled"),
+    ]

@@ -8,6 +8,7 @@ import contextlib
 import os
 import queue
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp
@@ -24,6 +25,7 @@ from tether.engines.base import (
     GenerationRequest,
     ToolCall,
     UnknownModelError,
+    Usage,
 )
 from tether.engines.llama_model import RunStats
 from tether.engines.llamacpp import LlamaCppEngine
@@ -271,6 +273,44 @@ async def test_long_history_is_trimmed_oldest_first(engine: LlamaCppEngine) -> N
     assert final.metadata["trimmed_messages"] % 2 == 0
 
 
+async def test_a_trimmed_session_keeps_its_cut_so_its_prompt_prefix_is_reused(
+    engine: LlamaCppEngine,
+) -> None:
+    # A session outgrowing the window (n_ctx 512). Trimming one turn at a time would change the
+    # prompt's start every turn, and each turn would re-read its whole prompt.
+    history = [ChatMessage("system", SYSTEM)]
+    prompt: list[int] = []
+    trimmed: list[int] = []
+    cached: list[int] = []
+    turns = 18
+    for i in range(turns):
+        history.append(ChatMessage("user", f"question {i}: " + "tell me more " * 6))
+        request = GenerationRequest(
+            f"t{i}", tuple(history), options=GenerationOptions(max_tokens=8, temperature=0)
+        )
+        deltas = await collect(engine, request)
+        _, final = split(deltas)
+        assert final.usage is not None
+        assert final.metadata is not None
+        prompt.append(final.usage.prompt_tokens)
+        trimmed.append(final.metadata["trimmed_messages"])
+        cached.append(final.metadata["cached_tokens"])
+        history.append(ChatMessage("assistant", answer(deltas)))
+    first = next(i for i, count in enumerate(trimmed) if count)
+    assert first + 3 < turns
+    assert all(count % 2 == 0 for count in trimmed)  # whole turns
+    assert max(prompt) <= 512 - 8
+    # The first trim cuts deep, so the turns after it fit behind the same cut...
+    assert prompt[first] <= 0.6 * (512 - 8)
+    assert trimmed[first + 1] == trimmed[first]
+    # ...and start with the prompt the turn before them evaluated.
+    for turn in range(first + 1, turns):
+        if trimmed[turn] == trimmed[turn - 1]:
+            assert cached[turn] >= prompt[turn - 1] - 1
+    moves = sum(1 for turn in range(first + 1, turns) if trimmed[turn] != trimmed[turn - 1])
+    assert moves <= (turns - first) // 3
+
+
 async def test_last_user_message_alone_too_long_is_truncated(engine: LlamaCppEngine) -> None:
     _, final = split(await collect(engine, ask("word " * 5000, max_tokens=8)))
     assert final.finish_reason == "length"
@@ -343,6 +383,25 @@ async def test_cancel_stops_generation_within_one_token(dist: Path, runs: Runs) 
         # The model's line has moved on: the next request runs at once.
         _, final = split(await asyncio.wait_for(collect(engine, ask("hi", max_tokens=2)), TIMEOUT))
         assert final.finish_reason == "length"
+
+
+async def test_a_cancelled_generation_reports_its_exact_usage(dist: Path, runs: Runs) -> None:
+    async with open_engine(dist, n_ctx=4096, on_run=runs) as engine:
+        heard: list[Usage] = []
+        request = replace(ask("Hello", temperature=0), usage_sink=heard.append)
+        stream = engine.stream(request)
+        seen = 0
+        async with asyncio.timeout(TIMEOUT):
+            async for _ in stream:
+                seen += 1
+                if seen == 5:
+                    break
+            await stream.aclose()
+        stats = await runs.next()
+        assert stats.finish_reason == "cancelled"
+        # What the worker counted, not an estimate: the prompt, and every token it kept.
+        assert heard == [Usage(stats.prompt_tokens, stats.completion_tokens)]
+        assert stats.completion_tokens >= seen  # the worker may have run ahead of the reader
 
 
 async def test_requests_for_one_model_run_one_at_a_time_in_order(engine: LlamaCppEngine) -> None:

@@ -70,10 +70,19 @@ async def test_open_turns_are_closed_as_interrupted_after_a_restart(tmp_path: Pa
     await reopened.open()
     try:
         closed = await reopened.close_open_turns()
-        assert sorted((m.session_id, m.parent_id) for m in closed) == sorted(
-            [(plain.session.id, plain.message.id), (tooled.session.id, call.id)]
-        )
+        by_session = {m.session_id: m for m in closed}
+        assert by_session[plain.session.id].parent_id == plain.message.id
         assert {(m.role, m.status, m.content) for m in closed} == {("assistant", "interrupted", "")}
+        # The call the dead process never answered gets an error result before the answer.
+        tooled_branch = await reopened.branch(by_session[tooled.session.id].id)
+        assert [(m.role, m.tool_call_id, m.status) for m in tooled_branch] == [
+            ("user", None, "complete"),
+            ("assistant", None, "complete"),
+            ("tool", "c1", "error"),
+            ("assistant", None, "interrupted"),
+        ]
+        assert tooled_branch[1].id == call.id
+        assert "interrupted" in tooled_branch[2].content
         assert open_turns(path) == []
         assert await reopened.close_open_turns() == []
         history = await reopened.branch(closed[0].id)

@@ -139,6 +139,13 @@ async def test_tool_call_through_the_socket(client: ProtocolClient) -> None:
         ),
         (json.dumps({"type": "chat", "request_id": "x", "text": "x" * 100_001}), "too_large"),
         (json.dumps({"type": "resume", "request_id": "x", "after_seq": 0}), "not_found"),
+        (json.dumps({"type": "resume", "request_id": "x", "after_seq": "0"}), "bad_request"),
+        (json.dumps({"type": "resume", "after_seq": 0}), "bad_request"),
+        (json.dumps({"type": "cancel"}), "bad_request"),
+        (
+            '{"type": "chat", "request_id": "x", "text": "hi", "options": {"seed": NaN}}',
+            "bad_request",
+        ),
     ],
 )
 async def test_bad_input_gets_an_error_and_the_socket_lives(

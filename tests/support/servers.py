@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from starlette.applications import Starlette
 
 from tests.support.timeouts import scaled
 from tether.app import create_app, drain_app
@@ -60,6 +61,7 @@ class LoopbackUrls:
 class RunningServer(LoopbackUrls):
     settings: Settings
     port: int
+    app: Starlette | None = None  # for tests that look at what the server holds
 
 
 @contextlib.asynccontextmanager
@@ -83,7 +85,7 @@ async def serve_app(
                     task.result()  # start-up failed: raise its error here
                     raise RuntimeError("uvicorn exited during start-up")
                 await asyncio.sleep(0.01)  # polling a flag uvicorn sets; bounded by the timeout
-        yield RunningServer(settings, port)
+        yield RunningServer(settings, port, app)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, scaled(30))

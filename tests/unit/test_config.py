@@ -115,12 +115,12 @@ def test_repository_config_yaml_is_valid() -> None:
 def test_other_tools_tether_variables_are_left_alone(tmp_path: Path) -> None:
     settings = load_settings(environ={"TETHER_SOMETHING__ELSE": "x"}, cwd=tmp_path)
     assert settings.server.port == 8000
-    with pytest.raises(ConfigError, match="limits.max_txt"):
+    with pytest.raises(ConfigError, match=r"limits\.max_txt"):
         load_settings(environ={"TETHER_LIMITS__MAX_TXT": "1"}, cwd=tmp_path)
 
 
 def test_errors_name_the_variable_that_set_the_value(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"server.port \(from MLC_PORT\)"):
+    with pytest.raises(ConfigError, match=r"server\.port \(from MLC_PORT\)"):
         load_settings(environ={"MLC_PORT": "http"}, cwd=tmp_path)
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"MLC_PORT": "8001"}, cwd=tmp_path, overrides={"server.port": -1})

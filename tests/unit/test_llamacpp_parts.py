@@ -20,7 +20,13 @@ from hypothesis import strategies as st
 
 from tether.engines.base import ChatMessage, EngineError, ToolCall
 from tether.engines.chat_template import ChatTemplate
-from tether.engines.context_fit import TRUNCATION_MARK, fit_prompt, shorten
+from tether.engines.context_fit import (
+    LOW_WATER,
+    TRUNCATION_MARK,
+    TrimMemory,
+    fit_prompt,
+    shorten,
+)
 from tether.engines.gguf_models import (
     discover_gguf,
     normalize_model_name,
@@ -153,6 +159,88 @@ def test_fitted_prompt_never_exceeds_the_budget(turns: int, words: int, budget: 
     fitted = fit_prompt(messages, word_render, budget)
     assert len(fitted.tokens) <= budget
     assert fitted.messages[-1].role == "user"
+
+
+def grow(
+    memory: TrimMemory, turns: int, budget: int, system: str = "be brief"
+) -> list[tuple[int, int]]:
+    """Fit a session turn by turn as it grows: each turn's messages dropped and prompt size."""
+    messages = [ChatMessage("system", system)]
+    fits: list[tuple[int, int]] = []
+    for i in range(turns):
+        messages.append(ChatMessage("user", f"question {i} " + "w " * 10))
+        fitted = fit_prompt(messages, word_render, budget, memory)
+        assert len(fitted.tokens) <= budget
+        assert fitted.truncated_messages == 0
+        # Truthful: exactly the oldest `trimmed_messages` after the system prompt are missing.
+        assert fitted.messages == (messages[0], *messages[1 + fitted.trimmed_messages :])
+        fits.append((fitted.trimmed_messages, len(fitted.tokens)))
+        messages.append(ChatMessage("assistant", f"answer {i} " + "w " * 10))
+    return fits
+
+
+def test_without_memory_each_turn_drops_one_more_turn() -> None:
+    # What the memory is for: the cut, and so the prompt's start, moves every turn.
+    dropped = []
+    messages = conversation(20)
+    for end in range(3, len(messages) + 1, 2):
+        dropped.append(fit_prompt(messages[:end], word_render, budget=100).trimmed_messages)
+    moving = [after for before, after in itertools.pairwise(dropped) if before and after]
+    assert moving
+    assert all(after == before + 2 for before, after in itertools.pairwise(moving))
+
+
+def test_with_memory_a_trim_goes_to_the_low_water_mark_and_then_holds() -> None:
+    fits = grow(TrimMemory(), turns=30, budget=200)
+    dropped = [count for count, _ in fits]
+    first = next(i for i, count in enumerate(dropped) if count)
+    assert fits[first][1] <= 200 * LOW_WATER
+    # The cut stays put for several turns at a time, and only ever moves forward.
+    assert dropped[first + 1] == dropped[first]
+    assert dropped == sorted(dropped)
+    moves = sum(1 for a, b in itertools.pairwise(dropped[first:]) if a != b)
+    assert moves <= (len(dropped) - first) // 3
+
+
+def test_another_conversation_does_not_share_a_cut() -> None:
+    memory = TrimMemory()
+    grow(memory, turns=12, budget=200)
+    remembered = len(memory)
+    grow(memory, turns=12, budget=200, system="another system prompt")
+    assert len(memory) > remembered
+
+
+def test_a_remembered_cut_that_no_longer_fits_moves_on() -> None:
+    memory = TrimMemory()
+    messages = conversation(20)
+    first = fit_prompt(messages, word_render, 200, memory)
+    tight = fit_prompt(messages, word_render, 60, memory)  # e.g. a bigger max_tokens
+    assert len(tight.tokens) <= 60
+    assert tight.trimmed_messages > first.trimmed_messages
+
+
+def test_trim_memory_keeps_the_most_recent_cuts() -> None:
+    memory = TrimMemory(capacity=2)
+    for key in (b"a", b"b", b"c"):
+        memory.remember(key)
+    assert memory.latest([b"a"]) is None
+    assert memory.latest([b"b", b"c", b"x"]) == 1
+
+
+@given(
+    turns=st.integers(0, 12),
+    words=st.integers(0, 30),
+    budgets=st.lists(st.integers(8, 300), min_size=1, max_size=4),
+)
+def test_fitted_prompt_with_memory_never_exceeds_the_budget(
+    turns: int, words: int, budgets: list[int]
+) -> None:
+    memory = TrimMemory()
+    messages = conversation(turns, words)
+    for budget in budgets:
+        fitted = fit_prompt(messages, word_render, budget, memory)
+        assert len(fitted.tokens) <= budget
+        assert fitted.messages[-1].role == "user"
 
 
 # -- prompt state cache ------------------------------------------------------------------------
@@ -351,6 +439,48 @@ async def test_thread_stream_reraises_the_workers_error(executor: Executor) -> N
     with pytest.raises(EngineError, match="boom"):
         await consume()
     assert seen == [1]
+
+
+async def test_what_the_worker_emits_after_a_cancel_can_be_drained(executor: Executor) -> None:
+    gate = threading.Event()
+
+    def work(emit: Callable[[int], None], cancelled: threading.Event) -> None:
+        emit(0)
+        gate.wait(TIMEOUT)
+        emit(1)  # the item in flight when the cancel came
+        if cancelled.is_set():
+            emit(-1)  # a summary on the way out
+            return
+        emit(2)
+
+    stream: ThreadStream[int] = ThreadStream(work, executor)
+    stream.start()
+    async with contextlib.aclosing(aiter(stream)) as items:
+        async for _ in items:
+            break
+    gate.set()
+    assert await asyncio.wait_for(stream.drain(), TIMEOUT) == [1, -1]
+    assert await stream.drain() == []  # the end was seen: nothing more to wait for
+
+
+async def test_a_drain_can_stop_at_the_item_it_waits_for(executor: Executor) -> None:
+    finish = threading.Event()
+
+    def work(emit: Callable[[int], None], cancelled: threading.Event) -> None:
+        emit(0)
+        cancelled.wait(TIMEOUT)
+        emit(-1)  # the summary
+        finish.wait(TIMEOUT)  # e.g. saving state: the drain does not wait for this
+
+    stream: ThreadStream[int] = ThreadStream(work, executor)
+    stream.start()
+    async with contextlib.aclosing(aiter(stream)) as items:
+        async for _ in items:
+            break
+    assert await asyncio.wait_for(stream.drain(until=lambda i: i < 0), TIMEOUT) == [-1]
+    assert not stream.done.done()
+    finish.set()
+    await asyncio.wait_for(stream.done, TIMEOUT)
 
 
 async def test_leaving_the_stream_early_stops_the_worker(executor: Executor) -> None:

@@ -91,6 +91,62 @@ def test_cancel_resume_ping() -> None:
     assert resume.after_seq == 3
 
 
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("cancel", "cancel needs the request_id of the request to stop"),
+        ("resume", "resume needs the request_id of the request to resume"),
+    ],
+)
+def test_cancel_and_resume_need_a_request_id(kind: str, says: str) -> None:
+    # A server-made id would name no request: the client gets told what is missing instead.
+    error = parse_error(json.dumps({"type": kind, "after_seq": 0}))
+    assert (error.code, error.request_id, error.message) == ("bad_request", None, says)
+    legacy = parse_error(json.dumps({"action": kind, "payload": {}}))
+    assert (legacy.code, legacy.message) == ("bad_request", says)
+
+
+def test_a_json_integer_is_a_float() -> None:
+    frame = parse({"type": "chat", "request_id": "r", "text": "x", "options": {"temperature": 1}})
+    assert isinstance(frame, ChatFrame)
+    assert frame.options.temperature == 1.0
+    assert isinstance(frame.options.temperature, float)
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"type": "resume", "after_seq": "3"}, "after_seq: Input should be a valid integer"),
+        ({"type": "resume", "after_seq": True}, "after_seq: Input should be a valid integer"),
+        ({"type": "resume", "after_seq": 3.0}, "after_seq: Input should be a valid integer"),
+        ({"type": "chat", "text": "x", "options": {"tools": "yes"}}, "options.tools"),
+        ({"type": "chat", "text": "x", "options": {"tools": 1}}, "options.tools"),
+        ({"type": "chat", "text": "x", "options": {"max_tokens": True}}, "options.max_tokens"),
+        ({"type": "chat", "text": "x", "options": {"max_tokens": "5"}}, "options.max_tokens"),
+        ({"type": "chat", "text": "x", "options": {"seed": 1.5}}, "options.seed"),
+        ({"type": "chat", "text": "x", "options": {"temperature": "0.5"}}, "options.temperature"),
+        ({"type": "chat", "text": "x", "options": {"temperature": False}}, "options.temperature"),
+        ({"type": "chat", "text": "x", "options": {"show_thoughts": 0}}, "options.show_thoughts"),
+        ({"type": "chat", "text": "x", "options": {"token_delay_ms": 5.0}}, "token_delay_ms"),
+        ({"type": "chat", "text": "x", "session_id": 5}, "session_id"),
+    ],
+)
+def test_wrong_types_are_refused_not_coerced(fields: dict[str, object], says: str) -> None:
+    error = parse_error(json.dumps({"request_id": "r", **fields}))
+    assert (error.code, error.request_id) == ("bad_request", "r")
+    assert says in error.message
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "[1, -1e400]"])
+def test_numbers_json_does_not_have_are_refused(number: str) -> None:
+    raw = '{"type": "chat", "request_id": "r", "text": "x", "options": {"stop": %s}}'
+    error = parse_error(raw % number)
+    assert (error.code, error.request_id) == ("bad_request", "r")
+    assert error.message == (
+        "frame holds NaN, Infinity or a number too large for a float, which JSON does not allow"
+    )
+
+
 def test_bytes_frames_are_json_too() -> None:
     frame = parse_client_frame(b'{"type": "ping", "request_id": "b"}', max_text_chars=LIMIT)
     assert isinstance(frame, PingFrame)

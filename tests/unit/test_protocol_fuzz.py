@@ -7,6 +7,7 @@ out as UTF-8, or a ProtocolError whose error frame can.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from hypothesis import event, example, given, settings
@@ -17,6 +18,7 @@ from tether.protocol import (
     ChatFrame,
     ProtocolError,
     RequestFrames,
+    ResumeFrame,
     error_body,
     parse_client_frame,
     usable_request_id,
@@ -78,6 +80,51 @@ def test_near_valid_frames_parse_or_fail_cleanly(raw: str | bytes) -> None:
     assert error.message
     assert error.request_id is None or usable_request_id(error.request_id)
     assert_sendable(error.request_id or "", error_body(error.code, error.message))
+
+
+def sent_fields(raw: str | bytes) -> dict[str, Any]:
+    """The fields of a frame as the client wrote them (the seed-003 payload merged in)."""
+    data: dict[str, Any] = json.loads(raw)
+    payload = data.get("payload")
+    if "type" not in data and isinstance(payload, dict):
+        data = {**payload, **data}
+    return data
+
+
+INTS = ("max_tokens", "seed", "token_delay_ms")
+BOOLS = ("tools", "show_thoughts")
+FLOATS = ("temperature", "top_p")
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw_frames)
+@example('{"type": "resume", "request_id": "r", "after_seq": true}')
+@example('{"type": "resume", "request_id": "r", "after_seq": "3"}')
+@example('{"type": "chat", "request_id": "r", "text": "x", "options": {"tools": "yes"}}')
+@example('{"type": "chat", "request_id": "r", "text": "x", "options": {"max_tokens": true}}')
+@example('{"type": "chat", "request_id": "r", "text": "x", "options": {"top_p": Infinity}}')
+def test_a_frame_that_parses_had_the_right_types(raw: str | bytes) -> None:
+    """Strict validation: what parses was sent with exactly the documented JSON types (an
+    integer for a float field is the one widening), and every number in it is finite."""
+    try:
+        frame = parse_client_frame(raw, max_text_chars=LIMIT)
+    except ProtocolError:
+        return
+    sent = sent_fields(raw)
+    if isinstance(frame, ResumeFrame) and "after_seq" in sent:
+        assert type(sent["after_seq"]) is int
+    if not isinstance(frame, ChatFrame):
+        return
+    for key in ("text", "session_id", "agent_id", "parent_id"):
+        assert sent.get(key) is None or type(sent[key]) is str
+    options = sent.get("options") or {}
+    for key in INTS:
+        assert options.get(key) is None or type(options[key]) is int
+    for key in BOOLS:
+        assert options.get(key) is None or type(options[key]) is bool
+    for key in FLOATS:
+        value = options.get(key)
+        assert value is None or (type(value) in (int, float) and math.isfinite(value))
 
 
 @settings(max_examples=200, deadline=None)

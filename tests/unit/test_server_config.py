@@ -10,6 +10,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tether.config import ConfigError, load_settings
 from tether.server import HeaderTimeoutH11Protocol, header_timeout_protocol, uvicorn_config
+from tether.server_ws import DEFAULT_CLOSE_TIMEOUT_SEC, CloseNowProtocol, close_now_protocol
 
 
 def test_limit_defaults_stay_out_of_a_normal_clients_way(tmp_path: Path) -> None:
@@ -19,6 +20,8 @@ def test_limit_defaults_stay_out_of_a_normal_clients_way(tmp_path: Path) -> None
     assert limits.rate_limit_close_after >= 10 * limits.messages_per_sec
     assert limits.idle_timeout_sec >= 300
     assert limits.handshake_timeout_sec >= 10
+    assert limits.send_buffer_frames >= 10_000
+    assert limits.send_timeout_sec >= 30
 
 
 def test_limits_from_the_environment(tmp_path: Path) -> None:
@@ -38,7 +41,15 @@ def test_limits_from_the_environment(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["messages_per_sec", "message_burst", "idle_timeout_sec", "handshake_timeout_sec"]
+    "key",
+    [
+        "messages_per_sec",
+        "message_burst",
+        "idle_timeout_sec",
+        "handshake_timeout_sec",
+        "send_buffer_frames",
+        "send_timeout_sec",
+    ],
 )
 def test_negative_limits_are_refused(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError, match=f"limits.{key}"):
@@ -53,13 +64,20 @@ def test_uvicorn_config_carries_the_settings(tmp_path: Path) -> None:
     )
     config = uvicorn_config(Starlette(), settings)
     assert (config.host, config.port) == ("127.0.0.1", 9123)
-    assert config.ws == "websockets-sansio"
+    assert isinstance(config.ws, type)
+    assert issubclass(config.ws, CloseNowProtocol)
+    assert config.ws.close_after == 30  # limits.send_timeout_sec
     assert config.ws_max_size == 4096
     protocol = config.http
     assert isinstance(protocol, type)
     assert issubclass(protocol, HeaderTimeoutH11Protocol)
     assert protocol.header_timeout == 3
     assert uvicorn_config(Starlette(), settings, host="::1", port=0).port == 0
+
+
+def test_a_zero_send_timeout_keeps_uvicorns_close_timeout() -> None:
+    assert close_now_protocol(0).close_after == DEFAULT_CLOSE_TIMEOUT_SEC
+    assert close_now_protocol(2.5).close_after == 2.5
 
 
 def test_a_zero_handshake_timeout_is_plain_h11() -> None:

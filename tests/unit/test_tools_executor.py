@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import sys
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from tether.engines.base import ToolCall
-from tether.tools.executor import ToolExecutor, encode_result, truncate
+from tether.tools.builtin.calculator import calculator
+from tether.tools.executor import ToolExecutor, ToolThreads, encode_result, truncate
 from tether.tools.registry import Registry, ToolError, tool
 
 SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
@@ -142,6 +144,14 @@ async def test_per_tool_timeout_overrides_the_default() -> None:
     assert result.error == "tool 'quick_to_give_up' timed out after 0.02 s"
 
 
+async def test_a_sync_tool_raising_stop_iteration_is_an_error_not_a_hang() -> None:
+    def stop() -> None:
+        raise StopIteration("empty")
+
+    [result] = await executor(stop, timeout_s=TIMEOUT).run([call("stop")])
+    assert result.error == "tool 'stop' failed: RuntimeError: StopIteration: empty"
+
+
 async def test_a_tool_raising_timeout_error_itself_is_not_a_timeout() -> None:
     async def own_timeout() -> None:
         raise TimeoutError("upstream too slow")
@@ -174,6 +184,153 @@ async def test_sync_timeout_abandons_the_thread() -> None:
     assert result.error == "tool 'blocking' timed out after 0.05 s"
     release.set()  # let the abandoned thread end before the loop closes
     assert await asyncio.to_thread(finished.wait, TIMEOUT)
+
+
+class Hang:
+    """A sync tool that blocks until the test ends (or `release()`), counting who is still in."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.inside = 0
+        self.lock = threading.Lock()
+        self.left = threading.Condition(self.lock)
+
+    def __call__(self) -> str:
+        with self.lock:
+            self.inside += 1
+        self.released.wait(TIMEOUT * 4)
+        with self.lock:
+            self.inside -= 1
+            self.left.notify_all()
+        return "late"
+
+    def release(self) -> None:
+        """Let every hung call end, and wait until they have."""
+        self.released.set()
+        with self.lock:
+            assert self.left.wait_for(lambda: self.inside == 0, TIMEOUT)
+
+
+def hang_tool(hang: Hang) -> Any:
+    def hang_tool() -> str:
+        """Never answers in time."""
+        return hang()
+
+    return hang_tool
+
+
+async def test_hung_sync_calls_do_not_take_the_threads_of_other_tools() -> None:
+    hang = Hang()
+    tools = executor(hang_tool(hang), calculator, timeout_s=0.05)  # the default threads
+    hung = tools.threads.max_overdue
+    assert 0 < hung < tools.threads.max_threads
+    try:
+        for _ in range(hung):
+            [result] = await tools.run([call("hang_tool")])
+            assert result.error == "tool 'hang_tool' timed out after 0.05 s"
+        # The hung tool is refused at once now, instead of taking one more thread...
+        [result] = await tools.run([call("hang_tool")])
+        assert result.error == (
+            f"tool 'hang_tool' was not run: tool pool is full: {hung} calls still running past"
+            " their timeout"
+        )
+        # ...and the threads left serve the tools that behave, all of them at once.
+        spare = tools.threads.max_threads - hung
+        results = await tools.run([call("calculator", expression="6*7") for _ in range(spare)])
+        assert [r.result for r in results] == ["42"] * spare
+    finally:
+        await asyncio.to_thread(hang.release)
+
+
+async def test_a_pool_full_of_hung_calls_refuses_at_once_rather_than_queueing() -> None:
+    hang = Hang()
+    tools = executor(hang_tool(hang), add, timeout_s=0.05, threads=ToolThreads(2, max_overdue=1))
+    try:
+        # Two calls in one answer start together, so both get a thread, and both hang.
+        results = await tools.run([call("hang_tool"), call("hang_tool")])
+        assert {r.error for r in results} == {"tool 'hang_tool' timed out after 0.05 s"}
+        [result] = await executor(add, timeout_s=TIMEOUT, threads=tools.threads).run(
+            [call("add", a=1, b=1)]
+        )
+        assert result.error == (
+            "tool 'add' was not run: tool pool is full: 2 calls still running past their timeout"
+        )
+    finally:
+        await asyncio.to_thread(hang.release)
+    # Once the hung calls have ended (their threads report it on the loop), the threads serve.
+    async with asyncio.timeout(TIMEOUT):
+        await tools.threads.wait_until(lambda: not tools.threads.running)
+    assert not tools.threads.overdue
+    [result] = await tools.run([call("add", a=1, b=1)])
+    assert result.result == "2"
+
+
+async def test_a_call_waits_for_a_thread_behind_calls_still_within_their_timeout() -> None:
+    first_done = threading.Event()
+    go = threading.Event()
+
+    def first() -> str:
+        go.wait(TIMEOUT)
+        first_done.set()
+        return "first"
+
+    def second() -> bool:
+        return first_done.is_set()  # one thread: it can only run after the first
+
+    tools = executor(first, second, timeout_s=TIMEOUT, threads=ToolThreads(1))
+    task = asyncio.create_task(tools.run([call("first"), call("second")]))
+    async with asyncio.timeout(TIMEOUT):
+        await tools.threads.wait_until(lambda: tools.threads.waiting > 0)
+    assert tools.threads.running == 1
+    go.set()
+    results = await asyncio.wait_for(task, TIMEOUT)
+    assert [(r.result, r.error) for r in results] == [("first", None), ("true", None)]
+
+
+async def test_restricted_views_share_the_threads() -> None:
+    hang = Hang()
+    tools = executor(hang_tool(hang), add, timeout_s=0.05, threads=ToolThreads(4, max_overdue=1))
+    try:
+        [result] = await tools.restrict(["hang_tool"]).run([call("hang_tool")])
+        assert result.error == "tool 'hang_tool' timed out after 0.05 s"
+        [result] = await tools.run([call("hang_tool")])
+        assert result.error is not None
+        assert "tool pool is full: 1 calls still running" in result.error
+    finally:
+        await asyncio.to_thread(hang.release)
+
+
+async def test_sync_tools_see_the_callers_context_variables() -> None:
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+    def whoami() -> str:
+        return who.get()
+
+    who.set("session-1")
+    [result] = await executor(whoami).run([call("whoami")])
+    assert result.result == "session-1"
+
+
+async def test_closing_does_not_wait_for_hung_threads_and_refuses_new_calls() -> None:
+    # asyncio.run waits for its default executor's threads at the end; the tools' threads are
+    # not in it, so a hung tool cannot hold up the end of the server's loop.
+    hang = Hang()
+
+    async def serve() -> list[str | None]:
+        tools = executor(hang_tool(hang), add, timeout_s=0.05)
+        [hung] = await tools.run([call("hang_tool")])
+        await tools.aclose()
+        [late] = await tools.run([call("add", a=1, b=2)])
+        return [hung.error, late.error]
+
+    try:
+        errors = await asyncio.wait_for(asyncio.to_thread(asyncio.run, serve()), TIMEOUT)
+    finally:
+        await asyncio.to_thread(hang.release)
+    assert errors == [
+        "tool 'hang_tool' timed out after 0.05 s",
+        "tool 'add' was not run: the tool executor is shut down",
+    ]
 
 
 async def test_async_calls_of_one_answer_overlap() -> None:

@@ -4,13 +4,29 @@ An engine turns a `GenerationRequest` into an async stream of `Delta`s: zero or 
 then exactly one final delta carrying `finish_reason` and `usage`. Cancellation is
 `task.cancel()` of the consumer; an engine must stop its work (worker thread, HTTP stream, MLC
 request) within one token of being cancelled.
+
+A consumer that leaves early never sees the final delta (a closed generator cannot yield), yet
+the prompt was read and tokens were made. So a request may carry a `usage_sink`, which the
+engine calls once, on the event loop, with the usage of the generation:
+
+- when it ends normally, with the final delta's usage, just before yielding that delta;
+- when the consumer leaves early (its task cancelled, or `aclose()`), with what was done until
+  the work stopped, while the stream closes (an engine with a worker waits the token or so that
+  takes), so once the cancellation has come out of the consumer's `async for`, or `aclose()` has
+  returned, the sink has been called. Engines that only estimate usage estimate this one too.
+
+It is not called when the stream fails with an error, nor when the request is refused or left
+before any work started (e.g. while it waits in a model's line): zero usage is the truth then.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "cancelled", "tool_loop_limit", "error"]
@@ -49,17 +65,51 @@ class GenerationOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+UsageSink = Callable[[Usage], None]
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     request_id: str
     messages: tuple[ChatMessage, ...]
     model: str | None = None
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    # Told the final usage once, also when the consumer leaves early (see the module docstring).
+    usage_sink: UsageSink | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+class UsageReport:
+    """An engine's side of `usage_sink`: tells the sink at most once, and survives a broken one.
+
+    A failing sink is logged, not raised: it is called while a stream is being cancelled or
+    closed, where raising would replace the cancellation.
+    """
+
+    __slots__ = ("_sink", "sent")
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self._sink = request.usage_sink
+        self.sent = False
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anyone listens (an engine may skip waiting for a usage nobody hears)."""
+        return self._sink is not None
+
+    def __call__(self, usage: Usage) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        if self._sink is not None:
+            try:
+                self._sink(usage)
+            except Exception:
+                log.exception("usage sink failed")
 
 
 @dataclass(frozen=True, slots=True)

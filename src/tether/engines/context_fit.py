@@ -6,17 +6,30 @@ the last turn (the current user message and any tool rounds after it) are kept. 
 too long, the longest message of the last turn is shortened (its start and end kept around a
 `[…]` mark), then the next longest, and the system prompt last. Both searches are binary over
 "render and tokenize", so a long history costs a handful of tokenizations, not one per message.
+
+Trimming one turn at a time would change the prompt's start at every turn of a session that has
+outgrown the window, and a changed start means re-evaluating the whole prompt each turn (the
+saved prompt states only help a prompt whose start they share). So, given a `TrimMemory`, a trim
+cuts deeper, down to `low_water` of the budget, and remembers where it cut (by the messages it
+dropped); the next turns of that conversation cut at the same place for as long as that fits,
+so they share the kept prefix and only their new turns are evaluated. When it no longer fits,
+the cut moves on once, again to the low water mark.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tether.engines.base import ChatMessage, EngineError
 
 TRUNCATION_MARK = " […] "
+# A trim leaves the prompt at most this share of the budget: room for the turns to come.
+LOW_WATER = 0.6
+TRIM_MEMORY_SIZE = 256
 
 Render = Callable[[Sequence[ChatMessage]], list[int]]
 
@@ -27,6 +40,49 @@ class FittedPrompt:
     messages: tuple[ChatMessage, ...]
     trimmed_messages: int = 0  # whole messages left out
     truncated_messages: int = 0  # messages shortened
+
+
+class TrimMemory:
+    """Where recent prompts were cut: digests of the messages each cut dropped (system included),
+    the most recently used `capacity` of them."""
+
+    def __init__(self, capacity: int = TRIM_MEMORY_SIZE) -> None:
+        self.capacity = capacity
+        self._cuts: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cuts)
+
+    def latest(self, keys: Sequence[bytes]) -> int | None:
+        """The largest index whose key is a remembered cut (cuts only move forward)."""
+        for index in range(len(keys) - 1, -1, -1):
+            if keys[index] in self._cuts:
+                self._cuts.move_to_end(keys[index])
+                return index
+        return None
+
+    def remember(self, key: bytes) -> None:
+        self._cuts[key] = None
+        self._cuts.move_to_end(key)
+        while len(self._cuts) > self.capacity:
+            self._cuts.popitem(last=False)
+
+    def clear(self) -> None:
+        self._cuts.clear()
+
+
+def _cut_keys(head: Sequence[ChatMessage], turns: Sequence[Sequence[ChatMessage]]) -> list[bytes]:
+    """keys[k]: a digest of what dropping the first k turns drops, the leading messages included
+    (a changed system prompt is another conversation)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for message in head:
+        digest.update(repr(message).encode())
+    keys = [digest.digest()]
+    for turn in turns:
+        for message in turn:
+            digest.update(repr(message).encode())
+        keys.append(digest.digest())
+    return keys
 
 
 def shorten(text: str, keep: int) -> str:
@@ -51,7 +107,7 @@ def _turns(body: Sequence[ChatMessage]) -> list[list[ChatMessage]]:
 
 
 def _smallest_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
-    """The smallest n in [lo, hi] with ok(n), assuming ok is monotone and ok(hi) holds."""
+    """The smallest n in [lo, hi] with ok(n), assuming ok is monotone; hi if there is none."""
     while lo < hi:
         mid = (lo + hi) // 2
         if ok(mid):
@@ -61,8 +117,18 @@ def _smallest_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
     return lo
 
 
-def fit_prompt(messages: Sequence[ChatMessage], render: Render, budget: int) -> FittedPrompt:
-    """The prompt tokens of `messages`, trimmed until at most `budget` tokens."""
+def fit_prompt(
+    messages: Sequence[ChatMessage],
+    render: Render,
+    budget: int,
+    memory: TrimMemory | None = None,
+    low_water: float = LOW_WATER,
+) -> FittedPrompt:
+    """The prompt tokens of `messages`, trimmed until at most `budget` tokens.
+
+    Without `memory` as few turns go as fit; with it, a cut it remembers for this conversation
+    is kept while it fits, else the cut made leaves at most `low_water` of the budget.
+    """
     tokens = render(messages)
     if len(tokens) <= budget:
         return FittedPrompt(tokens, tuple(messages))
@@ -76,10 +142,29 @@ def fit_prompt(messages: Sequence[ChatMessage], render: Render, budget: int) -> 
     def assemble(dropped: int) -> list[ChatMessage]:
         return head + [m for turn in turns[dropped:] for m in turn] + last
 
-    dropped = _smallest_true(0, len(turns), lambda k: len(render(assemble(k))) <= budget)
+    rendered: dict[int, list[int]] = {}  # by turns dropped
+
+    def render_without(dropped: int) -> list[int]:
+        if dropped not in rendered:
+            rendered[dropped] = render(assemble(dropped))
+        return rendered[dropped]
+
+    def fits(limit: int) -> Callable[[int], bool]:
+        return lambda dropped: len(render_without(dropped)) <= limit
+
+    if memory is None:
+        dropped = _smallest_true(0, len(turns), fits(budget))
+    else:
+        keys = _cut_keys(head, turns)
+        remembered = memory.latest(keys)
+        if remembered is not None and fits(budget)(remembered):
+            dropped = remembered
+        else:
+            dropped = _smallest_true(0, len(turns), fits(int(budget * low_water)))
+            memory.remember(keys[dropped])
     kept = assemble(dropped)
     trimmed = sum(len(turn) for turn in turns[:dropped])
-    tokens = render(kept)
+    tokens = render_without(dropped)
     if len(tokens) <= budget:
         return FittedPrompt(tokens, tuple(kept), trimmed_messages=trimmed)
 

@@ -19,6 +19,7 @@ from tether.engines.base import (
     ModelInfo,
     UnknownModelError,
     Usage,
+    UsageReport,
 )
 
 MAX_TOKEN_DELAY_MS = 1000
@@ -52,15 +53,21 @@ class EchoEngine:
         finish: FinishReason = "stop"
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], "length"
-        for index, word in enumerate(words):
-            if delay and index:
-                await asyncio.sleep(delay)
-            yield Delta(text=word)
         prompt_tokens = sum(len(split_words(m.content)) for m in request.messages)
-        yield Delta(
-            finish_reason=finish,
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words)),
-        )
+        report = UsageReport(request)
+        sent = 0
+        try:
+            for word in words:
+                if delay and sent:
+                    await asyncio.sleep(delay)
+                sent += 1  # counted before the yield: a close there comes after the word arrived
+                yield Delta(text=word)
+        except (GeneratorExit, asyncio.CancelledError):
+            report(Usage(prompt_tokens=prompt_tokens, completion_tokens=sent))
+            raise
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words))
+        report(usage)
+        yield Delta(finish_reason=finish, usage=usage)
 
     async def models(self) -> list[ModelInfo]:
         return [ModelInfo(id=self.model_id, engine=self.name, loaded=True)]

@@ -8,7 +8,9 @@ every token, count tokens exactly, and choose which cached state to start from:
 - the context keeps the tokens it evaluated last and `Llama.generate` reuses their common prefix
   with the next prompt, so a session's next turn only evaluates what is new;
 - when sessions interleave on one model, a `PromptCache` of saved states restores the one sharing
-  the longest prefix with the prompt before that.
+  the longest prefix with the prompt before that;
+- a history too long for the window is cut where the last turn of that conversation was cut (a
+  `TrimMemory`), so the prompt's start stays the same and these reuses keep working.
 
 A `LoadedModel` is not thread-safe: the engine runs one generation at a time on it.
 """
@@ -37,7 +39,7 @@ from tether.engines.base import (
     Usage,
 )
 from tether.engines.chat_template import ChatTemplate
-from tether.engines.context_fit import FittedPrompt, fit_prompt
+from tether.engines.context_fit import FittedPrompt, TrimMemory, fit_prompt
 from tether.engines.prompt_cache import PromptCache, SavedState, common_prefix
 from tether.engines.stop_strings import StopMatcher
 
@@ -175,6 +177,7 @@ class LoadedModel:
             eos_token=self._token_text(self._llama.token_eos()),
         )
         self.prompt_cache = PromptCache(prompt_cache_bytes)
+        self.trims = TrimMemory()  # where long histories were cut: the same place next turn
         self._closed = False
 
     def _token_text(self, token: int) -> str:
@@ -197,6 +200,7 @@ class LoadedModel:
         if not self._closed:
             self._closed = True
             self.prompt_cache.clear()
+            self.trims.clear()
             self._llama.close()
 
     # -- prompt reuse --------------------------------------------------------------------------
@@ -226,7 +230,7 @@ class LoadedModel:
     def fit(self, messages: Sequence[ChatMessage], max_tokens: int | None) -> FittedPrompt:
         """The prompt, trimmed so that it leaves room for the answer in the context window."""
         room = min(max_tokens or self.n_ctx // 4, self.n_ctx // 2)
-        return fit_prompt(messages, self.encode, self.n_ctx - room)
+        return fit_prompt(messages, self.encode, self.n_ctx - room, self.trims)
 
     def generate(
         self,
@@ -238,7 +242,8 @@ class LoadedModel:
         cancelled: threading.Event,
         progress: RunProgress,
     ) -> RunStats:
-        """Stream the answer through `emit`: text deltas, then (unless cancelled) the final one."""
+        """Stream the answer through `emit`: text deltas, then the final one, also when
+        cancelled (finish "cancelled", with the usage of what was evaluated and sampled)."""
         started = time.perf_counter()
         llama = self._llama
         fitted = self.fit(messages, options.max_tokens)

@@ -5,8 +5,9 @@ their turn (`asyncio.Lock` wakes waiters in arrival order), a bounded number may
 (`EngineBusyError` past that), and `queue_position` says how many are ahead. Generation runs in a
 thread of the model's own (`ThreadStream`; loading and closing run there too); the model's turn
 passes on only when the work there has ended, not when the consumer leaves, so a cancelled
-generation can never overlap the next one. Loaded models live in an LRU of `max_loaded` entries;
-an idle model beyond that is closed.
+generation can never overlap the next one. A consumer that leaves early and gave a `usage_sink`
+waits for the worker's final delta (a token at most) while the stream closes, for its usage.
+Loaded models live in an LRU of `max_loaded` entries; an idle model beyond that is closed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tether.engines.base import (
     GenerationRequest,
     ModelInfo,
     UnknownModelError,
+    UsageReport,
 )
 from tether.engines.gguf_models import (
     discover_gguf,
@@ -240,6 +242,7 @@ class LlamaCppEngine:
             slot.in_line -= 1
             raise
         worker: ThreadStream[Delta] | None = None
+        report = UsageReport(request)
         try:
             if self._closed:  # shut down while this request waited
                 raise EngineError("the llamacpp engine is shut down")
@@ -255,12 +258,21 @@ class LlamaCppEngine:
             slot.worker = worker
             worker.start()
             async for delta in worker:
+                if delta.usage is not None:
+                    report(delta.usage)
                 yield delta
         finally:
             if worker is None:
                 self._release(slot)
-            else:
+            elif report.sent or not report.wanted:
                 worker.cancel()
+            else:
+                # Left early (or failed): the worker stops within a token and still sends its
+                # final delta, whose usage counts what was evaluated and sampled until then
+                # (not waiting for what it does after that: saving the prompt state).
+                for delta in await worker.drain(until=lambda d: d.finish_reason is not None):
+                    if delta.usage is not None:
+                        report(delta.usage)
 
     def _worker_done(self, slot: _Slot) -> None:
         slot.worker = None

@@ -43,6 +43,7 @@ from tether.engines.base import (
     ModelInfo,
     UnknownModelError,
     Usage,
+    UsageReport,
 )
 from tether.engines.mlc_discovery import MLCModel, discover
 
@@ -284,6 +285,14 @@ class MLCEngine:
         pieces = 0
         chunks: Any = None
         finished = False
+        report = UsageReport(request)
+
+        def usage_so_far() -> Usage:
+            if usage is not None:
+                return usage
+            prompt_chars = sum(len(m.content) for m in request.messages)
+            return Usage(prompt_tokens=math.ceil(prompt_chars / 4), completion_tokens=pieces)
+
         try:
             try:
                 chunks = await entry.engine.chat.completions.create(
@@ -305,6 +314,9 @@ class MLCEngine:
                         pieces += 1
                         yield Delta(text=text)
                 finished = True
+            except (GeneratorExit, asyncio.CancelledError):
+                report(usage_so_far())  # left early: what MLC sent so far
+                raise
             except EngineError:
                 raise
             except Exception as exc:
@@ -315,12 +327,10 @@ class MLCEngine:
         finally:
             await self._release(entry)
         reason: FinishReason = "length" if finish == "length" else "stop"
-        if usage is not None:
-            yield Delta(finish_reason=reason, usage=usage)
-            return
-        prompt_chars = sum(len(m.content) for m in request.messages)
-        estimate = Usage(prompt_tokens=math.ceil(prompt_chars / 4), completion_tokens=pieces)
-        yield Delta(finish_reason=reason, usage=estimate, metadata={"usage_estimated": True})
+        final = usage_so_far()
+        report(final)
+        metadata = None if usage is not None else {"usage_estimated": True}
+        yield Delta(finish_reason=reason, usage=final, metadata=metadata)
 
     async def _abort(self, entry: _Loaded, mlc_request_id: str, chunks: Any) -> None:
         try:

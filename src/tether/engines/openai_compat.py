@@ -10,6 +10,7 @@ here, so `queue_position` is always 0.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncGenerator, Iterable
@@ -29,6 +30,7 @@ from tether.engines.base import (
     ModelInfo,
     UnknownModelError,
     Usage,
+    UsageReport,
 )
 
 log = structlog.get_logger(__name__)
@@ -160,15 +162,19 @@ class StreamState:
             return text
         return ""
 
-    def final(self, request: GenerationRequest) -> Delta:
+    def usage_so_far(self, request: GenerationRequest) -> Usage:
+        """The upstream's usage if it sent one, else the estimate (see the module docstring)."""
         if self.usage is not None:
-            return Delta(finish_reason=map_finish_reason(self.finish), usage=self.usage)
+            return self.usage
         prompt_chars = sum(len(m.content) for m in request.messages)
-        estimate = Usage(prompt_tokens=math.ceil(prompt_chars / 4), completion_tokens=self.pieces)
+        return Usage(prompt_tokens=math.ceil(prompt_chars / 4), completion_tokens=self.pieces)
+
+    def final(self, request: GenerationRequest) -> Delta:
+        metadata = None if self.usage is not None else {"usage_estimated": True}
         return Delta(
             finish_reason=map_finish_reason(self.finish),
-            usage=estimate,
-            metadata={"usage_estimated": True},
+            usage=self.usage_so_far(request),
+            metadata=metadata,
         )
 
 
@@ -226,6 +232,7 @@ class OpenAIEngine:
         model = request.model or self.default_model or await self._first_model()
         url = f"{self.base_url}/chat/completions"
         state = StreamState()
+        report = UsageReport(request)
         try:
             # Leaving this block, also by cancellation or aclose(), closes the upstream stream,
             # which tells the server to stop generating.
@@ -248,12 +255,17 @@ class OpenAIEngine:
                     data = decoder.flush()
                     if data is not None and data != DONE and (text := state.take(data)):
                         yield Delta(text=text)
+        except (GeneratorExit, asyncio.CancelledError):
+            # Left early: the sink hears what came so far (the server may have made a token more).
+            report(state.usage_so_far(request))
+            raise
         except httpx.ConnectError as exc:
             raise EngineError(f"cannot connect to the OpenAI-compatible server at {url}") from exc
         except httpx.TimeoutException as exc:
             raise EngineError(f"the OpenAI-compatible server at {url} timed out") from exc
         except httpx.HTTPError as exc:
             raise EngineError(f"talking to {url} failed: {exc!r}") from exc
+        report(state.usage_so_far(request))
         yield state.final(request)
 
     async def models(self) -> list[ModelInfo]:

@@ -6,6 +6,9 @@ served. Leaving the consumer early (task cancelled, `aclose()`, `break`) sets th
 checks it between items, so it stops within one item. `done` resolves when the work has really
 finished, which is when a shared resource it used (a llama.cpp context) is free again.
 
+What the worker emits after a cancel (at most an item, plus whatever it emits on its way out,
+such as a summary) is still queued: the owner can `drain` it once the consumer has left.
+
 The thread comes from the caller's executor: llama.cpp's OpenMP build keeps a team of compute
 threads per calling thread, and once a process has more of those than cores they stop spinning
 and decoding runs at half speed, so each model is driven from one long-lived thread of its own.
@@ -53,6 +56,7 @@ class ThreadStream(Generic[T]):
         self._on_done = on_done
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[T | _End | _Failed] = asyncio.Queue()
+        self._ended = False  # the end (or the failure) has been taken from the queue
         self.cancelled = threading.Event()
         self.done: asyncio.Future[None] = self._loop.create_future()
 
@@ -69,7 +73,7 @@ class ThreadStream(Generic[T]):
     async def __aiter__(self) -> AsyncGenerator[T, None]:
         try:
             while True:
-                item = await self._queue.get()
+                item = await self._next()
                 if isinstance(item, _End):
                     return
                 if isinstance(item, _Failed):
@@ -77,6 +81,29 @@ class ThreadStream(Generic[T]):
                 yield item
         finally:
             self.cancel()
+
+    async def drain(self, until: Callable[[T], bool] | None = None) -> list[T]:
+        """Once the consumer has left: cancel, then the items the worker emits until it returns,
+        or up to the first item `until` accepts (what comes after that is not waited for).
+
+        Waits as long as the worker takes to see the cancel (one item). A failure of the worker
+        ends the list: the consumer it was meant for is gone. Not for use while iterating.
+        """
+        self.cancel()
+        items: list[T] = []
+        while not self._ended:
+            item = await self._next()
+            if not isinstance(item, _End | _Failed):
+                items.append(item)
+                if until is not None and until(item):
+                    break
+        return items
+
+    async def _next(self) -> T | _End | _Failed:
+        item = await self._queue.get()
+        if isinstance(item, _End | _Failed):
+            self._ended = True
+        return item
 
     # -- worker thread side --------------------------------------------------------------------
 
@@ -86,8 +113,7 @@ class ThreadStream(Generic[T]):
             self._loop.call_soon_threadsafe(callback)
 
     def _emit(self, item: T) -> None:
-        if not self.cancelled.is_set():
-            self._post(lambda: self._queue.put_nowait(item))
+        self._post(lambda: self._queue.put_nowait(item))
 
     def _run(self) -> None:
         outcome: _End | _Failed = _End()

@@ -26,6 +26,9 @@ from tether.store.base import Agent, Message, NewMessage, Session, TurnStart
 Synchronous = Literal["FULL", "NORMAL"]
 
 
+INTERRUPTED_TOOL_RESULT = "Error: interrupted: the server stopped before the tool returned"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -345,16 +348,56 @@ class SQLiteStore:
             ) as cursor:
                 open_turns = list(await cursor.fetchall())
             for turn in open_turns:
+                head_id = turn["head_id"]
+                # Calls the dead process stored but never answered get an error result first:
+                # a history with a call left unanswered is refused by chat templates and by
+                # OpenAI-compatible servers.
+                for call in await self._unanswered_calls(conn, head_id):
+                    result = await self._insert_message(
+                        conn,
+                        turn["session_id"],
+                        head_id,
+                        NewMessage(
+                            role="tool",
+                            content=INTERRUPTED_TOOL_RESULT,
+                            name=call.name,
+                            tool_call_id=call.id,
+                            status="error",
+                        ),
+                    )
+                    head_id = result.id
                 closed.append(
                     await self._insert_message(
                         conn,
                         turn["session_id"],
-                        turn["head_id"],
+                        head_id,
                         NewMessage(role="assistant", content="", status="interrupted"),
                     )
                 )
             await conn.execute("DELETE FROM turns")
         return closed
+
+    async def _unanswered_calls(self, conn: aiosqlite.Connection, head_id: str) -> list[ToolCall]:
+        """The tool calls of the answer at (or just above the tool results at) `head_id` that
+        have no result yet."""
+        answered: set[str] = set()
+        current: str | None = head_id
+        while current is not None:
+            async with conn.execute(
+                "SELECT role, tool_calls, tool_call_id, parent_id FROM messages WHERE id = ?",
+                (current,),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return []
+            if row["role"] == "tool":
+                answered.add(row["tool_call_id"])
+                current = row["parent_id"]
+                continue
+            if row["role"] != "assistant":
+                return []
+            return [c for c in _tool_calls_from(row["tool_calls"]) if c.id not in answered]
+        return []
 
     async def list_messages(self, session_id: str) -> list[Message]:
         rows = await self._fetchall(

@@ -3,17 +3,31 @@
 Whatever goes wrong (unknown tool, bad arguments, an exception, a timeout) becomes a ToolResult
 with `error` set, worded for the model so it can correct itself; `run` never raises (except for
 the caller's own cancellation, which is passed on to the running tools).
+
+Sync tools run in `ToolThreads`, the executor's own bounded set of threads. A thread cannot be
+stopped, so a sync call that overruns its timeout (or whose caller is cancelled) is abandoned
+and keeps its thread until the function returns: an "overdue" call. Hung calls therefore
+cannot starve the event loop's shared executor, and the threads are daemons, so neither the
+loop's nor the interpreter's shutdown waits for them. Overdue calls are budgeted: once
+`max_overdue` threads are held by them, a tool that has overdue calls is refused at once (the
+rest of the threads stay for tools that behave, the built-ins among them), and when every thread
+is held by one, every sync call is refused, rather than waiting behind calls that may never end.
+Otherwise a call waits for a free thread within its own timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import inspect
 import json
+import threading
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import PurePath
 from typing import Any, Final
@@ -27,15 +41,162 @@ from tether.tools.registry import Registry, Tool, ToolError
 
 DEFAULT_TIMEOUT_S: Final = 15.0
 DEFAULT_MAX_RESULT_BYTES: Final = 16 * 1024
+DEFAULT_MAX_THREADS: Final = 8
 
 log = structlog.get_logger("tether.tools")
+
+
+class _Refused(Exception):
+    """A sync call was not started; the message is the tool error's detail."""
+
+
+class ToolThreads:
+    """The threads sync tool calls run in: one daemon thread per call, at most `max_threads`.
+
+    Its counts live on the event loop; a thread reports its end there. See the module docstring
+    for the overdue budget (`max_overdue`, by default half the threads).
+    """
+
+    def __init__(
+        self, max_threads: int = DEFAULT_MAX_THREADS, max_overdue: int | None = None
+    ) -> None:
+        self.max_threads = max(1, max_threads)
+        self.max_overdue = self.max_threads // 2 if max_overdue is None else max(0, max_overdue)
+        self.running = 0  # threads alive, overdue ones included
+        self.overdue: Counter[str] = Counter()  # abandoned calls still running, by tool
+        self.closed = False
+        self._waiters: list[asyncio.Future[None]] = []  # calls waiting for a thread
+        self._watchers: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a thread (behind calls that are all still within their timeout)."""
+        return len(self._waiters)
+
+    def _refusal(self, name: str) -> str | None:
+        if self.closed:
+            return "the tool executor is shut down"
+        overdue = self.overdue.total()
+        if overdue >= self.max_threads or (self.overdue[name] and overdue >= self.max_overdue):
+            return f"tool pool is full: {overdue} calls still running past their timeout"
+        return None
+
+    def _changed(self, *, wake: bool = True) -> None:
+        """The counts changed: let the calls waiting for a thread look again (one may be free,
+        or none will ever be), and tell `wait_until`."""
+        if wake:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        for condition, watcher in self._watchers:
+            if not watcher.done() and condition():
+                watcher.set_result(None)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Until `condition()` holds, looked at whenever a call starts, waits, ends or is
+        abandoned (for tests, and for a shutdown that wants the threads' end)."""
+        if condition():
+            return
+        watcher: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (condition, watcher)
+        self._watchers.append(entry)
+        try:
+            await watcher
+        finally:
+            self._watchers.remove(entry)
+
+    async def call(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` in a thread of its own, with the caller's context variables."""
+        loop = asyncio.get_running_loop()
+        while (refusal := self._refusal(name)) is None and self.running >= self.max_threads:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            self._changed(wake=False)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        if refusal is not None:
+            raise _Refused(refusal)
+        call = _ThreadCall(self, name, loop)
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=call.work, args=(context, fn, args, kwargs), name=f"tool-{name}", daemon=True
+        )
+        self.running += 1
+        self._changed(wake=False)
+        try:
+            thread.start()
+        except BaseException:
+            call.ended(None, None)
+            raise
+        try:
+            return await call.result
+        except asyncio.CancelledError:  # timed out, or the caller was cancelled: abandoned
+            call.abandon()
+            raise
+
+    def close(self) -> None:
+        """Refuse new calls from now on. Running threads are left to end (they are daemons)."""
+        self.closed = True
+        self._changed()
+
+
+class _ThreadCall:
+    """One sync call: its thread's outcome, delivered on the loop, and its place in the counts."""
+
+    def __init__(self, threads: ToolThreads, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.threads = threads
+        self.name = name
+        self.loop = loop
+        self.result: asyncio.Future[Any] = loop.create_future()
+        self.overdue = False
+
+    def work(
+        self,
+        context: contextvars.Context,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """The thread: run `fn`, then report on the loop (if it still runs: not at shutdown)."""
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = context.run(fn, *args, **kwargs)
+        except StopIteration as exc:  # a future refuses it (it would end a generator)
+            error = RuntimeError(f"StopIteration: {exc}")
+        except BaseException as exc:  # SystemExit too: the executor reports it to the model
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self.loop.call_soon_threadsafe(self.ended, value, error)
+
+    def abandon(self) -> None:
+        self.overdue = True
+        self.threads.overdue[self.name] += 1
+        self.threads._changed()  # waiting calls look again: every thread may be overdue now
+
+    def ended(self, value: Any, error: BaseException | None) -> None:
+        threads = self.threads
+        threads.running -= 1
+        if self.overdue:
+            threads.overdue[self.name] -= 1
+            if not threads.overdue[self.name]:
+                del threads.overdue[self.name]
+        if not self.result.done():
+            if error is None:
+                self.result.set_result(value)
+            else:
+                self.result.set_exception(error)
+        threads._changed()
 
 
 class ToolExecutor:
     """Implements `ToolRunner` over a Registry.
 
-    Async tools run on the event loop, sync tools in a worker thread (a thread cannot be
-    stopped: a sync tool that overruns its timeout is abandoned and finishes in the background).
+    Async tools run on the event loop, sync tools in the executor's `ToolThreads` (shared with
+    the views `restrict` makes). `aclose()` at shutdown refuses sync calls from then on and
+    leaves running ones behind without waiting for them.
     """
 
     def __init__(
@@ -45,11 +206,13 @@ class ToolExecutor:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         only: Iterable[str] | None = None,
+        threads: ToolThreads | None = None,
     ) -> None:
         self._registry = registry
         self._timeout_s = timeout_s
         self._max_result_bytes = max_result_bytes
         self._only = frozenset(only) if only is not None else None
+        self.threads = threads if threads is not None else ToolThreads()
 
     def restrict(self, names: Iterable[str]) -> ToolExecutor:
         """The same executor limited to `names` (a request's `options.tools`)."""
@@ -61,7 +224,12 @@ class ToolExecutor:
             timeout_s=self._timeout_s,
             max_result_bytes=self._max_result_bytes,
             only=allowed,
+            threads=self.threads,
         )
+
+    async def aclose(self) -> None:
+        """At shutdown: refuse sync calls from now on; do not wait for the running ones."""
+        self.threads.close()
 
     def _tools(self) -> list[Tool]:
         tools = self._registry.tools()
@@ -119,10 +287,12 @@ class ToolExecutor:
         timeout = asyncio.timeout(timeout_s)
         try:
             async with timeout:
-                value = await _invoke(found, args, kwargs)
+                value = await self._invoke(found, args, kwargs)
         except (Exception, SystemExit) as exc:
             if isinstance(exc, TimeoutError) and timeout.expired():
                 return None, f"tool {name!r} timed out after {timeout_s:g} s"
+            if isinstance(exc, _Refused):
+                return None, f"tool {name!r} was not run: {exc}"
             if isinstance(exc, ToolError):
                 return None, f"tool {name!r} failed: {exc}"
             log.warning("tools.tool_raised", tool=name, exc_info=exc)
@@ -133,18 +303,17 @@ class ToolExecutor:
         except (TypeError, ValueError) as exc:
             return None, f"tool {name!r} returned a value that cannot be sent as JSON: {exc}"
 
+    async def _invoke(self, found: Tool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if found.is_async:
+            value = await found.fn(*args, **kwargs)
+        else:
+            value = await self.threads.call(found.name, found.fn, *args, **kwargs)
+        if inspect.isawaitable(value):  # a sync function handing back a coroutine
+            value = await value
+        return value
+
     def _cap(self, text: str) -> str:
         return truncate(text, self._max_result_bytes)
-
-
-async def _invoke(found: Tool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if found.is_async:
-        value = await found.fn(*args, **kwargs)
-    else:
-        value = await asyncio.to_thread(found.fn, *args, **kwargs)
-    if inspect.isawaitable(value):  # a sync function handing back a coroutine
-        value = await value
-    return value
 
 
 def describe_validation(exc: ValidationError) -> str:

@@ -2,15 +2,16 @@
 
 A chat request runs as a `Run` of the server's `RunRegistry` (`tether.runs`), not in the socket:
 the socket starts runs and *watches* them (the ones it started or resumed), and a run outlives
-its socket (the disconnect policy is in `tether.runs`). Frames of all watched runs share the
-socket through one send lock, each request numbering its own frames. The socket only renders
-frames: it knows nothing of engines, tools or SQL.
+its socket (the disconnect policy is in `tether.runs`). Frames of all watched runs, each request
+numbering its own, go into the socket's `Outbox`, whose writer task sends them in order; a run
+never waits for the client, and a client that does not keep up is closed with 1008
+(`tether.transports.ws_outbox`). The socket only renders frames: it knows nothing of engines,
+tools or SQL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict
 from typing import Any
 
@@ -34,6 +35,7 @@ from tether.protocol import (
 )
 from tether.runs import RunRegistry, Watcher
 from tether.transports.ws_limits import SocketGuard
+from tether.transports.ws_outbox import Outbox
 
 log = structlog.get_logger("tether.ws")
 
@@ -82,13 +84,19 @@ class ChatSocket:
         self.hub = hub
         self.watching: dict[str, Watcher] = {}  # running requests this socket receives
         self.finished: OrderedDict[str, int] = OrderedDict()  # ended ones: their next seq
-        self._send_lock = asyncio.Lock()
-        self._open = True
         self.guard = SocketGuard(limits)  # message rate and idle timeout
+        self.outbox = Outbox(
+            self._send_now,
+            websocket.close,
+            max_frames=limits.send_buffer_frames,
+            timeout_sec=limits.send_timeout_sec,
+            on_stall=self._stalled,
+        )
 
     async def serve(self) -> None:
         await self.websocket.accept()
-        self.guard.start(self.websocket, busy=lambda: bool(self.watching))
+        self.outbox.start()
+        self.guard.start(self.close, busy=lambda: bool(self.watching))
         if self.hub is not None:
             self.hub.add(self)
         client = self.websocket.client
@@ -103,11 +111,11 @@ class ChatSocket:
                     raw = message.get("bytes") or b""
                 await self.handle(raw)
         finally:
-            self._open = False
             self.guard.stop()
             if self.hub is not None:
                 self.hub.discard(self)
             self._stop_watching()
+            await self.outbox.stop()
             log.info("ws.close")
 
     def _stop_watching(self) -> None:
@@ -116,28 +124,22 @@ class ChatSocket:
         for watcher in watchers.values():
             watcher.run.unwatch(watcher)
 
+    def _stalled(self, reason: str) -> None:
+        """The client does not take its frames: it is closed (1008) and its runs go on."""
+        log.warning("ws.client_too_slow", reason=reason, requests=len(self.watching))
+        self._stop_watching()
+
     async def close(self, code: int, reason: str) -> None:
-        """Close from the server side (shutdown); the receive loop then ends as for any close."""
-        async with self._send_lock:
-            if not self._open:
-                return
-            self._open = False
-            with contextlib.suppress(Exception):  # already closing or gone
-                await self.websocket.close(code, reason)
+        """Close from the server side (shutdown, idle, abuse) once the frames waiting are sent;
+        the receive loop then ends as for any close."""
+        await self.outbox.close(code, reason)
 
-    async def send(self, text: str) -> None:
-        if not self._open:
-            return
+    async def _send_now(self, text: str) -> None:
+        """The writer's send (one at a time, in order)."""
         self.guard.activity()
-        async with self._send_lock:
-            if not self._open:
-                return
-            try:
-                await self.websocket.send_text(text)
-            except Exception:  # the peer went away mid-send; the receive loop will see it
-                self._open = False
+        await self.websocket.send_text(text)
 
-    async def send_body(self, request_id: str, body: dict[str, Any]) -> None:
+    def send_body(self, request_id: str, body: dict[str, Any]) -> None:
         """Send a frame about `request_id` from outside its turn (an error, a pong).
 
         When this socket watches that request, the request numbers and journals the frame as
@@ -146,16 +148,16 @@ class ChatSocket:
         """
         watcher = self.watching.get(request_id)
         if watcher is not None and not watcher.run.ended:
-            await watcher.run.post(body)
+            watcher.run.post(body)
             return
         frames = RequestFrames(request_id)
         if request_id in self.finished:
             frames.next_seq = self.finished[request_id]
             self.finished[request_id] += 1
-        await self.send(frames.render(body))
+        self.outbox.put(frames.render(body))
 
     def _ended(self, request_id: str, last_seq: int) -> None:
-        """A watched run ended (its final frame is sent)."""
+        """A watched run ended (its final frame is queued)."""
         self.watching.pop(request_id, None)
         self._remember(request_id, last_seq + 1)
 
@@ -166,19 +168,21 @@ class ChatSocket:
             self.finished.popitem(last=False)
 
     async def handle(self, raw: str | bytes) -> None:
-        if not await self.guard.admit(raw, self.send_body, self.websocket):
+        if not self.outbox.open:  # closing (dropped or shut down): late frames are not acted on
+            return
+        if not await self.guard.admit(raw, self.send_body, self.close):
             return
         try:
             frame = parse_client_frame(raw, max_text_chars=self.limits.max_text_chars)
         except ProtocolError as exc:
-            await self.send_body(exc.request_id or "", error_body(exc.code, exc.message))
+            self.send_body(exc.request_id or "", error_body(exc.code, exc.message))
             return
         if isinstance(frame, ChatFrame):
-            await self._start(frame)
+            self._start(frame)
         elif isinstance(frame, CancelFrame):
-            await self._cancel(frame)
+            self._cancel(frame)
         elif isinstance(frame, PingFrame):
-            await self.send_body(frame.request_id, PONG_BODY)
+            self.send_body(frame.request_id, PONG_BODY)
         elif isinstance(frame, ResumeFrame):
             await self._resume(frame)
 
@@ -191,29 +195,32 @@ class ChatSocket:
             f"(limit {self.limits.max_requests_per_socket}); wait for one to complete",
         )
 
-    async def _start(self, frame: ChatFrame) -> None:
+    def _start(self, frame: ChatFrame) -> None:
         request_id = frame.request_id
         running = self.runs.get(request_id)
         if running is not None and not running.ended:
-            await self.send_body(
+            self.send_body(
                 request_id,
                 error_body("conflict", f"request {request_id!r} is already running"),
             )
             return
         refusal = self._too_busy()
         if refusal is not None:
-            await self.send_body(request_id, refusal)
+            self.send_body(request_id, refusal)
             return
         self.finished.pop(request_id, None)
         try:
-            watcher = self.runs.start(turn_from_frame(frame), self.send, self._ended)
+            watcher = self.runs.start(turn_from_frame(frame), self.outbox, self._ended)
         except TetherError as exc:  # the server is shutting down
-            await self.send_body(request_id, error_body(exc.code, exc.message))
+            self.send_body(request_id, error_body(exc.code, exc.message))
             return
         self.watching[request_id] = watcher
 
     async def _resume(self, frame: ResumeFrame) -> None:
-        """Replay the frames after `after_seq`, then the live ones if the request still runs."""
+        """Replay the frames after `after_seq`, then the live ones if the request still runs.
+
+        Replays go at the client's pace (`Outbox.room`); this socket reads its next frame when
+        the replay is queued."""
         request_id, after_seq = frame.request_id, frame.after_seq
         run = self.runs.get(request_id)
         if run is not None and not run.ended:
@@ -223,15 +230,15 @@ class ChatSocket:
                 return
             refusal = self._too_busy()
             if refusal is not None:
-                await self.send_body(request_id, refusal)
+                self.send_body(request_id, refusal)
                 return
-            watcher = run.watch(self.send, after_seq, self._ended)
+            watcher = run.watch(self.outbox, after_seq, self._ended)
             self.watching[request_id] = watcher
-            await watcher.catch_up()
+            await watcher.replay()
             return
         frames = await self.runs.journal(request_id)
-        if frames is None:
-            await self.send_body(
+        if not frames:
+            self.send_body(
                 request_id,
                 error_body(
                     "not_found",
@@ -239,16 +246,20 @@ class ChatSocket:
                 ),
             )
             return
-        for text in frames[after_seq + 1 :]:
-            await self.send(text)
+        # The client has every frame already: send the final one again, so that it learns the
+        # request is over (a resume always ends in the request's `complete` or `error`).
+        for text in frames[after_seq + 1 :] or frames[-1:]:
+            if not await self.outbox.room():
+                return
+            self.outbox.put(text)
         self._remember(request_id, len(frames))
 
-    async def _cancel(self, frame: CancelFrame) -> None:
+    def _cancel(self, frame: CancelFrame) -> None:
         run = self.runs.get(frame.request_id)
         if run is not None and not run.ended:
             run.control.cancel()
         elif run is None and frame.request_id not in self.finished:
-            await self.send_body(
+            self.send_body(
                 frame.request_id,
                 error_body("not_found", f"no running request {frame.request_id!r}"),
             )
