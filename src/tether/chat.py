@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from tether.engines.base import (
     FinishReason,
     GenerationOptions,
     GenerationRequest,
+    ModelInfo,
     ToolCall,
     UnknownModelError,
     Usage,
@@ -212,6 +214,24 @@ class ChatService:
             lambda _tools: PassthroughDetector()
         )
         self.max_tool_loops = max_tool_loops
+        # Turns accepted for a model whose first round has not reached the engine's line yet:
+        # counted into `queue_position`, so turns arriving together are told distinct places.
+        self._admitted: Counter[str] = Counter()
+
+    def _admit(self, engine: Engine, model: str) -> tuple[int, Callable[[], None]]:
+        """The turn's place in the model's line, and a one-shot release for when it reaches the
+        engine (or ends). Raises EngineBusyError when the line is full."""
+        position = engine.queue_position(model) + self._admitted[model]
+        self._admitted[model] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._admitted[model] -= 1
+
+        return position, release
 
     # -- the turn ---------------------------------------------------------------------------
 
@@ -223,9 +243,32 @@ class ChatService:
         clock = _Clock()
         structlog.contextvars.bind_contextvars(request_id=turn.request_id)
         try:
-            # A turn the server cannot answer (unknown model or agent) is refused before its
-            # message is stored, so a bad request never leaves an unanswered message behind.
+            # A turn the server cannot answer (unknown model or agent, a full queue) is refused
+            # before its message is stored, so it never leaves an unanswered message behind.
             engine, model_info = await self.engine.resolve(turn.options.model)
+            position, release = self._admit(engine, model_info.id)
+        except (TetherError, EngineError) as exc:
+            await emit(_error_event(exc))
+            return
+        try:
+            await self._run_admitted(
+                turn, emit, control, clock, engine, model_info, position, release
+            )
+        finally:
+            release()
+
+    async def _run_admitted(
+        self,
+        turn: Turn,
+        emit: EventSink,
+        control: TurnControl,
+        clock: _Clock,
+        engine: Engine,
+        model_info: ModelInfo,
+        position: int,
+        release: Callable[[], None],
+    ) -> None:
+        try:
             agent = await self._agent_for(turn)
             start = await self.store.begin_turn(
                 session_id=turn.session_id,
@@ -256,7 +299,7 @@ class ChatService:
                     session_id=session_id,
                     user_message_id=turn_id,
                     model=model,
-                    queue_position=engine.queue_position(model),
+                    queue_position=position,
                     created_session=start.created_session,
                 )
             )
@@ -274,6 +317,7 @@ class ChatService:
                     options=turn.options.generation,
                     usage_sink=current.record_usage,
                 )
+                release()  # from here the engine's own line counts this turn
                 try:
                     await control.run(
                         self._generate(engine, request, current, emit, clock, turn, offer_tools)

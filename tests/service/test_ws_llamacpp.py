@@ -14,27 +14,55 @@ from websockets.asyncio.client import connect
 
 from tests.support.servers import RunningServer, make_settings, serve_app
 from tests.support.wsclient import ProtocolClient
+from tether.config import Settings
 
 LONG = {"max_tokens": 400, "temperature": 1.0, "seed": 1}
 
 
-@pytest.fixture
-async def llama_server(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[RunningServer]:
+def llama_settings(tmp_path: Path, tiny_gguf: Path, max_queue: int) -> Settings:
     dist = tmp_path / "dist"
     dist.mkdir()
     (dist / "tiny.gguf").symlink_to(tiny_gguf)
-    settings = make_settings(
+    return make_settings(
         tmp_path,
         **{
             "engine.name": "llamacpp",
             "engine.dist_path": str(dist),
             "engine.llamacpp.n_threads": 1,
             "engine.llamacpp.n_ctx": 512,
-            "engine.llamacpp.max_queue": 1,
+            "engine.llamacpp.max_queue": max_queue,
         },
     )
-    async with serve_app(settings) as server:
+
+
+@pytest.fixture
+async def llama_server(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[RunningServer]:
+    async with serve_app(llama_settings(tmp_path, tiny_gguf, max_queue=1)) as server:
         yield server
+
+
+async def test_arrivals_together_get_distinct_places(tmp_path: Path, tiny_gguf: Path) -> None:
+    async with (
+        serve_app(llama_settings(tmp_path, tiny_gguf, max_queue=8)) as server,
+        connect(server.ws_url) as ws,
+    ):
+        client = ProtocolClient(ws)
+        await client.send(
+            {"type": "chat", "request_id": "a", "text": "Tell a story.", "options": LONG}
+        )
+        await client.until("a", "chunk")  # a holds the model
+        for request_id in ("b", "c", "d"):  # sent back to back, no waiting in between
+            await client.send(
+                {"type": "chat", "request_id": request_id, "text": "Hi", "options": LONG}
+            )
+        places = []
+        for request_id in ("b", "c", "d"):
+            (processing,) = await client.until(request_id, "processing")
+            places.append(processing["chunk"]["metadata"]["queue_position"])
+        for request_id in ("a", "b", "c", "d"):
+            await client.send({"type": "cancel", "request_id": request_id})
+            await client.until(request_id)
+    assert sorted(places) == [1, 2, 3]
 
 
 async def test_a_turn_reports_model_usage_and_timings(llama_server: RunningServer) -> None:
@@ -67,7 +95,8 @@ async def test_requests_queue_for_the_model_and_overflow_is_busy(
         for request_id in ("a", "b"):
             await client.send({"type": "cancel", "request_id": request_id})
         a_frames, b_frames = await client.until("a"), await client.until("b")
-    assert c_frames[-1]["status"] == "error"
+    # Refused before anything was stored: no `processing`, just the error.
+    assert [f["status"] for f in c_frames] == ["error"]
     assert c_frames[-1]["error"]["code"] == "busy"
     assert a_frames[-1]["chunk"]["metadata"]["finish_reason"] == "cancelled"
     assert b_frames[-1]["chunk"]["metadata"]["finish_reason"] == "cancelled"

@@ -163,7 +163,11 @@ class Engine(Protocol):
         ...
 
     def queue_position(self, model: str | None) -> int:
-        """How many requests a new request for `model` would wait behind (0: starts at once)."""
+        """How many requests a new request for `model` would wait behind (0: starts at once).
+
+        Raises EngineBusyError when the model's queue is full, so the chat core can refuse the
+        turn before it stores anything (`stream` still refuses then too).
+        """
         ...
 
     async def aclose(self) -> None:

@@ -178,7 +178,16 @@ class LlamaCppEngine:
     def queue_position(self, model: str | None) -> int:
         name = self._resolve(model)
         slot = self._slots.get(name) if name else None
-        return slot.in_line if slot else 0
+        if slot is None:
+            return 0
+        self._check_room(slot)
+        return slot.in_line
+
+    def _check_room(self, slot: _Slot) -> None:
+        if slot.in_line > self.max_queue:
+            raise EngineBusyError(
+                f"model {slot.name!r} has {slot.in_line - 1} requests waiting; try again later"
+            )
 
     async def _load(self, slot: _Slot) -> _Resident:
         if slot.resident is None:
@@ -231,10 +240,7 @@ class LlamaCppEngine:
         if self._closed:
             raise EngineError("the llamacpp engine is shut down")
         slot = self._slot(request.model)
-        if slot.in_line > self.max_queue:
-            raise EngineBusyError(
-                f"model {slot.name!r} has {slot.in_line - 1} requests waiting; try again later"
-            )
+        self._check_room(slot)
         slot.in_line += 1
         try:
             await slot.lock.acquire()
