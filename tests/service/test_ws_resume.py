@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-import httpx
 from websockets.asyncio.client import connect
 
-from tests.support.servers import RunningServer, make_settings, serve_app
-from tests.support.timeouts import scaled
+from tests.support.servers import RunningServer, make_settings, serve_app, stored_answer
 from tests.support.wsclient import Frame, ProtocolClient, text_of
 
 WORDS = " ".join(f"w{i}" for i in range(40))
@@ -30,18 +27,6 @@ def chat_frame(request_id: str, text: str = WORDS, delay_ms: int = 20) -> dict[s
 
 def seqs(frames: list[Frame]) -> list[int]:
     return [f["seq"] for f in frames]
-
-
-async def stored_answer(server: RunningServer, session_id: str) -> dict[str, Any]:
-    """The session's assistant message, once the server has stored it."""
-    async with httpx.AsyncClient(base_url=server.http_url) as http:
-        async with asyncio.timeout(scaled(20)):
-            while True:
-                messages = (await http.get(f"/sessions/{session_id}/messages")).json()
-                if messages[-1]["role"] == "assistant":
-                    answer: dict[str, Any] = messages[-1]
-                    return answer
-                await asyncio.sleep(0.05)  # polling for the server to store it; bounded
 
 
 async def test_resume_on_another_socket_after_a_disconnect(server: RunningServer) -> None:

@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.support.servers import RunningServer, make_settings, serve_app
+from tests.support.servers import RunningServer, make_settings, serve_app, stored_answer
 from tests.support.timeouts import scaled
 from tests.support.wsclient import Frame, ProtocolClient, text_of
 
@@ -45,17 +44,6 @@ async def llama_server(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[Running
 
 def chat(request_id: str, options: dict[str, Any], text: str = "Tell a story.") -> Frame:
     return {"type": "chat", "request_id": request_id, "text": text, "options": options}
-
-
-async def stored_answer(server: RunningServer, session_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=server.http_url) as http:
-        async with asyncio.timeout(scaled(20)):
-            while True:
-                messages = (await http.get(f"/sessions/{session_id}/messages")).json()
-                if messages[-1]["role"] == "assistant":
-                    answer: dict[str, Any] = messages[-1]
-                    return answer
-                await asyncio.sleep(0.05)  # polling for the server to store it; bounded
 
 
 async def until_unwatched(server: RunningServer, request_id: str) -> None:

@@ -148,3 +148,15 @@ def tether_serve(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def stored_answer(server: LoopbackUrls, session_id: str) -> dict[str, Any]:
+    """The session's newest assistant message, once the server has stored it."""
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        async with asyncio.timeout(scaled(20)):
+            while True:
+                messages = (await http.get(f"/sessions/{session_id}/messages")).json()
+                if messages[-1]["role"] == "assistant":
+                    answer: dict[str, Any] = messages[-1]
+                    return answer
+                await asyncio.sleep(0.05)  # polling for the server to store it; bounded
