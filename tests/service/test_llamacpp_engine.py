@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,6 +14,7 @@ import llama_cpp
 import pytest
 
 from tests.contract.engine_contract import EngineContract
+from tests.support.timeouts import scaled
 from tether.devtools.tiny_gguf import ensure_tiny_gguf
 from tether.engines.base import (
     ChatMessage,
@@ -32,7 +32,7 @@ from tether.engines.llamacpp import LlamaCppEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOLLM2 = ROOT / "dist" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+SCALE = scaled(1)
 TIMEOUT = 30 * SCALE
 SYSTEM = "You are Tether, a helpful assistant running locally."
 

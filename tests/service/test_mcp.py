@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +11,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tests.support.servers import free_port
+from tests.support.timeouts import scaled
 from tether.config import McpServerConfig
 from tether.engines.base import ToolCall
 from tether.tools.executor import ToolExecutor
@@ -21,7 +21,7 @@ from tether.tools.registry import TOOL_NAME_RE, Registry
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+SCALE = scaled(1)
 TIMEOUT = 30 * SCALE
 TEST_SERVER = str(Path(__file__).parent.parent / "support" / "mcp_test_server.py")
 
@@ -189,13 +189,6 @@ async def test_aclose_while_a_server_is_still_starting() -> None:
     assert manager.tools() == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def _wait_listening(port: int, process: asyncio.subprocess.Process) -> None:
     async with asyncio.timeout(TIMEOUT):
         while True:
@@ -211,7 +204,7 @@ async def _wait_listening(port: int, process: asyncio.subprocess.Process) -> Non
 
 
 async def test_streamable_http_transport() -> None:
-    port = _free_port()
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         TEST_SERVER,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from types import ModuleType
 import pytest
 
 from tests.contract.engine_contract import EngineContract
+from tests.support.timeouts import scaled
 from tether.engines.base import (
     ChatMessage,
     Delta,
@@ -28,7 +28,7 @@ from tether.engines.base import (
 from tether.engines.mlc import MLC_INSTALL_COMMAND, MLCEngine, MLCNotInstalledError
 
 FAKE_ROOT = Path(__file__).resolve().parents[1] / "support" / "fake_mlc_llm"
-TIMEOUT = 10 * float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+TIMEOUT = scaled(10)
 QWEN = "Qwen2.5-0.5B-Instruct-q4f16_1-MLC"
 SMOL = "SmolLM2-135M-Instruct-q0f16-MLC"
 

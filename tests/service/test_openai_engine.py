@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import httpx
 import pytest
 
 from tests.contract.engine_contract import EngineContract
+from tests.support.servers import free_port
+from tests.support.timeouts import scaled
 from tether.engines.base import (
     ChatMessage,
     Delta,
@@ -29,7 +30,7 @@ from tether.engines.base import (
 )
 from tether.engines.openai_compat import OpenAIEngine
 
-SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+SCALE = scaled(1)
 TIMEOUT = 30 * SCALE
 ALIAS = "tiny"
 
@@ -41,13 +42,6 @@ class Server:
 
     def disconnects(self) -> int:
         return self.log.read_text(errors="replace").count("Disconnected from client")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +21,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests.support.servers import RunningServer, make_settings, serve_app
+from tests.support.timeouts import scaled
 
-TIMEOUT = 10 * float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+TIMEOUT = scaled(10)
 TOKEN = "s3cret-token"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -18,6 +17,7 @@ from gguf import GGUFWriter
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.timeouts import scaled
 from tether.engines.base import ChatMessage, EngineError, ToolCall
 from tether.engines.chat_template import ChatTemplate
 from tether.engines.context_fit import (
@@ -37,7 +37,7 @@ from tether.engines.prompt_cache import PromptCache, SavedState, common_prefix
 from tether.engines.stop_strings import StopMatcher
 from tether.engines.thread_stream import ThreadStream
 
-TIMEOUT = 10 * float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+TIMEOUT = scaled(10)
 
 # -- stop strings ------------------------------------------------------------------------------
 

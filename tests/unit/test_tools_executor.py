@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -17,12 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from tests.support.timeouts import scaled
 from tether.engines.base import ToolCall
 from tether.tools.builtin.calculator import calculator
 from tether.tools.executor import ToolExecutor, ToolThreads, encode_result, truncate
 from tether.tools.registry import Registry, ToolError, tool
 
-SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+SCALE = scaled(1)
 TIMEOUT = 10 * SCALE  # generous bound for things that should be instant
 
 
