@@ -20,6 +20,7 @@ from tether.engines.base import Engine, UnknownModelError
 from tether.engines.factory import build_router
 from tether.engines.router import EngineRouter
 from tether.errors import TetherError
+from tether.recovery import recover
 from tether.runs import RunRegistry
 from tether.security import security_middleware
 from tether.store.base import Store
@@ -98,9 +99,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = SQLiteStore(settings.storage.path, synchronous=settings.storage.synchronous)
         await store.open()
-        for answer in await store.close_open_turns():
-            # A turn the last process died in (kill -9, power loss): closed as interrupted.
-            log.warning("turn.interrupted", session_id=answer.session_id, message_id=answer.id)
+        await recover(store)  # turns and journals the last process died in (kill -9)
         await mcp.start()
         tools = ToolExecutor(
             registry,

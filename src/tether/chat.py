@@ -339,19 +339,22 @@ class ChatService:
         except TurnCancelled:
             finish = "cancelled"
         except asyncio.CancelledError:
-            # The task itself was cancelled (server shutdown): keep what was said, then stop.
-            await asyncio.shield(
+            # The task itself was cancelled (server shutdown): keep what was said, say so (the
+            # cancellation was taken, so this emit runs), then stop.
+            answer = await asyncio.shield(
                 self._store_answer(
                     session_id,
                     turn_id,
                     head.id,
                     current,
                     "interrupted",
-                    "cancelled",
+                    "interrupted",
                     usage,
                     model,
                 )
             )
+            clock.completion_tokens = usage.completion_tokens
+            await emit(Completed(answer.id, "interrupted", usage, clock.timings(), {}))
             raise
         except Exception as exc:
             failure = _error_event(exc)

@@ -18,19 +18,23 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   least `reliability.journal_max_age_sec` after it ended (unless `journal_max_rows` pushed it
   out sooner); then, or for an id never seen, `not_found`. An ended request with no frame
   after `after_seq` sends its final frame again, so that the client learns it is over.
-- Where the frames live: in memory while the request runs (the log is the one the sockets read,
-  so a frame a socket saw is always in it); when the request ends its frames are committed to
-  the `events` table (several ended requests share one transaction), and only then does the run
-  leave memory, so there is no moment when an ended request is in neither place. Chunk frames
-  cost no SQLite write while streaming.
-- Across a crash (kill -9, power loss): the journals of requests that ended and were committed
-  survive a restart and can be resumed. A request that was running has no journal after a
-  restart (`not_found`), and one that ended within the last group commit before the crash may
-  have none: the stored messages are the truth then (`GET /sessions/{id}/messages`); its turn
-  was closed as `interrupted` at start-up (see `Store.close_open_turns`).
+- Where the frames live: each frame is journaled in SQLite (`events`) before any socket is sent
+  it. A run appends its frames to an in-memory log and marks itself dirty; the registry's journal
+  writer commits the new frames of every dirty run in one transaction (group commit: while one
+  commits, the next batch gathers, so a stream costs about one commit per batch, not per token)
+  and only then *publishes* them: `Run.durable` moves up and the live watchers queue them. The
+  turn itself never waits for the journal. A run leaves memory when its final frame is committed
+  (`Run.finished`); until then sockets watch it, afterwards `resume` reads the store.
+- Across a crash (kill -9): every frame a client was sent is in the journal. At start-up
+  (`tether.recovery`) each journal the dead process left open gets its final frame: `complete`
+  with `finish_reason: "interrupted"` naming the stored answer, whose content is the text the
+  journal holds; a resume then replays the frames and that final frame. Journal commits skip the
+  fsync (`synchronous=NORMAL`; messages keep `FULL`): on power loss, rather than a process crash,
+  the last frames of a running request may be missing, never a message.
 - Request ids are client-chosen and name a request server-wide (resume works from any socket):
-  a `chat` whose `request_id` is running gets `conflict`; reusing the id of an ended request
-  starts a new request whose journal replaces the old one. Use unique ids (UUIDs).
+  a `chat` whose `request_id` is running (or whose final frame is not out yet) gets `conflict`;
+  reusing the id of a finished request starts a new request whose journal replaces the old one.
+  Use unique ids (UUIDs).
 - Frames the server sends about a running request outside its turn, to a socket that watches
   it (a `conflict` for a second chat with its id, a `pong` or a `bad_request` naming it), take
   its next seq and are journaled like the others, so seq stays contiguous for every watcher.
@@ -70,11 +74,11 @@ from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
 from tether.events import Accepted, ChatEvent
 from tether.protocol import RequestFrames, error_body, event_body
-from tether.store.base import Store
+from tether.store.base import JournalAppend, Store
 
 log = structlog.get_logger("tether.runs")
 
-EndHook = Callable[[str, int], None]  # (request_id, seq of the last frame queued for the watcher)
+EndHook = Callable[["Watcher"], None]  # the watcher has queued its run's final frame
 
 # How often ended journals are pruned (by age and row count), at most.
 PRUNE_INTERVAL_SEC = 60.0
@@ -109,22 +113,23 @@ class Watcher:
         self._on_end = on_end
 
     def push(self) -> None:
-        """Queue the frames logged after `last_seq` (the run calls this for live watchers)."""
+        """Queue the journaled frames after `last_seq` (the run calls this for live watchers)."""
         frames = self.run.frames
-        while self.last_seq + 1 < len(frames):
+        while self.last_seq + 1 < self.run.durable:
             self.last_seq += 1
             self._sink.put(frames[self.last_seq])
 
     async def replay(self) -> None:
-        """Queue the log after `last_seq` as the socket takes it, then go live (or end)."""
+        """Queue the journaled frames after `last_seq` as the socket takes them, then go live
+        (or end)."""
         frames = self.run.frames
-        while self.last_seq + 1 < len(frames):
+        while self.last_seq + 1 < self.run.durable:
             if not await self._sink.room():
                 return  # the socket is closing
             self.last_seq += 1
             self._sink.put(frames[self.last_seq])
         # Caught up, and no await since the check: the run's next frame will be pushed.
-        if self.run.ended:
+        if self.run.finished:
             self.ended()
         else:
             self.live = True
@@ -137,7 +142,7 @@ class Watcher:
 
     def ended(self) -> None:
         if self._on_end is not None:
-            self._on_end(self.run.request_id, self.last_seq)
+            self._on_end(self)
 
 
 class Run:
@@ -147,10 +152,13 @@ class Run:
         self.registry = registry
         self.request_id = request_id
         self.frames: list[str] = []  # frames[seq]; append-only
+        self.durable = 0  # frames[:durable] are journaled: only those go to sockets
+        self.saved_ended = False  # the journal in the store is marked ended
         self.watchers: list[Watcher] = []
         self.control = TurnControl()
         self.task: asyncio.Task[None] | None = None
         self.ended = False  # the turn is over: no frame will be added
+        self.done = asyncio.Event()  # set once `finished`
         self.model: str | None = None  # from its `processing` frame
         self.waiting = False  # accepted behind others in its model's queue, no output yet
         self._numbering = RequestFrames(request_id)
@@ -158,19 +166,32 @@ class Run:
 
     # -- frames -------------------------------------------------------------------------------
 
-    def append(self, body: dict[str, Any]) -> str:
-        """Render `body` with the next seq and add it to the log; return the frame."""
-        frame = self._numbering.render(body)
-        self.frames.append(frame)
-        return frame
+    @property
+    def finished(self) -> bool:
+        """The turn is over and every frame is journaled (so every live watcher has it)."""
+        return self.ended and self.saved_ended
 
     def post(self, body: dict[str, Any]) -> str:
-        """Append a frame and queue it for every live watcher; never waits on a socket."""
-        frame = self.append(body)
+        """Render `body` with the next seq and add it to the log, to be journaled and then sent
+        to the live watchers; never waits."""
+        frame = self._numbering.render(body)
+        self.frames.append(frame)
+        self.registry.journal_later(self)
+        return frame
+
+    def publish(self, durable: int, ended: bool) -> None:
+        """The journal writer committed `frames[:durable]` (and, with `ended`, the end)."""
+        self.durable = durable
+        self.saved_ended = ended
         for watcher in self.watchers:
             if watcher.live:
                 watcher.push()
-        return frame
+        if self.finished:
+            watchers, self.watchers = self.watchers, []
+            for watcher in watchers:
+                if watcher.live:  # one still replaying ends when its replay does
+                    watcher.ended()
+            self.done.set()
 
     # -- watchers -----------------------------------------------------------------------------
 
@@ -241,12 +262,9 @@ class Run:
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = None
-            watchers, self.watchers = self.watchers, []
-            for watcher in watchers:
-                if watcher.live:  # one still replaying ends when its replay does
-                    watcher.ended()
-            # Shielded: even when this task is cancelled (a hard close), the frames it sent are
-            # committed before the run leaves memory.
+            self.registry.journal_later(self)  # the end itself is journaled too
+            # Shielded: even when this task is cancelled (a hard close), its frames are
+            # committed (and so sent) before the run leaves memory.
             await asyncio.shield(self.registry.retire(self))
 
 
@@ -259,7 +277,7 @@ class RunRegistry:
         self.settings = settings
         self.accepting = True
         self._runs: dict[str, Run] = {}
-        self._pending: list[tuple[Run, asyncio.Future[None]]] = []
+        self._dirty: dict[Run, None] = {}  # runs with frames to journal, in order
         self._writer: asyncio.Task[None] | None = None
         self._last_prune = 0.0
 
@@ -278,10 +296,10 @@ class RunRegistry:
         if not self.accepting:
             raise Busy("the server is shutting down; try again shortly")
         previous = self._runs.get(turn.request_id)
-        if previous is not None and not previous.ended:
+        if previous is not None and not previous.finished:
             raise Conflict(f"request {turn.request_id!r} is already running")
         run = Run(self, turn.request_id)
-        self._runs[turn.request_id] = run  # an ended run of the same id is being journaled
+        self._runs[turn.request_id] = run  # a finished run of the same id is leaving memory
         watcher = run.watch(sink, -1, on_end)
         watcher.live = True  # nothing is logged yet: no replay
         run.task = asyncio.create_task(run.execute(turn), name=f"run:{turn.request_id}")
@@ -315,35 +333,44 @@ class RunRegistry:
         )
 
     async def journal(self, request_id: str) -> list[str] | None:
-        """Every frame of request_id, if it has a journal in memory (running or being committed)
-        or in the store."""
+        """Every journaled frame of request_id: from memory while its run is there, else from
+        the store."""
         run = self._runs.get(request_id)
         if run is not None:
-            return list(run.frames)
+            return run.frames[: run.durable]
         return await self.store.read_journal(request_id)
 
-    # -- the journal writer: ended runs, committed in batches ----------------------------------
+    # -- the journal writer: new frames of every run, committed in batches, then sent -----------
 
-    async def retire(self, run: Run) -> None:
-        """Commit the ended run's frames, then forget it."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((run, done))
+    def journal_later(self, run: Run) -> None:
+        """`run` has frames (or its end) to journal: the writer takes it with its next batch."""
+        self._dirty[run] = None
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_journals(), name="journal-writer")
-        await done
+
+    async def retire(self, run: Run) -> None:
+        """Wait until the ended run's journal is committed, then forget the run."""
+        await run.done.wait()
+        if self._runs.get(run.request_id) is run:
+            del self._runs[run.request_id]
 
     async def _write_journals(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
+        while self._dirty:
+            batch = [(run, len(run.frames), run.ended) for run in self._dirty]
+            self._dirty.clear()
+            appends = [
+                JournalAppend(run.request_id, run.durable, run.frames[run.durable : count], ended)
+                for run, count, ended in batch
+                if count > run.durable or (ended and count > 0)
+            ]
             try:
-                await self.store.save_journals([(run.request_id, run.frames) for run, _ in batch])
+                await self.store.append_journals(appends)
             except Exception:
-                log.exception("runs.journal_failed", requests=len(batch))
-            for run, done in batch:
-                if self._runs.get(run.request_id) is run:
-                    del self._runs[run.request_id]
-                if not done.done():
-                    done.set_result(None)
+                # The chat goes on: its frames are sent unjournaled (resume may then miss them);
+                # the turn's own store writes will tell the client if the store is gone.
+                log.exception("runs.journal_failed", requests=len(appends))
+            for run, count, ended in batch:
+                run.publish(count, ended)
             if time.monotonic() - self._last_prune > PRUNE_INTERVAL_SEC:
                 await self._prune()
 

@@ -161,16 +161,21 @@ async def test_kill_9_at_any_moment_loses_no_acknowledged_message(tmp_path: Path
     db = tmp_path / "kill.db"
     acked: dict[str, str] = {}  # user_message_id -> request_id
     completed: dict[str, str] = {}  # answers a client saw `complete` for -> status
-    running: list[str] = []  # request ids that were running when the process died
+    running: dict[str, list[Frame]] = {}  # requests running when the process died: seen frames
+    recovered = 0
     for iteration in range(8):
         with tether_serve(tmp_path, "--db", str(db), "--engine", "echo") as server:
             # The previous process was killed: this one closed its open turns at start-up.
             check_consistent(db, acked, completed)
             async with connect(server.ws_url) as ws:
                 client = ProtocolClient(ws)
-                for request_id in running:  # their frames died with the process
-                    await client.send({"type": "resume", "request_id": request_id})
-                    assert (await client.until(request_id))[-1]["error"]["code"] == "not_found"
+                for request_id, seen in running.items():
+                    # The client reconnects and asks for the rest, then for everything again.
+                    rest = await resume(client, request_id, seen[-1]["seq"])
+                    journal = await resume(client, request_id, -1)
+                    check_recovered(db, seen, rest, journal)
+                    record(journal, acked, completed)
+                    recovered += 1
                 background = f"b{iteration}"
                 await client.send(chat_frame(background, words(200), 20))
                 await client.until(background, "processing")
@@ -189,16 +194,47 @@ async def test_kill_9_at_any_moment_loses_no_acknowledged_message(tmp_path: Path
                 assert wait_exit(server) == -signal.SIGKILL
             for request_frames in client.frames.values():
                 record(request_frames, acked, completed)
-            running = [
-                request_id
+            running = {
+                request_id: list(request_frames)
                 for request_id, request_frames in client.frames.items()
                 if request_frames and request_frames[-1]["status"] not in ("complete", "error")
-            ]
+            }
     with tether_serve(tmp_path, "--db", str(db), "--engine", "echo"):
         check_consistent(db, acked, completed)
     assert len(acked) == 16
-    statuses = {row[0] for row in query(db, "SELECT status FROM messages")}
-    assert "interrupted" in statuses
+    assert recovered >= 8  # every round killed at least its background request mid-answer
+    kept = query(db, "SELECT content FROM messages WHERE status = 'interrupted'")
+    assert any(content for (content,) in kept), "no interrupted answer kept its text"
+
+
+async def resume(client: ProtocolClient, request_id: str, after_seq: int) -> list[Frame]:
+    client.frames.pop(request_id, None)
+    await client.send({"type": "resume", "request_id": request_id, "after_seq": after_seq})
+    return list(await client.until(request_id))
+
+
+def answer_text(frames: list[Frame]) -> str:
+    """The text chunks after the last tool frame: what the interrupted answer says."""
+    tools = [i for i, frame in enumerate(frames) if frame["status"] == "tool"]
+    return text_of(frames[tools[-1] + 1 :] if tools else frames)
+
+
+def check_recovered(db: Path, seen: list[Frame], rest: list[Frame], journal: list[Frame]) -> None:
+    """A request the process died in: every frame its client was sent is in its journal, a
+    resume sends the rest once, and the journal ends in a `complete` naming the stored answer."""
+    assert [frame["seq"] for frame in journal] == list(range(len(journal)))
+    assert journal[: len(seen)] == seen
+    assert rest == journal[len(seen) :]
+    final = journal[-1]
+    assert final["status"] == "complete"
+    meta = final["chunk"]["metadata"]
+    assert meta["recovered"] is True
+    stored = query(db, "SELECT status, content FROM messages WHERE id = ?", meta["message_id"])
+    if meta["finish_reason"] == "interrupted":
+        assert stored == [("interrupted", answer_text(journal))]
+        assert answer_text(journal).startswith(answer_text(seen))
+    else:  # answered just before the kill, `complete` not yet journaled
+        assert stored[0][0] in ("complete", "cancelled")
 
 
 def record(frames: list[Frame], acked: dict[str, str], completed: dict[str, str]) -> None:
@@ -207,5 +243,6 @@ def record(frames: list[Frame], acked: dict[str, str], completed: dict[str, str]
             acked[frame["chunk"]["metadata"]["user_message_id"]] = frame["request_id"]
         elif frame["status"] == "complete":
             meta = frame["chunk"]["metadata"]
-            status = "cancelled" if meta["finish_reason"] == "cancelled" else "complete"
+            reason = meta["finish_reason"]
+            status = reason if reason in ("cancelled", "interrupted") else "complete"
             completed[meta["message_id"]] = status

@@ -276,8 +276,10 @@ async def test_task_cancellation_stores_the_answer_as_interrupted(
 ) -> None:
     service = make_service(store, engine)
     first_text = asyncio.Event()
+    events: list[ChatEvent] = []
 
     async def emit(event: ChatEvent) -> None:
+        events.append(event)
         if isinstance(event, TextDelta):
             first_text.set()
 
@@ -288,9 +290,13 @@ async def test_task_cancellation_stores_the_answer_as_interrupted(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert rows(store.path, "SELECT content, status FROM messages WHERE role='assistant'") == [
-        ("a ", "interrupted")
-    ]
+    # Its watchers are told, so that the request's frames end as every request's do.
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert final.finish_reason == "interrupted"
+    assert rows(
+        store.path, "SELECT id, content, status, finish_reason FROM messages WHERE role='assistant'"
+    ) == [(final.message_id, "a ", "interrupted", "interrupted")]
 
 
 class NoToolsEcho(RecordingEcho):

@@ -193,3 +193,33 @@ async def test_old_journals_are_pruned(tmp_path: Path) -> None:
             assert (await client.until(request_id))[-1]["error"]["code"] == "not_found"
         await client.send({"type": "resume", "request_id": "j2"})
         assert text_of(await client.until("j2")) == "two words"
+
+
+async def test_every_frame_is_in_sqlite_before_a_socket_gets_it(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    calc = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+    with contextlib.closing(sqlite3.connect(settings.storage.path)) as db:
+
+        def journaled(frame: Frame) -> Frame | None:
+            row = db.execute(
+                "SELECT frame FROM events WHERE request_id = ? AND seq = ?",
+                (frame["request_id"], frame["seq"]),
+            ).fetchone()
+            return None if row is None else dict(json.loads(row[0]))
+
+        async with serve_app(settings) as server, connect(server.ws_url) as ws:
+            client = ProtocolClient(ws)
+            # Two answers streaming at once, one with a tool call, and a pong inside one.
+            await client.send(chat_frame("words", delay_ms=0))
+            await client.send(chat_frame("tool", calc, delay_ms=0))
+            await client.send({"type": "ping", "request_id": "words"})
+            checked = 0
+            while not all(
+                client.frames[r] and client.frames[r][-1]["status"] == "complete"
+                for r in ("words", "tool")
+            ):
+                frame = await client.next_frame()
+                assert journaled(frame) == frame, f"sent before it was journaled: {frame}"
+                checked += 1
+    assert {f["status"] for f in client.order} >= {"processing", "chunk", "tool", "pong"}
+    assert checked == len(client.order) > 40

@@ -29,7 +29,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 log = logging.getLogger(__name__)
 
 Role = Literal["system", "user", "assistant", "tool"]
-FinishReason = Literal["stop", "length", "cancelled", "tool_loop_limit", "error"]
+# "interrupted": the server stopped the turn (a shutdown that outlasted its grace, or a crash
+# found at the next start-up); engines never report it.
+FinishReason = Literal["stop", "length", "cancelled", "tool_loop_limit", "error", "interrupted"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -74,6 +74,27 @@ class TurnStart:
     created_session: bool
 
 
+@dataclass(frozen=True, slots=True)
+class JournalAppend:
+    """New frames of one request's journal: `frames[i]` has seq `first_seq + i`.
+
+    `first_seq` 0 starts the journal (replacing an ended one of the same request_id); `ended`
+    says these are its last frames."""
+
+    request_id: str
+    first_seq: int
+    frames: Sequence[str]
+    ended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpenJournal:
+    """The journal of a request that was running when its process died."""
+
+    request_id: str
+    frames: list[str]
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 
@@ -125,9 +146,20 @@ class Store(Protocol):
         """
         ...
 
-    async def close_open_turns(self) -> list[Message]:
-        """Close every turn still open (its process died): store an empty assistant message
-        with status `interrupted` after the turn's newest message. Returns those messages."""
+    async def close_open_turns(
+        self, partial_answers: Mapping[str, str] | None = None
+    ) -> dict[str, Message]:
+        """Close every turn still open (its process died): calls it stored without results get
+        error results, then an assistant message with status `interrupted` goes after the
+        turn's newest message. Its content is `partial_answers[user_message_id]` (what the
+        client was sent of the answer), kept only when no call was left unanswered: text after
+        unanswered calls would be the calling message's own. Returns the interrupted answers by
+        the user message id of their turn."""
+        ...
+
+    async def turn_answer(self, user_message_id: str) -> Message | None:
+        """The answer that closed the turn of `user_message_id`, if it is stored: the first
+        assistant message without tool calls down the turn's chain."""
         ...
 
     async def list_messages(self, session_id: str) -> list[Message]: ...
@@ -137,9 +169,17 @@ class Store(Protocol):
         ...
 
     # The frame journal (`resume`)
-    async def save_journals(self, journals: Sequence[tuple[str, Sequence[str]]]) -> None:
-        """Commit, in one transaction, the frames (seq 0, 1, ...) of each (request_id, frames),
-        replacing any earlier journal of the same request_id."""
+    async def append_journals(self, appends: Sequence[JournalAppend]) -> None:
+        """Commit, in one transaction and in order, new frames of several journals.
+
+        Durable against a crash of the process before this returns; with `synchronous=FULL`
+        the messages are also durable against power loss, the journal rows only from the next
+        message committed on (they are written at `NORMAL`: a write per token must not cost an
+        fsync)."""
+        ...
+
+    async def open_journals(self) -> list[OpenJournal]:
+        """The journals that never ended (their process died), oldest first."""
         ...
 
     async def read_journal(self, request_id: str) -> list[str] | None:
@@ -147,8 +187,9 @@ class Store(Protocol):
         ...
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
-        """Delete journals older than `max_age_sec`, then the oldest whole journals until at
-        most `max_rows` frames remain. Returns the number of frames deleted."""
+        """Delete the journals that ended more than `max_age_sec` ago, then the oldest ended
+        journals until at most `max_rows` frames of ended journals remain; a running journal is
+        never deleted. Returns the number of frames deleted."""
         ...
 
     # Agents

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,7 +21,15 @@ import aiosqlite
 
 from tether.engines.base import ToolCall
 from tether.errors import NotFound
-from tether.store.base import Agent, Message, NewMessage, Session, TurnStart
+from tether.store.base import (
+    Agent,
+    JournalAppend,
+    Message,
+    NewMessage,
+    OpenJournal,
+    Session,
+    TurnStart,
+)
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -157,20 +165,30 @@ class SQLiteStore:
         return self._reader
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self, *, fsync: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction. `fsync=False` commits at `synchronous=NORMAL`: durable when
+        the process dies, not on power loss until the next full commit (in WAL mode a commit's
+        fsync covers every frame written before it)."""
         if self._writer is None:
             raise RuntimeError("store is not open")
         async with self._write_lock:
             conn = self._writer
-            await conn.execute("BEGIN IMMEDIATE")
+            relax = not fsync and self.synchronous != "NORMAL"
+            if relax:
+                await conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield conn
-            except BaseException:
-                await asyncio.shield(conn.execute("ROLLBACK"))
-                raise
-            # Shielded: once the rows are written, a cancelled caller must not leave the
-            # transaction open for the next writer.
-            await asyncio.shield(conn.execute("COMMIT"))
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    await asyncio.shield(conn.execute("ROLLBACK"))
+                    raise
+                # Shielded: once the rows are written, a cancelled caller must not leave the
+                # transaction open for the next writer.
+                await asyncio.shield(conn.execute("COMMIT"))
+            finally:
+                if relax:
+                    await asyncio.shield(conn.execute(f"PRAGMA synchronous = {self.synchronous}"))
 
     # Each read runs to its end in one call on the reader's thread. A statement left open
     # across awaits (execute, then fetch) holds the connection's read snapshot, and every read
@@ -340,8 +358,11 @@ class SQLiteStore:
                 )
             return stored
 
-    async def close_open_turns(self) -> list[Message]:
-        closed = []
+    async def close_open_turns(
+        self, partial_answers: Mapping[str, str] | None = None
+    ) -> dict[str, Message]:
+        partial_answers = partial_answers or {}
+        closed: dict[str, Message] = {}
         async with self._transaction() as conn:
             async with conn.execute(
                 "SELECT user_message_id, session_id, head_id FROM turns ORDER BY started_at"
@@ -352,7 +373,8 @@ class SQLiteStore:
                 # Calls the dead process stored but never answered get an error result first:
                 # a history with a call left unanswered is refused by chat templates and by
                 # OpenAI-compatible servers.
-                for call in await self._unanswered_calls(conn, head_id):
+                unanswered = await self._unanswered_calls(conn, head_id)
+                for call in unanswered:
                     result = await self._insert_message(
                         conn,
                         turn["session_id"],
@@ -366,16 +388,34 @@ class SQLiteStore:
                         ),
                     )
                     head_id = result.id
-                closed.append(
-                    await self._insert_message(
-                        conn,
-                        turn["session_id"],
-                        head_id,
-                        NewMessage(role="assistant", content="", status="interrupted"),
-                    )
+                # No text is generated while calls wait for results: text the journal shows
+                # after the last tool frame then is the calling message's, already stored.
+                text = "" if unanswered else partial_answers.get(turn["user_message_id"], "")
+                closed[turn["user_message_id"]] = await self._insert_message(
+                    conn,
+                    turn["session_id"],
+                    head_id,
+                    NewMessage(role="assistant", content=text, status="interrupted"),
                 )
             await conn.execute("DELETE FROM turns")
         return closed
+
+    async def turn_answer(self, user_message_id: str) -> Message | None:
+        # A turn is a chain: each message it stores is the first child of the one before (a
+        # later branch from the same parent is younger, so ORDER BY rowid keeps to the turn).
+        current = user_message_id
+        while True:
+            row = await self._fetchone(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
+                "ORDER BY rowid LIMIT 1",
+                (current,),
+            )
+            if row is None or row["role"] == "user":
+                return None
+            message = _message(row)
+            if message.role == "assistant" and not message.tool_calls:
+                return message
+            current = message.id
 
     async def _unanswered_calls(self, conn: aiosqlite.Connection, head_id: str) -> list[ToolCall]:
         """The tool calls of the answer at (or just above the tool results at) `head_id` that
@@ -423,17 +463,45 @@ class SQLiteStore:
 
     # -- the frame journal ------------------------------------------------------------------
 
-    async def save_journals(self, journals: Sequence[tuple[str, Sequence[str]]]) -> None:
-        if not journals:
+    async def append_journals(self, appends: Sequence[JournalAppend]) -> None:
+        if not appends:
             return
         stamp = now_iso()
-        async with self._transaction() as conn:
-            for request_id, frames in journals:
-                await conn.execute("DELETE FROM events WHERE request_id = ?", (request_id,))
+        async with self._transaction(fsync=False) as conn:
+            for append in appends:
+                if append.first_seq == 0:  # a new journal; an ended one of the same id goes
+                    await conn.execute(
+                        "DELETE FROM events WHERE request_id = ?", (append.request_id,)
+                    )
+                    await conn.execute(
+                        "INSERT INTO journals (request_id, started_at) VALUES (?, ?) "
+                        "ON CONFLICT (request_id) DO UPDATE "
+                        "SET started_at = excluded.started_at, ended_at = NULL",
+                        (append.request_id, stamp),
+                    )
                 await conn.executemany(
                     "INSERT INTO events (request_id, seq, frame, created_at) VALUES (?, ?, ?, ?)",
-                    [(request_id, seq, frame, stamp) for seq, frame in enumerate(frames)],
+                    [
+                        (append.request_id, append.first_seq + offset, frame, stamp)
+                        for offset, frame in enumerate(append.frames)
+                    ],
                 )
+                if append.ended:
+                    await conn.execute(
+                        "UPDATE journals SET ended_at = ? WHERE request_id = ?",
+                        (stamp, append.request_id),
+                    )
+
+    async def open_journals(self) -> list[OpenJournal]:
+        rows = await self._fetchall(
+            "SELECT j.request_id, e.frame FROM journals j JOIN events e USING (request_id) "
+            "WHERE j.ended_at IS NULL ORDER BY j.started_at, j.request_id, e.seq"
+        )
+        journals: dict[str, OpenJournal] = {}
+        for row in rows:
+            journal = journals.setdefault(row["request_id"], OpenJournal(row["request_id"], []))
+            journal.frames.append(row["frame"])
+        return list(journals.values())
 
     async def read_journal(self, request_id: str) -> list[str] | None:
         rows = await self._fetchall(
@@ -445,14 +513,30 @@ class SQLiteStore:
         cutoff = datetime.now(UTC) - timedelta(seconds=max_age_sec)
         stamp = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
         async with self._transaction() as conn:
-            by_age = await conn.execute("DELETE FROM events WHERE created_at < ?", (stamp,))
-            # Every journal is written with one created_at, so this removes whole journals.
-            by_count = await conn.execute(
-                "DELETE FROM events WHERE created_at <= (SELECT created_at FROM events "
-                "ORDER BY created_at DESC LIMIT 1 OFFSET ?)",
-                (max_rows,),
-            )
-            return max(by_age.rowcount, 0) + max(by_count.rowcount, 0)
+            # Ended more than max_age_sec ago; then, newest kept first, the ended journals
+            # beyond max_rows frames.
+            async with conn.execute(
+                """
+                SELECT request_id FROM journals WHERE ended_at < ?
+                UNION
+                SELECT request_id FROM (
+                    SELECT j.request_id, SUM(n.frames) OVER (
+                        ORDER BY j.ended_at DESC, j.request_id DESC ROWS UNBOUNDED PRECEDING
+                    ) AS kept
+                    FROM journals j
+                    JOIN (SELECT request_id, count(*) AS frames FROM events GROUP BY request_id)
+                        AS n USING (request_id)
+                    WHERE j.ended_at IS NOT NULL
+                ) WHERE kept > ?
+                """,
+                (stamp, max_rows),
+            ) as cursor:
+                pruned = [(row["request_id"],) for row in await cursor.fetchall()]
+            if not pruned:
+                return 0
+            deleted = await conn.executemany("DELETE FROM events WHERE request_id = ?", pruned)
+            await conn.executemany("DELETE FROM journals WHERE request_id = ?", pruned)
+            return max(deleted.rowcount, 0)
 
     # -- agents -----------------------------------------------------------------------------
 

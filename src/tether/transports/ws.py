@@ -84,6 +84,8 @@ class ChatSocket:
         self.hub = hub
         self.watching: dict[str, Watcher] = {}  # running requests this socket receives
         self.finished: OrderedDict[str, int] = OrderedDict()  # ended ones: their next seq
+        # Frames about a watched request whose turn ended but whose final frame is not sent yet.
+        self._after_end: dict[str, list[dict[str, Any]]] = {}
         self.guard = SocketGuard(limits)  # message rate and idle timeout
         self.outbox = Outbox(
             self._send_now,
@@ -121,6 +123,7 @@ class ChatSocket:
     def _stop_watching(self) -> None:
         # The client is gone; its runs go on without it (the disconnect policy decides).
         watchers, self.watching = self.watching, {}
+        self._after_end.clear()
         for watcher in watchers.values():
             watcher.run.unwatch(watcher)
 
@@ -150,16 +153,24 @@ class ChatSocket:
         if watcher is not None and not watcher.run.ended:
             watcher.run.post(body)
             return
+        if watcher is not None:  # its final frame is on the way: this one goes after it
+            self._after_end.setdefault(request_id, []).append(body)
+            return
         frames = RequestFrames(request_id)
         if request_id in self.finished:
             frames.next_seq = self.finished[request_id]
             self.finished[request_id] += 1
         self.outbox.put(frames.render(body))
 
-    def _ended(self, request_id: str, last_seq: int) -> None:
+    def _ended(self, watcher: Watcher) -> None:
         """A watched run ended (its final frame is queued)."""
-        self.watching.pop(request_id, None)
-        self._remember(request_id, last_seq + 1)
+        request_id = watcher.run.request_id
+        if self.watching.get(request_id) is not watcher:
+            return
+        del self.watching[request_id]
+        self._remember(request_id, watcher.last_seq + 1)
+        for body in self._after_end.pop(request_id, ()):
+            self.send_body(request_id, body)
 
     def _remember(self, request_id: str, next_seq: int) -> None:
         self.finished[request_id] = next_seq
@@ -198,7 +209,7 @@ class ChatSocket:
     def _start(self, frame: ChatFrame) -> None:
         request_id = frame.request_id
         running = self.runs.get(request_id)
-        if running is not None and not running.ended:
+        if running is not None and not running.finished:
             self.send_body(
                 request_id,
                 error_body("conflict", f"request {request_id!r} is already running"),
@@ -223,7 +234,7 @@ class ChatSocket:
         the replay is queued."""
         request_id, after_seq = frame.request_id, frame.after_seq
         run = self.runs.get(request_id)
-        if run is not None and not run.ended:
+        if run is not None and not run.finished:
             watcher = self.watching.get(request_id)
             if watcher is not None and watcher.run is run:
                 await watcher.rewind(after_seq)  # asked again on the socket that watches it

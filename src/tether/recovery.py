@@ -1,0 +1,136 @@
+"""Start-up after a crash: close what the dead process left open, turns and journals alike.
+
+A process killed mid-turn (kill -9, power loss, OOM) leaves a `turns` row for each turn it was
+running and a journal without an end for each request. Before the server accepts anything:
+
+1. Each journal's frames tell what its client was sent of the answer: the text chunks after the
+   last tool frame (earlier text belongs to a stored message with tool calls).
+2. `Store.close_open_turns` stores each open turn's answer as `interrupted`, with that text.
+3. Each open journal gets the final frame its request never sent, so that a `resume` after the
+   restart replays what the client may have missed and then ends, as every resume does:
+   - the turn was open: `complete`, `finish_reason: "interrupted"`, naming the stored answer;
+   - the answer was stored but its `complete` not journaled: `complete` with the stored answer's
+     finish reason;
+   - no `processing` was journaled (the client was never told the turn was accepted), or the
+     stored answer is an error: `error` with code `interrupted`.
+   A recovered `complete` has `recovered: true` in its metadata; its usage and timings are zero
+   or null (the process that knew them is gone).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, cast, get_args
+
+import structlog
+
+from tether.engines.base import FinishReason, Usage
+from tether.events import Completed, Timings
+from tether.protocol import RequestFrames, error_body, event_body
+from tether.store.base import JournalAppend, Message, OpenJournal, Store
+
+log = structlog.get_logger("tether.recovery")
+
+FINAL_STATUSES = ("complete", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class JournalFacts:
+    """What one open journal says about its request."""
+
+    user_message_id: str | None  # from its `processing` frame
+    answer_text: str  # text chunks after the last tool frame
+    ended: bool  # its last frame is already final (only the end mark was lost)
+
+
+def read_journal(frames: list[str]) -> JournalFacts:
+    user_message_id: str | None = None
+    text: list[str] = []
+    status = None
+    for raw in frames:
+        frame: dict[str, Any] = json.loads(raw)
+        status = frame.get("status")
+        chunk = frame.get("chunk") or {}
+        if status == "processing":
+            user_message_id = chunk.get("metadata", {}).get("user_message_id")
+        elif status == "chunk" and chunk.get("type") == "text":
+            text.append(chunk.get("data", ""))
+        elif status == "tool":
+            text.clear()
+    return JournalFacts(user_message_id, "".join(text), status in FINAL_STATUSES)
+
+
+async def recover(store: Store) -> None:
+    """Close the open turns and journals a dead process left (see the module docstring)."""
+    journals = await store.open_journals()
+    facts = {journal.request_id: read_journal(journal.frames) for journal in journals}
+    partial_answers = {
+        fact.user_message_id: fact.answer_text
+        for fact in facts.values()
+        if fact.user_message_id is not None
+    }
+    closed = await store.close_open_turns(partial_answers)
+    for turn_id, answer in closed.items():
+        log.warning(
+            "turn.interrupted",
+            session_id=answer.session_id,
+            user_message_id=turn_id,
+            message_id=answer.id,
+            kept_chars=len(answer.content),
+        )
+    appends = [
+        await _final_append(store, journal, facts[journal.request_id], closed)
+        for journal in journals
+    ]
+    await store.append_journals(appends)
+    if appends:
+        log.warning("journals.recovered", requests=len(appends))
+
+
+async def _final_append(
+    store: Store, journal: OpenJournal, facts: JournalFacts, closed: dict[str, Message]
+) -> JournalAppend:
+    seq = len(journal.frames)
+    if facts.ended:
+        return JournalAppend(journal.request_id, seq, [], ended=True)
+    numbering = RequestFrames(journal.request_id)
+    numbering.next_seq = seq
+    body = await _final_body(store, facts, closed)
+    return JournalAppend(journal.request_id, seq, [numbering.render(body)], ended=True)
+
+
+async def _final_body(
+    store: Store, facts: JournalFacts, closed: dict[str, Message]
+) -> dict[str, Any]:
+    turn_id = facts.user_message_id
+    answer = closed.get(turn_id) if turn_id is not None else None
+    if answer is None and turn_id is not None:
+        answer = await store.turn_answer(turn_id)
+    if answer is None:
+        return error_body(
+            "interrupted",
+            "the server stopped before this request was accepted; "
+            "its message may be stored without an answer",
+        )
+    if answer.status == "error":  # the turn failed; why died with the process
+        return error_body(
+            "interrupted", f"the request failed and the server stopped; answer {answer.id}"
+        )
+    event = Completed(
+        answer.id,
+        _finish_reason(answer),
+        Usage(answer.prompt_tokens or 0, answer.completion_tokens or 0),
+        Timings(ttft_ms=None, tokens_per_s=None, total_ms=0.0),
+        {"recovered": True},
+    )
+    return event_body(event)
+
+
+def _finish_reason(answer: Message) -> FinishReason:
+    if answer.status == "interrupted":
+        return "interrupted"
+    for reason in get_args(FinishReason):
+        if answer.finish_reason == reason:
+            return cast(FinishReason, reason)
+    return "stop"

@@ -1,0 +1,134 @@
+"""Start-up recovery against real SQLite files: open journals and turns a dead process left."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.engines.base import ToolCall
+from tether.protocol import RequestFrames
+from tether.recovery import read_journal, recover
+from tether.store.base import JournalAppend, NewMessage
+from tether.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "store.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def frames_of(request_id: str, *bodies: dict[str, Any]) -> list[str]:
+    numbering = RequestFrames(request_id)
+    return [numbering.render(body) for body in bodies]
+
+
+def processing(user_message_id: str) -> dict[str, Any]:
+    return {"status": "processing", "chunk": {"metadata": {"user_message_id": user_message_id}}}
+
+
+def text(data: str) -> dict[str, Any]:
+    return {"status": "chunk", "chunk": {"type": "text", "data": data}}
+
+
+def thought(data: str) -> dict[str, Any]:
+    return {"status": "chunk", "chunk": {"type": "thinking", "data": data}}
+
+
+TOOL = {"status": "tool", "chunk": {"type": "tool_result", "data": {"id": "c1", "name": "x"}}}
+
+
+def test_the_answer_text_is_the_text_after_the_last_tool_frame() -> None:
+    frames = frames_of(
+        "r", processing("u1"), text("I will "), TOOL, text("It is "), thought("hm"), text("42")
+    )
+    facts = read_journal(frames)
+    assert (facts.user_message_id, facts.answer_text, facts.ended) == ("u1", "It is 42", False)
+    assert read_journal(frames_of("r", text("no processing"))).user_message_id is None
+    done = {"status": "complete", "chunk": {"metadata": {}}}
+    assert read_journal(frames_of("r", processing("u1"), done)).ended
+
+
+async def decoded(store: SQLiteStore, request_id: str) -> list[dict[str, Any]]:
+    return [json.loads(frame) for frame in await store.read_journal(request_id) or []]
+
+
+async def test_a_running_request_ends_interrupted_with_the_text_it_sent(
+    store: SQLiteStore,
+) -> None:
+    start = await store.begin_turn(session_id=None, text="tell me")
+    sent = frames_of("r", processing(start.message.id), text("Once "), text("upon"))
+    await store.append_journals([JournalAppend("r", 0, sent)])
+    await recover(store)
+    journal = await decoded(store, "r")
+    assert [frame["seq"] for frame in journal] == [0, 1, 2, 3]
+    final = journal[-1]
+    assert (final["status"], final["request_id"]) == ("complete", "r")
+    meta = final["chunk"]["metadata"]
+    assert (meta["finish_reason"], meta["recovered"]) == ("interrupted", True)
+    [answer] = [m for m in await store.list_messages(start.session.id) if m.role == "assistant"]
+    assert (answer.id, answer.status) == (meta["message_id"], "interrupted")
+    assert answer.content == "Once upon"
+    assert await store.open_journals() == []
+    await recover(store)  # nothing left to do: nothing changes
+    assert len(await decoded(store, "r")) == 4
+
+
+async def test_an_answer_stored_before_its_complete_was_journaled(store: SQLiteStore) -> None:
+    start = await store.begin_turn(session_id=None, text="6*7?")
+    sid, turn = start.session.id, start.message.id
+    said = await store.append_message(
+        sid,
+        turn,
+        NewMessage("assistant", "", tool_calls=(ToolCall("c1", "calc", {}),)),
+        turn_id=turn,
+    )
+    result = await store.append_message(
+        sid, said.id, NewMessage("tool", "42", tool_call_id="c1"), turn_id=turn
+    )
+    answer = await store.append_message(
+        sid,
+        result.id,
+        NewMessage("assistant", "42", finish_reason="length", completion_tokens=3),
+        turn_id=turn,
+        ends_turn=True,
+    )
+    await store.append_journals([JournalAppend("r", 0, frames_of("r", processing(turn), TOOL))])
+    await recover(store)
+    final = (await decoded(store, "r"))[-1]
+    meta = final["chunk"]["metadata"]
+    assert (final["seq"], final["status"]) == (2, "complete")
+    assert (meta["message_id"], meta["finish_reason"]) == (answer.id, "length")
+    assert meta["usage"]["completion_tokens"] == 3
+
+
+async def test_a_request_never_accepted_ends_with_an_error(store: SQLiteStore) -> None:
+    await store.append_journals([JournalAppend("r", 0, frames_of("r", {"status": "pong"}))])
+    await recover(store)
+    final = (await decoded(store, "r"))[-1]
+    assert (final["seq"], final["status"], final["error"]["code"]) == (1, "error", "interrupted")
+
+
+async def test_a_journal_whose_final_frame_was_written_only_gets_its_end(
+    store: SQLiteStore,
+) -> None:
+    start = await store.begin_turn(session_id=None, text="hi")
+    answer = await store.append_message(
+        start.session.id,
+        start.message.id,
+        NewMessage("assistant", "hi"),
+        turn_id=start.message.id,
+        ends_turn=True,
+    )
+    done = {"status": "complete", "chunk": {"metadata": {"message_id": answer.id}}}
+    sent = frames_of("r", processing(start.message.id), text("hi"), done)
+    await store.append_journals([JournalAppend("r", 0, sent)])
+    await recover(store)
+    assert await store.read_journal("r") == sent
+    assert await store.open_journals() == []
