@@ -34,6 +34,9 @@ from tether.store.base import (
 Synchronous = Literal["FULL", "NORMAL"]
 
 
+# Frames per INSERT statement: 4 variables each, within the 999 variables of older SQLites.
+FRAMES_PER_INSERT = 240
+
 INTERRUPTED_TOOL_RESULT = "Error: interrupted: the server stopped before the tool returned"
 
 
@@ -118,32 +121,37 @@ class SQLiteStore:
         self.path = path
         self.synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
+        # The frame journal's writer: commits at NORMAL, which in WAL mode is durable when the
+        # process dies but not on power loss until the next FULL commit (its fsync covers every
+        # frame written before it). A write per batch of tokens must not cost an fsync.
+        self._journal: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
 
     # -- life cycle -------------------------------------------------------------------------
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect(self, synchronous: Synchronous) -> aiosqlite.Connection:
         # isolation_level=None: autocommit; transactions are explicit BEGIN IMMEDIATE ... COMMIT.
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA busy_timeout = 10000")
         await conn.execute("PRAGMA foreign_keys = ON")
-        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        await conn.execute(f"PRAGMA synchronous = {synchronous}")
         return conn
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
+        self._writer = await self._connect(self.synchronous)
         await self._writer.execute("PRAGMA journal_mode = WAL")
         await self._migrate(self._writer)
-        self._reader = await self._connect()
+        self._journal = await self._connect("NORMAL")
+        self._reader = await self._connect(self.synchronous)
 
     async def close(self) -> None:
-        for conn in (self._reader, self._writer):
+        for conn in (self._reader, self._journal, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._reader = self._journal = self._writer = None
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         async with conn.execute("PRAGMA user_version") as cursor:
@@ -165,30 +173,22 @@ class SQLiteStore:
         return self._reader
 
     @asynccontextmanager
-    async def _transaction(self, *, fsync: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction. `fsync=False` commits at `synchronous=NORMAL`: durable when
-        the process dies, not on power loss until the next full commit (in WAL mode a commit's
-        fsync covers every frame written before it)."""
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         if self._writer is None:
             raise RuntimeError("store is not open")
+        # The journal's connection writes under the same lock: no write ever waits on SQLite's
+        # own lock (busy_timeout sleeps).
         async with self._write_lock:
             conn = self._writer
-            relax = not fsync and self.synchronous != "NORMAL"
-            if relax:
-                await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("BEGIN IMMEDIATE")
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    await asyncio.shield(conn.execute("ROLLBACK"))
-                    raise
-                # Shielded: once the rows are written, a cancelled caller must not leave the
-                # transaction open for the next writer.
-                await asyncio.shield(conn.execute("COMMIT"))
-            finally:
-                if relax:
-                    await asyncio.shield(conn.execute(f"PRAGMA synchronous = {self.synchronous}"))
+                yield conn
+            except BaseException:
+                await asyncio.shield(conn.execute("ROLLBACK"))
+                raise
+            # Shielded: once the rows are written, a cancelled caller must not leave the
+            # transaction open for the next writer.
+            await asyncio.shield(conn.execute("COMMIT"))
 
     # Each read runs to its end in one call on the reader's thread. A statement left open
     # across awaits (execute, then fetch) holds the connection's read snapshot, and every read
@@ -464,43 +464,51 @@ class SQLiteStore:
     # -- the frame journal ------------------------------------------------------------------
 
     async def append_journals(self, appends: Sequence[JournalAppend]) -> None:
-        if not appends:
-            return
+        # No explicit transaction: each statement commits on its own, so the usual batch (new
+        # frames of running journals) costs one call on the journal's thread. A crash between
+        # the statements leaves states recovery handles: a started journal with no frames, or
+        # a final frame whose journal is not marked ended.
+        conn = self._journal
+        if conn is None:
+            raise RuntimeError("store is not open")
         stamp = now_iso()
-        async with self._transaction(fsync=False) as conn:
-            for append in appends:
-                if append.first_seq == 0:  # a new journal; an ended one of the same id goes
-                    await conn.execute(
-                        "DELETE FROM events WHERE request_id = ?", (append.request_id,)
-                    )
-                    await conn.execute(
-                        "INSERT INTO journals (request_id, started_at) VALUES (?, ?) "
-                        "ON CONFLICT (request_id) DO UPDATE "
-                        "SET started_at = excluded.started_at, ended_at = NULL",
-                        (append.request_id, stamp),
-                    )
+        started = [(a.request_id, stamp) for a in appends if a.first_seq == 0 and a.frames]
+        rows = [
+            (a.request_id, a.first_seq + offset, frame, stamp)
+            for a in appends
+            for offset, frame in enumerate(a.frames)
+        ]
+        ended = [(stamp, a.request_id) for a in appends if a.ended]
+        async with self._write_lock:
+            if started:  # (the journal_restarted trigger drops an earlier journal's frames)
                 await conn.executemany(
-                    "INSERT INTO events (request_id, seq, frame, created_at) VALUES (?, ?, ?, ?)",
-                    [
-                        (append.request_id, append.first_seq + offset, frame, stamp)
-                        for offset, frame in enumerate(append.frames)
-                    ],
+                    "INSERT INTO journals (request_id, started_at) VALUES (?, ?) "
+                    "ON CONFLICT (request_id) DO UPDATE "
+                    "SET started_at = excluded.started_at, ended_at = NULL",
+                    started,
                 )
-                if append.ended:
-                    await conn.execute(
-                        "UPDATE journals SET ended_at = ? WHERE request_id = ?",
-                        (stamp, append.request_id),
-                    )
+            for first in range(0, len(rows), FRAMES_PER_INSERT):
+                part = rows[first : first + FRAMES_PER_INSERT]
+                await conn.execute(
+                    "INSERT INTO events (request_id, seq, frame, created_at) VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * len(part)),
+                    [value for row in part for value in row],
+                )
+            if ended:
+                await conn.executemany(
+                    "UPDATE journals SET ended_at = ? WHERE request_id = ?", ended
+                )
 
     async def open_journals(self) -> list[OpenJournal]:
         rows = await self._fetchall(
-            "SELECT j.request_id, e.frame FROM journals j JOIN events e USING (request_id) "
+            "SELECT j.request_id, e.frame FROM journals j LEFT JOIN events e USING (request_id) "
             "WHERE j.ended_at IS NULL ORDER BY j.started_at, j.request_id, e.seq"
         )
         journals: dict[str, OpenJournal] = {}
         for row in rows:
             journal = journals.setdefault(row["request_id"], OpenJournal(row["request_id"], []))
-            journal.frames.append(row["frame"])
+            if row["frame"] is not None:
+                journal.frames.append(row["frame"])
         return list(journals.values())
 
     async def read_journal(self, request_id: str) -> list[str] | None:

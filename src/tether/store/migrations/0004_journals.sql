@@ -8,6 +8,12 @@ CREATE TABLE journals (
     ended_at TEXT
 ) WITHOUT ROWID;
 CREATE INDEX journals_ended ON journals(ended_at);
+-- A request_id used again starts its journal afresh: resetting the row drops the old frames in
+-- the same statement.
+CREATE TRIGGER journal_restarted AFTER UPDATE OF started_at ON journals
+BEGIN
+    DELETE FROM events WHERE request_id = NEW.request_id;
+END;
 INSERT INTO journals (request_id, started_at, ended_at)
     SELECT request_id, MIN(created_at), MAX(created_at) FROM events GROUP BY request_id;
 -- Rows are appended per flush now; pruning goes by journals.ended_at.
