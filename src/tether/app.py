@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from tether.recovery import recover
 from tether.runs import RunRegistry
 from tether.security import security_middleware
 from tether.store.base import Store
+from tether.store.lock import DatabaseInUse
 from tether.store.sqlite import SQLiteStore
 from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
@@ -98,7 +100,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = SQLiteStore(settings.storage.path, synchronous=settings.storage.synchronous)
-        await store.open()
+        try:
+            await store.open()
+        except DatabaseInUse as exc:
+            app.state.startup_error = str(exc)  # `tether serve` says it in one line
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            app.state.startup_error = f"storage.path {settings.storage.path}: {exc}"
+            raise
         await recover(store)  # turns and journals the last process died in (kill -9)
         await mcp.start()
         tools = ToolExecutor(

@@ -63,7 +63,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tether serve: {exc}", file=sys.stderr)
         return 2
     # SIGTERM: stop accepting, let answers finish (reliability.drain_timeout_sec), exit 0.
-    TetherServer(uvicorn_config(app, settings), drain=lambda: drain_app(app)).run()
+    server = TetherServer(uvicorn_config(app, settings), drain=lambda: drain_app(app))
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits (3) when the app's start-up fails
+        if server.started:
+            raise
+        reason = getattr(app.state, "startup_error", None) or "see the log above"
+        print(f"tether serve: start-up failed: {reason}", file=sys.stderr)
+        return exc.code if isinstance(exc.code, int) else 3
     return 0
 
 

@@ -246,3 +246,27 @@ def record(frames: list[Frame], acked: dict[str, str], completed: dict[str, str]
             reason = meta["finish_reason"]
             status = reason if reason in ("cancelled", "interrupted") else "complete"
             completed[meta["message_id"]] = status
+
+
+# -- one server per database ------------------------------------------------------------------
+
+
+async def test_a_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    with tether_serve(tmp_path, "--db", str(db), "--engine", "echo") as first:
+        async with connect(first.ws_url) as ws:
+            client = ProtocolClient(ws)
+            await client.send(chat_frame("long", words(40), 20))
+            await client.until("long", "chunk")
+            # Its start-up recovery would close the first server's running turn: refused.
+            with (
+                pytest.raises(RuntimeError) as refused,
+                tether_serve(tmp_path, "--db", str(db), "--engine", "echo"),
+            ):
+                pass
+            message = str(refused.value)
+            assert "exited with 3" in message
+            assert f"{db} is in use by another Tether server (pid {first.process.pid})" in message
+            frames = await client.until("long")
+    assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "stop"
+    assert text_of(frames) == words(40)

@@ -14,6 +14,7 @@ from tether.engines.base import ToolCall
 from tether.engines.echo import EchoEngine
 from tether.events import ChatEvent
 from tether.store.base import JournalAppend, NewMessage, OpenJournal
+from tether.store.lock import DatabaseInUse
 from tether.store.sqlite import SQLiteStore
 
 CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
@@ -165,3 +166,16 @@ async def test_journals_are_pruned_whole_by_age_and_by_rows(store: SQLiteStore) 
     assert await store.prune_journals(max_age_sec=3600, max_rows=5) == 0
     assert await store.prune_journals(max_age_sec=0, max_rows=0) == 4
     assert await store.read_journal("running") == ["1", "2", "3", "4"]
+
+
+async def test_one_store_per_database_file(store: SQLiteStore) -> None:
+    second = SQLiteStore(store.path)
+    with pytest.raises(DatabaseInUse, match=f"{store.path} is in use by another Tether server"):
+        await second.open()
+    await store.close()
+    await second.open()  # the lock went with the first store
+    try:
+        assert await second.list_sessions() == []
+    finally:
+        await second.close()
+    await store.open()  # (the fixture closes it)

@@ -30,6 +30,7 @@ from tether.store.base import (
     Session,
     TurnStart,
 )
+from tether.store.lock import DatabaseLock
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -127,6 +128,7 @@ class SQLiteStore:
         self._journal: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._file_lock = DatabaseLock(path)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -140,7 +142,10 @@ class SQLiteStore:
         return conn
 
     async def open(self) -> None:
+        """Open (creating and migrating) the database; raises `DatabaseInUse` when another
+        process has it open."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file_lock.acquire()
         self._writer = await self._connect(self.synchronous)
         await self._writer.execute("PRAGMA journal_mode = WAL")
         await self._migrate(self._writer)
@@ -152,6 +157,7 @@ class SQLiteStore:
             if conn is not None:
                 await conn.close()
         self._reader = self._journal = self._writer = None
+        self._file_lock.release()
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         async with conn.execute("PRAGMA user_version") as cursor:
