@@ -370,7 +370,11 @@ class RunRegistry:
                 # the turn's own store writes will tell the client if the store is gone.
                 log.exception("runs.journal_failed", requests=len(appends))
             for run, count, ended in batch:
-                run.publish(count, ended)
+                try:
+                    run.publish(count, ended)
+                except Exception:  # one broken watcher must not stop every run's frames
+                    log.exception("runs.publish_failed", request_id=run.request_id)
+                    run.done.set()
             if time.monotonic() - self._last_prune > PRUNE_INTERVAL_SEC:
                 await self._prune()
 

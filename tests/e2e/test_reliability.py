@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import signal
 import sqlite3
 from pathlib import Path
@@ -163,7 +164,7 @@ async def test_kill_9_at_any_moment_loses_no_acknowledged_message(tmp_path: Path
     completed: dict[str, str] = {}  # answers a client saw `complete` for -> status
     running: dict[str, list[Frame]] = {}  # requests running when the process died: seen frames
     recovered = 0
-    for iteration in range(8):
+    for iteration in range(12):
         with tether_serve(tmp_path, "--db", str(db), "--engine", "echo") as server:
             # The previous process was killed: this one closed its open turns at start-up.
             check_consistent(db, acked, completed)
@@ -180,16 +181,25 @@ async def test_kill_9_at_any_moment_loses_no_acknowledged_message(tmp_path: Path
                 await client.send(chat_frame(background, words(200), 20))
                 await client.until(background, "processing")
                 target = f"a{iteration}"
-                kind = iteration % 4
-                if kind == 3:
+                if iteration >= 8:
+                    # Three requests at once (one calling a tool), killed after a number of
+                    # frames picked at random (seeded: a failure replays).
                     await client.send(chat_frame(target, CALC, 0))
-                else:
-                    await client.send(chat_frame(target, words(20), 10))
-                wanted = {0: "processing", 1: "chunk", 2: "complete", 3: "tool"}[kind]
-                await client.until(target, wanted)
-                if kind == 1:
-                    while len(client.frames[target]) < 2 + iteration:  # more chunks each time
+                    await client.send(chat_frame(f"c{iteration}", words(30), 5))
+                    stop_after = len(client.order) + random.Random(iteration).randint(0, 60)
+                    while len(client.order) < stop_after:
                         await client.next_frame()
+                else:
+                    kind = iteration % 4
+                    if kind == 3:
+                        await client.send(chat_frame(target, CALC, 0))
+                    else:
+                        await client.send(chat_frame(target, words(20), 10))
+                    wanted = {0: "processing", 1: "chunk", 2: "complete", 3: "tool"}[kind]
+                    await client.until(target, wanted)
+                    if kind == 1:
+                        while len(client.frames[target]) < 2 + iteration:  # more chunks each time
+                            await client.next_frame()
                 server.process.kill()
                 assert wait_exit(server) == -signal.SIGKILL
             for request_frames in client.frames.values():
@@ -201,8 +211,8 @@ async def test_kill_9_at_any_moment_loses_no_acknowledged_message(tmp_path: Path
             }
     with tether_serve(tmp_path, "--db", str(db), "--engine", "echo"):
         check_consistent(db, acked, completed)
-    assert len(acked) == 16
-    assert recovered >= 8  # every round killed at least its background request mid-answer
+    assert len(acked) >= 16
+    assert recovered >= 12  # every round killed at least its background request mid-answer
     kept = query(db, "SELECT content FROM messages WHERE status = 'interrupted'")
     assert any(content for (content,) in kept), "no interrupted answer kept its text"
 
