@@ -45,6 +45,7 @@ class Services:
     store: Store
     engine: EngineRouter
     tools: ToolExecutor
+    mcp: McpManager  # the MCP servers behind some of the tools, with their states
     chat: ChatService
     runs: RunRegistry  # running chat requests and the frame journal (resume)
     sockets: SocketHub  # open /ws/chat connections
@@ -131,6 +132,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             store=store,
             engine=router,
             tools=tools,
+            mcp=mcp,
             chat=chat,
             runs=runs,
             sockets=SocketHub(),

@@ -172,6 +172,11 @@ class McpServerConfig(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
     startup_timeout: float = Field(default=30.0, gt=0)
     enabled: bool = True
+    # A server that exits or fails to start is started again after `restart_delay` seconds,
+    # doubling up to `max_restart_delay` while it keeps failing (false: its tools stay gone).
+    restart: bool = True
+    restart_delay: float = Field(default=1.0, gt=0)
+    max_restart_delay: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _check_transport(self) -> McpServerConfig:

@@ -20,7 +20,7 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   after `after_seq` sends its final frame again, so that the client learns it is over.
 - Where the frames live: each frame is journaled in SQLite (`events`) before any socket is sent
   it. A run appends its frames to an in-memory log and marks itself dirty; the registry's journal
-  writer commits the new frames of every dirty run in one transaction (group commit: while one
+  writer commits the new frames of every dirty run in one statement (group commit: while one
   commits, the next batch gathers, so a stream costs about one commit per batch, not per token)
   and only then *publishes* them: `Run.durable` moves up and the live watchers queue them. The
   turn itself never waits for the journal. A run leaves memory when its final frame is committed

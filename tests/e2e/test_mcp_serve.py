@@ -1,5 +1,5 @@
 """MCP through the whole product: config.yaml names the servers, `tether serve` starts them,
-the model calls their tools over the socket, and a dead server takes only its tools with it."""
+the model calls their tools over the socket, and a dead server is started again."""
 
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
+def mcp_states(base_url: str) -> dict[str, str]:
+    states: dict[str, str] = httpx.get(f"{base_url}/health").json()["mcp"]
+    return states
+
+
 def tool_names(base_url: str) -> set[str]:
     return {tool["name"] for tool in httpx.get(f"{base_url}/tools").json()}
 
@@ -78,14 +83,25 @@ async def test_mcp_tools_over_the_socket_and_a_dying_server(tmp_path: Path) -> N
         assert "UTC" in results[1]["result"]
         assert "Tool time__get_current_time returned:" in text_of(frames)
 
-        # The MCP server dies: its tools go, the rest stays.
+        states = mcp_states(server.http_url)
+        assert states["time"] == "running"
+        assert states["broken"] in ("failed", "starting")  # retried, with a growing delay
+
+        # The MCP server dies: the rest stays, and it is started again with its tools.
         (pid,) = mcp_server_pids(server.process.pid)
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + scaled(30)
-        while "time__get_current_time" in tool_names(server.http_url):
-            assert time.monotonic() < deadline, "the dead server's tools are still listed"
+        while (
+            mcp_server_pids(server.process.pid) in ([], [pid])
+            or mcp_states(server.http_url)["time"] != "running"
+        ):
+            assert time.monotonic() < deadline, "the dead MCP server was not started again"
             await asyncio.sleep(0.05)  # polling another process's state; bounded by the deadline
-        assert "calculator" in tool_names(server.http_url)
+        assert "mcp.server_exited" in server.log()
+        assert {"time__get_current_time", "calculator"} <= tool_names(server.http_url)
         async with connect(server.ws_url) as ws:
-            frames = await ProtocolClient(ws).chat("r2", "still here")
-        assert text_of(frames) == "still here"
+            frames = await ProtocolClient(ws).chat(
+                "r2", f"<tool_call>{json.dumps(call)}</tool_call>"
+            )
+        results = [f["chunk"]["data"] for f in frames if f["status"] == "tool"]
+        assert "UTC" in results[1]["result"]

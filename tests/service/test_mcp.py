@@ -132,18 +132,22 @@ async def test_timeout_leaves_the_server_usable(manager: McpManager) -> None:
 
 
 async def test_failing_servers_do_not_stop_the_others() -> None:
+    # Restarts off: these states are the ends of their first runs (restarts are tested below).
     silent = McpServerConfig(
         name="silent",
         command=sys.executable,
         args=["-c", "import sys; sys.stdin.read()"],
         startup_timeout=0.5,
+        restart=False,
     )
-    missing = McpServerConfig(name="missing", command="/nonexistent/mcp-server")
+    missing = McpServerConfig(name="missing", command="/nonexistent/mcp-server", restart=False)
     quits = McpServerConfig(
-        name="quits", command=sys.executable, args=["-c", "raise SystemExit(2)"]
+        name="quits", command=sys.executable, args=["-c", "raise SystemExit(2)"], restart=False
     )
     off = McpServerConfig(name="off", command="/nonexistent/too", enabled=False)
-    manager = McpManager([silent, server_config(startup_timeout=TIMEOUT), missing, quits, off])
+    manager = McpManager(
+        [silent, server_config(startup_timeout=TIMEOUT, restart=False), missing, quits, off]
+    )
     await asyncio.wait_for(manager.start(), TIMEOUT)
     try:
         assert manager.status() == {
@@ -170,6 +174,45 @@ async def test_failing_servers_do_not_stop_the_others() -> None:
     finally:
         await asyncio.wait_for(manager.aclose(), TIMEOUT)
     assert set(manager.status().values()) == {"stopped"}
+
+
+async def test_a_server_that_dies_is_started_again_with_its_tools() -> None:
+    manager = McpManager([server_config(startup_timeout=TIMEOUT, restart_delay=0.05)])
+    await asyncio.wait_for(manager.start(), TIMEOUT)
+    server = manager.server("t")
+    try:
+        executor = runner(manager)
+        _, error = await run1(executor, "t__die")
+        assert error is not None
+        # Its tools went with it; the supervisor starts it again and they are back.
+        await asyncio.wait_for(server.wait_for("running"), TIMEOUT)
+        assert server.restarts == 1
+        assert await run1(executor, "t__add", a=20, b=22) == ("42", None)
+    finally:
+        await asyncio.wait_for(manager.aclose(), TIMEOUT)
+    assert manager.status() == {"t": "stopped"}
+
+
+async def test_a_server_that_keeps_failing_is_retried_with_a_growing_delay() -> None:
+    quits = McpServerConfig(
+        name="quits",
+        command=sys.executable,
+        args=["-c", "raise SystemExit(2)"],
+        restart_delay=0.05,
+        max_restart_delay=0.2,
+    )
+    manager = McpManager([quits])
+    await asyncio.wait_for(manager.start(), TIMEOUT)
+    server = manager.server("quits")
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while server.restarts < 4:  # 0.05 + 0.1 + 0.2 + 0.2 s of waiting
+                await server.wait_for("starting")
+                await server.wait_for("failed")
+        assert manager.tools() == []
+    finally:
+        await asyncio.wait_for(manager.aclose(), TIMEOUT)  # also from the middle of a wait
+    assert manager.status() == {"quits": "stopped"}
 
 
 async def test_aclose_while_a_server_is_still_starting() -> None:

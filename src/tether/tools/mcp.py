@@ -9,7 +9,10 @@ Lifecycle: each server is owned by one long-lived asyncio task that enters the t
 `ClientSession`, lists the tools, then waits for a stop request or the connection's end, and
 exits its contexts itself: anyio cancel scopes must be entered and exited in the same task.
 Calls come from other tasks through the session, which is safe. A server that fails to start
-or dies is logged and its tools disappear; Tether carries on.
+or dies is logged and its tools disappear at once; Tether carries on, and the same task starts
+the server again after `restart_delay` (doubling while it keeps failing, back to the first
+delay once a run lasted `max_restart_delay`), unless `restart` is off. `/health` shows each
+server's state.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Literal
 
@@ -44,6 +48,8 @@ _CLOSE_GRACE_S: Final = 10.0
 
 log = structlog.get_logger("tether.mcp")
 
+# failed: could not start; exited: was running and went away; either is followed by "starting"
+# again after the restart delay, unless restarts are off or the server is stopped.
 ServerState = Literal["idle", "starting", "running", "failed", "exited", "stopped"]
 
 
@@ -99,8 +105,11 @@ class McpServer:
         self.name = config.name
         self.state: ServerState = "idle"
         self.tools: list[Tool] = []
-        self.ready = asyncio.Event()  # running, or failed to start
+        self.ready = asyncio.Event()  # the first start ended: running, or failed
+        self.restarts = 0
+        self._changed = asyncio.Condition()  # notified on every state change
         self._wake = asyncio.Event()  # stop requested, or the connection ended
+        self._stop = asyncio.Event()  # stop requested
         self._stopping = False
         self._session: ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -108,28 +117,65 @@ class McpServer:
     def start(self) -> None:
         if self._task is None:
             self.state = "starting"
-            self._task = asyncio.create_task(self._run(), name=f"mcp-server-{self.name}")
+            self._task = asyncio.create_task(self._supervise(), name=f"mcp-server-{self.name}")
 
     async def aclose(self) -> None:
         task = self._task
         if task is None:
             return
         self._stopping = True
+        self._stop.set()
         self._wake.set()
-        if not self.ready.is_set():
-            task.cancel()  # still starting: nothing to close gracefully
+        if self.state == "starting":
+            task.cancel()  # nothing to close gracefully
         _, pending = await asyncio.wait({task}, timeout=_CLOSE_GRACE_S)
         if pending:
             task.cancel()
             await asyncio.wait({task}, timeout=_CLOSE_GRACE_S)
-        self.state = "stopped"
+        await self._set_state("stopped")
 
     async def wait_stopped(self) -> None:
-        """Return once the server's task has ended (stopped, failed or exited)."""
+        """Return once the server's task has ended (stopped, or failed or exited for good)."""
         if self._task is not None:
             await asyncio.wait({self._task})
 
+    async def wait_for(self, *states: ServerState) -> None:
+        """Return once the server is in one of `states`."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.state in states)
+
+    async def _set_state(self, state: ServerState) -> None:
+        async with self._changed:
+            self.state = state
+            self._changed.notify_all()
+
+    async def _supervise(self) -> None:
+        """Run the server; while it is wanted, start it again after each failure or exit."""
+        delay = self.config.restart_delay
+        try:
+            while True:
+                started = time.monotonic()
+                await self._run()
+                self.ready.set()
+                if self._stopping or not self.config.restart:
+                    return
+                if time.monotonic() - started >= self.config.max_restart_delay:
+                    delay = self.config.restart_delay  # it ran a good while: a fresh failure
+                log.info("mcp.server_restarting", server=self.name, in_sec=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stopping:
+                    return
+                delay = min(delay * 2, self.config.max_restart_delay)
+                self.restarts += 1
+                self._wake = asyncio.Event()
+                await self._set_state("starting")
+        finally:
+            self.ready.set()  # also when cancelled while starting: start() must not wait on
+
     async def _run(self) -> None:
+        """One run of the server: connect, list its tools, serve until it ends or is stopped."""
+        running = False
         try:
             async with self._connect() as session:
                 with anyio.fail_after(self.config.startup_timeout):
@@ -137,29 +183,34 @@ class McpServer:
                     listed = await _list_tools(session)
                 self.tools = self._make_tools(listed)
                 self._session = session
-                self.state = "running"
+                running = True
+                await self._set_state("running")
                 self.ready.set()
-                log.info("mcp.server_started", server=self.name, tools=[t.name for t in self.tools])
+                log.info(
+                    "mcp.server_started",
+                    server=self.name,
+                    tools=[t.name for t in self.tools],
+                    restarts=self.restarts,
+                )
                 await self._wake.wait()
                 # Withdraw the tools now, not after the (bounded but slower) transport shutdown.
                 self.tools, self._session = [], None
                 if not self._stopping:
-                    self.state = "exited"
+                    await self._set_state("exited")
                     log.warning("mcp.server_exited", server=self.name)
         except Exception as exc:
             if self._stopping:
                 log.debug("mcp.server_close_error", server=self.name, error=_describe(exc))
             else:
-                self.state = "failed" if not self.ready.is_set() else "exited"
+                await self._set_state("exited" if running else "failed")
                 log.warning(
-                    "mcp.server_failed" if self.state == "failed" else "mcp.server_exited",
+                    "mcp.server_exited" if running else "mcp.server_failed",
                     server=self.name,
                     error=_describe(exc),
                 )
         finally:
             self._session = None
             self.tools = []
-            self.ready.set()
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[ClientSession]:
@@ -195,12 +246,14 @@ class McpServer:
             tasks = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tasks.cancel_scope.cancel)  # runs before the group's exit
 
+            ended = self._wake  # this run's: a late relay must not end the next run
+
             async def relay(out: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
                 async with out:
                     with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                         async for item in read:
                             await out.send(item)
-                self._wake.set()
+                ended.set()
 
             tasks.start_soon(relay, send)
             session = ClientSession(

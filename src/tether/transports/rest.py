@@ -106,6 +106,9 @@ async def health(request: Request) -> Response:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "engine": services.engine.name,
+            # Each configured MCP server's state: running, starting, failed or exited (both
+            # retried), stopped. A server down is not Tether down: status stays "ok".
+            "mcp": services.mcp.status(),
         }
     )
 
