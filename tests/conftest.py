@@ -1,4 +1,4 @@
-"""Shared fixtures: a test server in this process, test settings."""
+"""Shared fixtures: a test server in this process, test settings, a store on a fresh file."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from tests.support.servers import RunningServer, make_settings, serve_app
 from tether.config import Settings
 from tether.devtools.tiny_gguf import ensure_tiny_gguf
+from tether.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = ROOT / "dist" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,3 +33,12 @@ def settings(tmp_path: Path) -> Settings:
 async def server(settings: Settings) -> AsyncIterator[RunningServer]:
     async with serve_app(settings) as running:
         yield running
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """An open SQLite store on a fresh file."""
+    opened = SQLiteStore(tmp_path / "store.db")
+    await opened.open()
+    yield opened
+    await opened.close()

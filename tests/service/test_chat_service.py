@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
@@ -51,14 +51,6 @@ class RecordingEcho(EchoEngine):
         self.requests.append(request)
         async for delta in super().stream(request):
             yield delta
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "chat.db")
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

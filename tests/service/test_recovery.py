@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tether.engines.base import ToolCall
 from tether.protocol import RequestFrames
 from tether.recovery import read_journal, recover
 from tether.store.base import JournalAppend, NewMessage
 from tether.store.sqlite import SQLiteStore
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "store.db")
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 def frames_of(request_id: str, *bodies: dict[str, Any]) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ from tether.engines.base import ToolCall
 from tether.errors import NotFound
 from tether.store.base import Agent, NewMessage
 from tether.store.sqlite import SQLiteStore, load_migrations
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "store.db")
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 def raw(path: Path, sql: str) -> list[tuple[object, ...]]:
