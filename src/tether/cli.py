@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from tether import __version__
 from tether.config import ConfigError, load_settings
@@ -78,87 +76,33 @@ def _serve(args: argparse.Namespace) -> int:
 # -- chat -------------------------------------------------------------------------------------
 
 
-async def _chat_turn(
-    ws: Any, text: str, session_id: str | None, model: str | None, out: TextIO
-) -> tuple[str | None, bool]:
-    """Send one turn and print it as it streams; return (session_id, succeeded)."""
-    request_id = uuid.uuid4().hex
-    frame: dict[str, Any] = {"type": "chat", "request_id": request_id, "text": text}
-    if session_id:
-        frame["session_id"] = session_id
-    if model:
-        frame["options"] = {"model": model}
-    await ws.send(json.dumps(frame))
+def _chat_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`--model` and each `--option KEY=VALUE` (VALUE read as JSON when it is JSON)."""
+    options: dict[str, Any] = {}
+    for item in args.option or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE, e.g. temperature=0.7")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    if args.model:
+        options["model"] = args.model
+    return options
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from tether.terminal_chat import chat
+
     try:
-        return await _print_turn(ws, request_id, session_id, out)
-    except asyncio.CancelledError:
-        # Ctrl-C: stop the answer on the server too (else it runs on for the disconnect grace).
-        with contextlib.suppress(Exception):
-            cancel = json.dumps({"type": "cancel", "request_id": request_id})
-            await asyncio.wait_for(asyncio.shield(ws.send(cancel)), 2)
-        raise
-
-
-async def _print_turn(
-    ws: Any, request_id: str, session_id: str | None, out: TextIO
-) -> tuple[str | None, bool]:
-    while True:
-        reply = json.loads(await ws.recv())
-        if reply.get("request_id") != request_id:
-            continue
-        status = reply.get("status")
-        chunk = reply.get("chunk") or {}
-        if status == "processing":
-            session_id = chunk.get("metadata", {}).get("session_id", session_id)
-        elif status == "chunk" and chunk.get("type") == "text":
-            out.write(chunk.get("data", ""))
-            out.flush()
-        elif status == "tool":
-            data = chunk.get("data", {})
-            if chunk.get("type") == "tool_call":
-                out.write(f"\n[tool {data.get('name')} {json.dumps(data.get('arguments'))}]")
-            else:
-                shown = data.get("result") if "result" in data else f"error: {data.get('error')}"
-                out.write(f"\n[tool {data.get('name')} -> {shown}]\n")
-        elif status == "complete":
-            out.write("\n")
-            out.flush()
-            return session_id, True
-        elif status == "error":
-            error = reply.get("error", {})
-            print(f"\nerror ({error.get('code')}): {error.get('message')}", file=sys.stderr)
-            return session_id, False
-
-
-async def _chat(args: argparse.Namespace) -> int:
-    import websockets
-
-    url = args.url
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
-    try:
-        async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
-            session_id: str | None = args.session
-            if args.prompt is not None:
-                session_id, ok = await _chat_turn(
-                    ws, args.prompt, session_id, args.model, sys.stdout
-                )
-                if session_id and session_id != args.session:
-                    print(f"(session {session_id}; continue it with --session)", file=sys.stderr)
-                return 0 if ok else 1
-            loop = asyncio.get_running_loop()
-            print(f"Connected to {url}. Type a message; Ctrl-D to quit.", file=sys.stderr)
-            while True:
-                try:
-                    line = await loop.run_in_executor(None, input, "you> ")
-                except EOFError:
-                    print(file=sys.stderr)
-                    return 0
-                if not line.strip():
-                    continue
-                session_id, _ = await _chat_turn(ws, line, session_id, args.model, sys.stdout)
-    except (OSError, websockets.exceptions.WebSocketException) as exc:
-        print(f"tether chat: cannot talk to {url}: {exc}", file=sys.stderr)
-        return 1
+        options = _chat_options(args)
+    except ValueError as exc:
+        print(f"tether chat: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(
+        chat(args.url, args.token, session_id=args.session, prompt=args.prompt, options=options)
+    )
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -281,7 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--session", help="continue this session (default: a new one)")
     chat.add_argument("--prompt", help="send this one message, print the answer, exit")
     chat.add_argument("--model", help="model to ask")
-    chat.set_defaults(run=lambda a: asyncio.run(_chat(a)))
+    chat.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a chat option, e.g. -o temperature=0.7 -o max_tokens=200 (repeatable)",
+    )
+    chat.set_defaults(run=_chat)
 
     sessions = commands.add_parser("sessions", help="list, show or delete sessions")
     client_flags(sessions)

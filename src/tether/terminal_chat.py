@@ -1,0 +1,204 @@
+"""`tether chat`: a terminal client of /ws/chat that survives a dropped connection.
+
+It prints each answer as it streams. When the socket drops mid-answer (a network blip, a server
+restart), it reconnects and sends `resume` with the last `seq` it printed, so the answer goes on
+where it stopped: no text lost, none printed twice. An answer the server could not finish (it
+was killed) ends with `finish_reason: "interrupted"`, which is said on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+# Waits between reconnection attempts after a drop (about 30 s in all), then give up.
+RECONNECT_DELAYS_SEC: Sequence[float] = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15)
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Link:
+    """The client's socket to the server, opened again when it drops."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        *,
+        delays: Sequence[float] = RECONNECT_DELAYS_SEC,
+        log: Log = _stderr,
+    ) -> None:
+        self.url = url
+        self.headers = headers
+        self.delays = delays
+        self.log = log
+        self._ws: ClientConnection | None = None
+
+    async def open(self) -> None:
+        """Connect once; errors go to the caller (a server that is not there at all)."""
+        self._ws = await websockets.connect(
+            self.url, additional_headers=self.headers, max_size=None
+        )
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def reconnect(self) -> None:
+        """Connect again after a drop, waiting longer between tries; raises the last error."""
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        self.log("[connection lost; reconnecting]")
+        error: Exception | None = None
+        for delay in self.delays:
+            await asyncio.sleep(delay)  # backing off from a server that is restarting
+            try:
+                await self.open()
+            except (OSError, websockets.exceptions.WebSocketException) as exc:
+                error = exc
+                continue
+            self.log("[reconnected]")
+            return
+        assert error is not None
+        raise error
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send `frame`, reconnecting first if the socket has dropped."""
+        text = json.dumps(frame)
+        if self._ws is None:
+            await self.open()
+        assert self._ws is not None
+        try:
+            await self._ws.send(text)
+        except websockets.exceptions.ConnectionClosed:
+            await self.reconnect()
+            assert self._ws is not None
+            await self._ws.send(text)
+
+    async def recv(self) -> dict[str, Any] | None:
+        """The next frame, or None when the socket dropped (the caller decides what next)."""
+        assert self._ws is not None
+        try:
+            frame: dict[str, Any] = json.loads(await self._ws.recv())
+        except websockets.exceptions.ConnectionClosed:
+            return None
+        return frame
+
+
+class Turn:
+    """One question and its streamed answer."""
+
+    def __init__(self, link: Link, out: TextIO, log: Log = _stderr) -> None:
+        self.link = link
+        self.out = out
+        self.log = log
+        self.request_id = uuid.uuid4().hex
+        self.last_seq = -1  # the last frame printed: a resume asks for what comes after
+
+    async def run(
+        self, text: str, session_id: str | None, options: dict[str, Any]
+    ) -> tuple[str | None, bool]:
+        """Send the question and print the answer; return (session_id, succeeded)."""
+        frame: dict[str, Any] = {"type": "chat", "request_id": self.request_id, "text": text}
+        if session_id:
+            frame["session_id"] = session_id
+        if options:
+            frame["options"] = options
+        await self.link.send(frame)
+        try:
+            return await self._print(session_id)
+        except asyncio.CancelledError:
+            # Ctrl-C: stop the answer on the server too (else it runs on for the disconnect grace).
+            with contextlib.suppress(Exception):
+                cancel = {"type": "cancel", "request_id": self.request_id}
+                await asyncio.wait_for(asyncio.shield(self.link.send(cancel)), 2)
+            raise
+
+    async def _print(self, session_id: str | None) -> tuple[str | None, bool]:
+        while True:
+            reply = await self.link.recv()
+            if reply is None:
+                await self.link.reconnect()
+                resume = {"type": "resume", "request_id": self.request_id}
+                await self.link.send({**resume, "after_seq": self.last_seq})
+                continue
+            if reply.get("request_id") != self.request_id:
+                continue
+            self.last_seq = reply.get("seq", self.last_seq)
+            status = reply.get("status")
+            chunk = reply.get("chunk") or {}
+            if status == "processing":
+                session_id = chunk.get("metadata", {}).get("session_id", session_id)
+            elif status == "chunk" and chunk.get("type") == "text":
+                self.out.write(chunk.get("data", ""))
+                self.out.flush()
+            elif status == "tool":
+                self._print_tool(chunk)
+            elif status == "complete":
+                self.out.write("\n")
+                self.out.flush()
+                if chunk.get("metadata", {}).get("finish_reason") == "interrupted":
+                    self.log("[the server stopped during this answer; it is stored as it is]")
+                    return session_id, False
+                return session_id, True
+            elif status == "error":
+                error = reply.get("error", {})
+                self.log(f"\nerror ({error.get('code')}): {error.get('message')}")
+                return session_id, False
+
+    def _print_tool(self, chunk: dict[str, Any]) -> None:
+        data = chunk.get("data", {})
+        if chunk.get("type") == "tool_call":
+            self.out.write(f"\n[tool {data.get('name')} {json.dumps(data.get('arguments'))}]")
+        else:
+            shown = data.get("result") if "result" in data else f"error: {data.get('error')}"
+            self.out.write(f"\n[tool {data.get('name')} -> {shown}]\n")
+
+
+async def chat(
+    url: str,
+    token: str | None,
+    *,
+    session_id: str | None,
+    prompt: str | None,
+    options: dict[str, Any],
+) -> int:
+    """`tether chat`: one prompt (`prompt`), or a conversation on stdin."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    link = Link(url, headers)
+    try:
+        await link.open()
+        try:
+            if prompt is not None:
+                new_session, ok = await Turn(link, sys.stdout).run(prompt, session_id, options)
+                if new_session and new_session != session_id:
+                    _stderr(f"(session {new_session}; continue it with --session)")
+                return 0 if ok else 1
+            loop = asyncio.get_running_loop()
+            _stderr(f"Connected to {url}. Type a message; Ctrl-D to quit.")
+            while True:
+                try:
+                    line = await loop.run_in_executor(None, input, "you> ")
+                except EOFError:
+                    print(file=sys.stderr)
+                    return 0
+                if line.strip():
+                    session_id, _ = await Turn(link, sys.stdout).run(line, session_id, options)
+        finally:
+            await link.close()
+    except (OSError, websockets.exceptions.WebSocketException) as exc:
+        _stderr(f"tether chat: cannot talk to {url}: {exc}")
+        return 1
