@@ -1,0 +1,182 @@
+"""`POST /chat/stream`: one chat turn over plain HTTP, streamed as NDJSON (seed 002's API).
+
+The request body is a `chat` frame of the WebSocket protocol without `type` (`text`, optional
+`session_id`, `agent_id`, `parent_id`, `options`, `request_id`), checked by the same parser,
+with seed 002's names accepted too: `prompt` for `text`, `model_name` for `options.model`.
+
+The turn runs as a `Run` of the server's `RunRegistry`, like a socket's: its frames are journaled
+before they are written, a client that goes away leaves the answer to the disconnect policy (and
+`resume` on /ws/chat picks it up by the `request_id` of the `start` line), and a shutdown drains
+it. Each line is one frame rendered as `{"type", "seq", "data"}`:
+
+    start        request_id, session_id, user_message_id, model, queue_position, created_session
+    token        text
+    thinking     text (with options.show_thoughts)
+    tool_call    id, name, arguments
+    tool_result  id, tool_name, result or error, duration_ms
+    done         finish_reason, message_id, usage, timings (the answer is stored)
+    error        code, message
+
+A turn refused before it starts (bad body, unknown session or model, a full queue) is answered
+with an HTTP error status and `{"error": {"code", "message"}}` instead of a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tether import jsonsafe
+from tether.errors import BadRequest, TooLarge
+from tether.protocol import ChatFrame, ProtocolError, parse_client_frame
+from tether.runs import Run, Watcher
+from tether.transports.ws import turn_from_frame
+
+NDJSON = "application/x-ndjson"
+# HTTP statuses of the error codes a turn can end with before it starts.
+ERROR_STATUS = {
+    "bad_request": 400,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "rate_limited": 429,
+    "internal": 500,
+    "engine_error": 502,
+    "busy": 503,
+}
+
+
+class StreamSink:
+    """A run's frames for one HTTP response, in order; `None` once the final one is in."""
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def put(self, frame: str) -> None:
+        self.frames.put_nowait(frame)
+
+    async def room(self) -> bool:
+        return True  # a new run has nothing to replay
+
+    def end(self, _watcher: Watcher) -> None:
+        self.frames.put_nowait(None)
+
+
+async def chat_stream(request: Request) -> Response:
+    services = request.app.state.services
+    frame = parse_chat_body(
+        await read_body(request, services.settings.limits.max_frame_bytes),
+        max_text_chars=services.settings.limits.max_text_chars,
+    )
+    sink = StreamSink()
+    watcher = services.runs.start(turn_from_frame(frame), sink, sink.end)  # Conflict, Busy
+    first = await sink.frames.get()
+    assert first is not None  # a run's last frame is `complete` or `error`
+    body = json.loads(first)
+    if body["status"] == "error":  # refused before it started: say so with the status
+        watcher.run.unwatch(watcher)
+        error = body["error"]
+        return JSONResponse({"error": error}, status_code=ERROR_STATUS.get(error["code"], 500))
+    return StreamingResponse(
+        _lines(body, sink, watcher.run, watcher),
+        media_type=NDJSON,
+        headers={"Cache-Control": "no-store", "X-Request-Id": frame.request_id},
+    )
+
+
+async def _lines(
+    first: dict[str, Any], sink: StreamSink, run: Run, watcher: Watcher
+) -> AsyncIterator[bytes]:
+    try:
+        yield ndjson_line(first)
+        while (frame := await sink.frames.get()) is not None:
+            yield ndjson_line(json.loads(frame))
+    finally:
+        # The answer ended, or the client went away (the response is cancelled): in that case
+        # the run goes on under the disconnect policy, resumable on /ws/chat.
+        run.unwatch(watcher)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body over {limit} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise TooLarge(f"request body over {limit} bytes")
+    return bytes(body)
+
+
+def parse_chat_body(raw: bytes, *, max_text_chars: int) -> ChatFrame:
+    """The body as a `chat` frame, seed 002's names mapped; raises BadRequest or TooLarge."""
+    try:
+        data = jsonsafe.loads(raw, finite=False) if raw.strip() else None
+    except jsonsafe.JSONInputError as exc:
+        raise BadRequest(f"request body {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object with `text` (or `prompt`)")
+    if "type" in data:
+        raise BadRequest("type: not a field of /chat/stream (the body is one chat turn)")
+    for seed_name, name in (("prompt", "text"), ("model_name", "model")):
+        if seed_name not in data:
+            continue
+        value = data.pop(seed_name)
+        if name == "text":
+            if "text" in data:
+                raise BadRequest("give `text` or `prompt`, not both")
+            data["text"] = value
+        else:
+            options = data.setdefault("options", {})
+            if not isinstance(options, dict) or "model" in options:
+                raise BadRequest("give `options.model` or `model_name`, not both")
+            options["model"] = value
+    try:
+        frame = parse_client_frame(
+            json.dumps({**data, "type": "chat"}), max_text_chars=max_text_chars
+        )
+    except ProtocolError as exc:
+        error = TooLarge if exc.code == "too_large" else BadRequest
+        raise error(exc.message) from None
+    assert isinstance(frame, ChatFrame)
+    return frame
+
+
+def ndjson_line(frame: dict[str, Any]) -> bytes:
+    """One protocol frame as an NDJSON line."""
+    status = frame["status"]
+    chunk = frame.get("chunk") or {}
+    kind: str
+    data: dict[str, Any]
+    if status == "processing":
+        kind, data = "start", {"request_id": frame["request_id"], **chunk["metadata"]}
+    elif status == "chunk":
+        kind = "token" if chunk["type"] == "text" else chunk["type"]
+        data = {"text": chunk["data"]}
+    elif status == "tool" and chunk["type"] == "tool_call":
+        kind, data = "tool_call", chunk["data"]
+    elif status == "tool":
+        result = dict(chunk["data"])
+        kind = "tool_result"
+        data = {"id": result.pop("id"), "tool_name": result.pop("name"), **result}
+    elif status == "complete":
+        kind, data = "done", chunk["metadata"]
+    elif status == "error":
+        kind, data = "error", frame["error"]
+    else:  # pong, or anything a later protocol adds: passed on as it is
+        kind, data = status, {key: value for key, value in frame.items() if key != "status"}
+    line = {"type": kind, "seq": frame["seq"], "data": data}
+    text = json.dumps(line, ensure_ascii=False)
+    if not jsonsafe.is_unicode(text):  # a lone surrogate: JSON's \u escapes carry it
+        text = json.dumps(line)
+    return (text + "\n").encode()
+
+
+routes = [Route("/chat/stream", chat_stream, methods=["POST"])]
