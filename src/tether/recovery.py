@@ -44,7 +44,7 @@ class JournalFacts:
     ended: bool  # its last frame is already final (only the end mark was lost)
 
 
-def read_journal(frames: list[str]) -> JournalFacts:
+def journal_facts(frames: list[str]) -> JournalFacts:
     user_message_id: str | None = None
     text: list[str] = []
     status = None
@@ -64,7 +64,7 @@ def read_journal(frames: list[str]) -> JournalFacts:
 async def recover(store: Store) -> None:
     """Close the open turns and journals a dead process left (see the module docstring)."""
     journals = await store.open_journals()
-    facts = {journal.request_id: read_journal(journal.frames) for journal in journals}
+    facts = {journal.request_id: journal_facts(journal.frames) for journal in journals}
     partial_answers = {
         fact.user_message_id: fact.answer_text
         for fact in facts.values()

@@ -7,7 +7,7 @@ from typing import Any
 
 from tether.engines.base import ToolCall
 from tether.protocol import RequestFrames
-from tether.recovery import read_journal, recover
+from tether.recovery import journal_facts, recover
 from tether.store.base import JournalAppend, NewMessage
 from tether.store.sqlite import SQLiteStore
 
@@ -36,11 +36,11 @@ def test_the_answer_text_is_the_text_after_the_last_tool_frame() -> None:
     frames = frames_of(
         "r", processing("u1"), text("I will "), TOOL, text("It is "), thought("hm"), text("42")
     )
-    facts = read_journal(frames)
+    facts = journal_facts(frames)
     assert (facts.user_message_id, facts.answer_text, facts.ended) == ("u1", "It is 42", False)
-    assert read_journal(frames_of("r", text("no processing"))).user_message_id is None
+    assert journal_facts(frames_of("r", text("no processing"))).user_message_id is None
     done = {"status": "complete", "chunk": {"metadata": {}}}
-    assert read_journal(frames_of("r", processing("u1"), done)).ended
+    assert journal_facts(frames_of("r", processing("u1"), done)).ended
 
 
 async def decoded(store: SQLiteStore, request_id: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from tests.support.rawws import StalledClient
-from tests.support.servers import RunningServer, make_settings, serve_app
+from tests.support.servers import RunningServer, make_settings, serve_app, stored_answer
 from tests.support.timeouts import scaled
 from tests.support.wsclient import Frame, ProtocolClient, text_of
 
@@ -65,18 +65,6 @@ async def new_session(server: RunningServer) -> str:
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         session_id: str = (await http.post("/sessions", json={})).json()["id"]
         return session_id
-
-
-async def stored_answer(server: RunningServer, session_id: str) -> dict[str, Any]:
-    """The session's assistant message, once the server has stored it."""
-    async with httpx.AsyncClient(base_url=server.http_url) as http:
-        async with asyncio.timeout(scaled(20)):
-            while True:
-                messages = (await http.get(f"/sessions/{session_id}/messages")).json()
-                if messages and messages[-1]["role"] == "assistant":
-                    answer: dict[str, Any] = messages[-1]
-                    return answer
-                await asyncio.sleep(0.05)  # polling for the server to store it; bounded
 
 
 async def until_sockets(server: RunningServer, count: int) -> None:

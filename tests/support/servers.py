@@ -156,7 +156,7 @@ async def stored_answer(server: LoopbackUrls, session_id: str) -> dict[str, Any]
         async with asyncio.timeout(scaled(20)):
             while True:
                 messages = (await http.get(f"/sessions/{session_id}/messages")).json()
-                if messages[-1]["role"] == "assistant":
+                if messages and messages[-1]["role"] == "assistant":
                     answer: dict[str, Any] = messages[-1]
                     return answer
                 await asyncio.sleep(0.05)  # polling for the server to store it; bounded
