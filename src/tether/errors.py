@@ -59,3 +59,11 @@ class EngineFailure(TetherError):
 class InternalError(TetherError):
     code = "internal"
     http_status = 500
+
+
+def http_status(code: str) -> int:
+    """The HTTP status of an error `code` as a frame carries it (500 for a code not known)."""
+    for error in TetherError.__subclasses__():
+        if error.code == code:
+            return error.http_status
+    return TetherError.http_status

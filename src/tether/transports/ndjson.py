@@ -33,23 +33,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tether import jsonsafe
-from tether.errors import BadRequest, TooLarge
+from tether.errors import BadRequest, TooLarge, http_status
 from tether.protocol import ChatFrame, ProtocolError, parse_client_frame
 from tether.runs import Run, Watcher
 from tether.transports.ws import turn_from_frame
 
 NDJSON = "application/x-ndjson"
-# HTTP statuses of the error codes a turn can end with before it starts.
-ERROR_STATUS = {
-    "bad_request": 400,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "rate_limited": 429,
-    "internal": 500,
-    "engine_error": 502,
-    "busy": 503,
-}
 
 
 class StreamSink:
@@ -82,7 +71,7 @@ async def chat_stream(request: Request) -> Response:
     if body["status"] == "error":  # refused before it started: say so with the status
         watcher.run.unwatch(watcher)
         error = body["error"]
-        return JSONResponse({"error": error}, status_code=ERROR_STATUS.get(error["code"], 500))
+        return JSONResponse({"error": error}, status_code=http_status(error["code"]))
     return StreamingResponse(
         _lines(body, sink, watcher.run, watcher),
         media_type=NDJSON,
