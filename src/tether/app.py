@@ -21,6 +21,8 @@ from tether.engines.base import Engine, UnknownModelError
 from tether.engines.factory import build_router
 from tether.engines.router import EngineRouter
 from tether.errors import TetherError
+from tether.metrics import Metrics
+from tether.metrics import routes as metrics_routes
 from tether.recovery import recover
 from tether.runs import RunRegistry
 from tether.security import security_middleware
@@ -49,6 +51,7 @@ class Services:
     chat: ChatService
     runs: RunRegistry  # running chat requests and the frame journal (resume)
     sockets: SocketHub  # open /ws/chat connections
+    metrics: Metrics  # what GET /metrics shows
 
 
 async def drain_app(app: Starlette) -> None:
@@ -67,14 +70,22 @@ def _error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-async def _tether_error(_request: Request, exc: Exception) -> Response:
+def _count_error(request: Request, code: str) -> None:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is not None:
+        services.metrics.http_error(code)
+
+
+async def _tether_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TetherError)
+    _count_error(request, exc.code)
     return _error_response(exc.http_status, exc.code, exc.message)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    _count_error(request, code)
     return _error_response(exc.status_code, code, str(exc.detail))
 
 
@@ -92,6 +103,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     )
     mcp = McpManager(settings.mcp.servers)
     registry.add_source(mcp)
+    metrics = Metrics(registry)
     router = (
         EngineRouter([engine], default_model=settings.engine.model)
         if engine is not None
@@ -125,8 +137,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             detector_factory=lambda offer_tools: ToolCallDetector(detect_calls=offer_tools),
             max_tool_loops=settings.limits.max_tool_loops,
         )
-        runs = RunRegistry(chat, store, settings.reliability)
+        runs = RunRegistry(chat, store, settings.reliability, metrics)
         await runs.open()
+        sockets = SocketHub()
+        metrics.watch(runs, sockets)
         app.state.services = Services(
             settings=settings,
             store=store,
@@ -135,7 +149,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             mcp=mcp,
             chat=chat,
             runs=runs,
-            sockets=SocketHub(),
+            sockets=sockets,
+            metrics=metrics,
         )
         try:
             _, default_model = await router.resolve(None)
@@ -162,7 +177,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             log.info("app.stopped")
 
     return Starlette(
-        routes=[*rest.routes, *ndjson.routes, WebSocketRoute("/ws/chat", chat_endpoint)],
+        routes=[
+            *rest.routes,
+            *ndjson.routes,
+            *(metrics_routes if settings.metrics.enabled else []),
+            WebSocketRoute("/ws/chat", chat_endpoint),
+        ],
         lifespan=lifespan,
         middleware=security_middleware(settings),
         exception_handlers={TetherError: _tether_error, HTTPException: _http_error},

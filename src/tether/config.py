@@ -147,6 +147,12 @@ class ReliabilitySettings(_Section):
     drain_timeout_sec: float = Field(default=10.0, ge=0)
 
 
+class MetricsSettings(_Section):
+    # `GET /metrics` (Prometheus text format, behind the token like every route but the public
+    # ones); false: no such route.
+    enabled: bool = True
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a TTY, else JSON
@@ -257,6 +263,7 @@ class Settings(_Section):
     mcp: McpSettings = McpSettings()
     security: SecuritySettings = SecuritySettings()
     reliability: ReliabilitySettings = ReliabilitySettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 class ConfigError(Exception):

@@ -72,8 +72,9 @@ import structlog
 from tether.chat import ChatService, Turn, TurnControl
 from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
-from tether.events import Accepted, ChatEvent
-from tether.protocol import RequestFrames, error_body, event_body
+from tether.events import Accepted, ChatEvent, Failed
+from tether.metrics import Metrics, Transport
+from tether.protocol import RequestFrames, event_body
 from tether.store.base import JournalAppend, Store
 
 log = structlog.get_logger("tether.runs")
@@ -238,7 +239,7 @@ class Run:
 
     # -- the turn -----------------------------------------------------------------------------
 
-    async def execute(self, turn: Turn) -> None:
+    async def execute(self, turn: Turn, transport: Transport) -> None:
         async def emit(event: ChatEvent) -> None:
             if isinstance(event, Accepted):
                 self.model, self.waiting = event.model, event.queue_position > 0
@@ -251,11 +252,12 @@ class Run:
             # never awaits would otherwise fill their buffers in one go).
             await asyncio.sleep(0)
 
+        observed = self.registry.metrics.observe_turn(transport, emit)
         try:
-            await self.registry.chat.run_turn(turn, emit, self.control)
+            await self.registry.chat.run_turn(turn, observed, self.control)
         except Exception:
             log.exception("run.crashed", request_id=self.request_id)
-            self.post(error_body("internal", "internal error; the server log has the details"))
+            await observed(Failed("internal", "internal error; the server log has the details"))
         finally:
             self.ended = True
             self.waiting = False
@@ -271,10 +273,13 @@ class Run:
 class RunRegistry:
     """The server's running requests, by request_id, and the journal of ended ones."""
 
-    def __init__(self, chat: ChatService, store: Store, settings: ReliabilitySettings) -> None:
+    def __init__(
+        self, chat: ChatService, store: Store, settings: ReliabilitySettings, metrics: Metrics
+    ) -> None:
         self.chat = chat
         self.store = store
         self.settings = settings
+        self.metrics = metrics
         self.accepting = True
         self._runs: dict[str, Run] = {}
         self._dirty: dict[Run, None] = {}  # runs with frames to journal, in order
@@ -290,9 +295,11 @@ class RunRegistry:
     def running(self) -> list[Run]:
         return [run for run in self._runs.values() if not run.ended]
 
-    def start(self, turn: Turn, sink: FrameSink, on_end: EndHook | None = None) -> Watcher:
-        """Start `turn` as a run watched through `sink`. Raises Conflict (its request_id is
-        running) or Busy (the server is shutting down)."""
+    def start(
+        self, turn: Turn, sink: FrameSink, on_end: EndHook | None = None, *, transport: Transport
+    ) -> Watcher:
+        """Start `turn` as a run watched through `sink`, counted in the metrics as `transport`'s.
+        Raises Conflict (its request_id is running) or Busy (the server is shutting down)."""
         if not self.accepting:
             raise Busy("the server is shutting down; try again shortly")
         previous = self._runs.get(turn.request_id)
@@ -302,7 +309,7 @@ class RunRegistry:
         self._runs[turn.request_id] = run  # a finished run of the same id is leaving memory
         watcher = run.watch(sink, -1, on_end)
         watcher.live = True  # nothing is logged yet: no replay
-        run.task = asyncio.create_task(run.execute(turn), name=f"run:{turn.request_id}")
+        run.task = asyncio.create_task(run.execute(turn, transport), name=f"run:{turn.request_id}")
         return watcher
 
     # -- one model, one request at a time: unwatched answers give way ---------------------------
@@ -364,7 +371,9 @@ class RunRegistry:
                 if count > run.durable or (ended and count > 0)
             ]
             try:
+                started = time.perf_counter()
                 await self.store.append_journals(appends)
+                self.metrics.journal_committed(appends, time.perf_counter() - started)
             except Exception:
                 # The chat goes on: its frames are sent unjournaled (resume may then miss them);
                 # the turn's own store writes will tell the client if the store is gone.

@@ -64,7 +64,8 @@ async def chat_stream(request: Request) -> Response:
         max_text_chars=services.settings.limits.max_text_chars,
     )
     sink = StreamSink()
-    watcher = services.runs.start(turn_from_frame(frame), sink, sink.end)  # Conflict, Busy
+    turn = turn_from_frame(frame)
+    watcher = services.runs.start(turn, sink, sink.end, transport="ndjson")  # Conflict, Busy
     first = await sink.frames.get()
     assert first is not None  # a run's last frame is `complete` or `error`
     body = json.loads(first)

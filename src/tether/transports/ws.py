@@ -221,7 +221,9 @@ class ChatSocket:
             return
         self.finished.pop(request_id, None)
         try:
-            watcher = self.runs.start(turn_from_frame(frame), self.outbox, self._ended)
+            watcher = self.runs.start(
+                turn_from_frame(frame), self.outbox, self._ended, transport="ws"
+            )
         except TetherError as exc:  # the server is shutting down
             self.send_body(request_id, error_body(exc.code, exc.message))
             return
