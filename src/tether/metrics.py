@@ -23,7 +23,9 @@ Where the numbers come from:
   registry (a run waits while it was accepted behind others on its model and has no output
   yet), and open chat sockets. A model has its series (0 when idle) once a request was
   accepted for it.
-- HTTP error responses of the app's routes (`http_error`), in `tether_errors_total` too.
+- HTTP error responses of the app's routes (`http_error`), in `tether_errors_total` too. Not
+  counted (yet): the security middleware's refusals, and a socket's error frames outside a
+  request's turn (a bad frame, the rate limit).
 
 Observing costs a few microseconds a token (one histogram observation); nothing here does I/O.
 """
