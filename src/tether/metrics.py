@@ -81,7 +81,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 # How a completed turn's finish_reason counts as an outcome; the rest are `complete`.
-_OUTCOMES = {"cancelled": "cancelled", "interrupted": "interrupted"}
+_OUTCOMES = {"cancelled": "cancelled", "interrupted": "interrupted", "error": "error"}
 
 
 class Metrics:
