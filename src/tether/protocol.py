@@ -16,7 +16,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from tether import jsonsafe
 from tether.engines.base import GenerationOptions, Usage
@@ -63,7 +71,6 @@ SEED_RANGE = (-(2**63), 2**63 - 1)
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 200
 MAX_TOKENS = 1_000_000
-StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class _Frame(BaseModel):
@@ -80,10 +87,20 @@ class ChatOptions(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    stop: Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | StopString | None = None
+    stop: list[str] | str | None = None
     tools: bool | None = None  # None: offer tools if the model's template supports them
     show_thoughts: bool = False
     token_delay_ms: int = Field(default=0, ge=0, le=1000)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_short_stops(cls, stop: list[str] | str | None) -> list[str] | str | None:
+        strings = [stop] if isinstance(stop, str) else stop or []
+        if len(strings) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, not {len(strings)}")
+        if not all(0 < len(string) <= MAX_STOP_CHARS for string in strings):
+            raise ValueError(f"each stop string must have 1 to {MAX_STOP_CHARS} characters")
+        return stop
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -355,3 +355,42 @@ async def test_cancel_mid_tool_answers_every_call(
         ("tool", "Error: cancelled before the tool returned", "error"),
         ("assistant", "", "cancelled"),
     ]
+
+
+async def test_agent_default_options_apply_under_the_turn_options(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
+    defaults = {"temperature": 0.3, "max_tokens": 2, "seed": 7, "stop": ["zz"], "tools": False}
+    await store.put_agent(Agent("rev", "Reviewer", default_options=defaults))
+    service = make_service(store, engine)
+    events = await run(service, Turn("r1", "a b c d", agent_id="rev"))
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert final.finish_reason == "length"  # the agent's max_tokens
+    first = engine.requests[0].options
+    assert (first.temperature, first.max_tokens, first.seed, first.stop) == (0.3, 2, 7, ("zz",))
+    assert "calculator" not in engine.requests[0].messages[0].content  # tools: false
+    accepted = events[0]
+    assert isinstance(accepted, Accepted)
+    # A later turn of the agent's session gets them too; what the turn sets wins, key by key.
+    mine = ChatOptions(max_tokens=3, seed=None)
+    events = await run(service, Turn("r2", "a b c d", session_id=accepted.session_id, options=mine))
+    second = engine.requests[1].options
+    assert (second.temperature, second.max_tokens, second.seed) == (0.3, 3, None)
+
+
+async def test_unusable_stored_defaults_refuse_the_turn_and_say_why(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
+    # Stored before they were checked (the REST API checks them now).
+    await store.put_agent(Agent("old", "Old", default_options={"temperature": "hot"}))
+    service = make_service(store, engine)
+    events = await run(service, Turn("r1", "hi", agent_id="old"))
+    assert len(events) == 1
+    failed = events[0]
+    assert isinstance(failed, Failed)
+    assert failed.code == "bad_request"
+    assert "agent 'old'" in failed.message
+    assert "default_options.temperature" in failed.message
+    assert rows(store.path, "SELECT count(*) FROM messages") == [(0,)]
+    assert engine.requests == []
