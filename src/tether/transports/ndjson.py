@@ -17,6 +17,7 @@ it. Each line is one frame rendered as `{"type", "seq", "data"}`:
     done         finish_reason, message_id, usage, timings (the answer is stored)
     error        code, message
 
+The body is read by `tether.transports.http_body` (JSON only, at most `limits.max_frame_bytes`).
 A turn refused before it starts (bad body, unknown session or model, a full queue) is answered
 with an HTTP error status and `{"error": {"code", "message"}}` instead of a stream.
 """
