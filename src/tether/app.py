@@ -11,7 +11,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
 from tether.chat import ChatService
@@ -20,7 +20,14 @@ from tether.detector import ToolCallDetector
 from tether.engines.base import Engine, UnknownModelError
 from tether.engines.factory import build_router
 from tether.engines.router import EngineRouter
-from tether.errors import TetherError
+from tether.errors import (
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    TetherError,
+)
+from tether.http_errors import error_response
 from tether.metrics import Metrics
 from tether.metrics import routes as metrics_routes
 from tether.recovery import recover
@@ -66,10 +73,6 @@ async def drain_app(app: Starlette) -> None:
     await services.sockets.close_all(1001, "server shutting down")
 
 
-def _error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
 def _count_error(request: Request, code: str) -> None:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is not None:
@@ -79,14 +82,29 @@ def _count_error(request: Request, code: str) -> None:
 async def _tether_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TetherError)
     _count_error(request, exc.code)
-    return _error_response(exc.http_status, exc.code, exc.message)
+    return error_response(request.url.path, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals: an unknown route (404), a method the route has not (405)."""
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    _count_error(request, code)
-    return _error_response(exc.status_code, code, str(exc.detail))
+    error: TetherError
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not a method of {request.url.path}")
+    elif exc.status_code == 404:
+        error = NotFound(f"no route {request.url.path}")
+    else:
+        error = BadRequest(str(exc.detail))
+    _count_error(request, error.code)
+    return error_response(request.url.path, error, headers=exc.headers)
+
+
+async def _crash(request: Request, _exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware calls this and then re-raises, so the server logs it.
+    _count_error(request, "internal")
+    return error_response(
+        request.url.path, InternalError("internal error; the server log has the details")
+    )
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
@@ -185,5 +203,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         ],
         lifespan=lifespan,
         middleware=security_middleware(settings),
-        exception_handlers={TetherError: _tether_error, HTTPException: _http_error},
+        exception_handlers={
+            TetherError: _tether_error,
+            HTTPException: _http_error,
+            Exception: _crash,
+        },
     )

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -33,7 +33,6 @@ from tether.engines.base import (
     EngineBusyError,
     EngineError,
     FinishReason,
-    GenerationOptions,
     GenerationRequest,
     ModelInfo,
     ToolCall,
@@ -41,7 +40,7 @@ from tether.engines.base import (
     Usage,
 )
 from tether.engines.router import EngineRouter
-from tether.errors import NotFound, TetherError
+from tether.errors import BadRequest, NotFound, TetherError
 from tether.events import (
     Accepted,
     ChatEvent,
@@ -53,6 +52,7 @@ from tether.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
+from tether.protocol import ChatOptions, ProtocolError, parse_options
 from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store
 from tether.tools.base import ToolResult, ToolRunner
 
@@ -66,22 +66,14 @@ TITLE_CHARS = 60
 
 
 @dataclass(frozen=True, slots=True)
-class TurnOptions:
-    model: str | None = None
-    generation: GenerationOptions = field(default_factory=GenerationOptions)
-    show_thoughts: bool = False
-    # Offer the configured tools: None follows the model (its template declares tool support).
-    tools: bool | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Turn:
     request_id: str
     text: str
     session_id: str | None = None
     agent_id: str | None = None
     parent_id: str | None = None
-    options: TurnOptions = field(default_factory=TurnOptions)
+    # As the client sent them: an agent's default_options fill in what they leave unset.
+    options: ChatOptions = field(default_factory=ChatOptions)
 
 
 class TurnCancelled(Exception):
@@ -181,6 +173,18 @@ def _to_chat_message(message: Message) -> ChatMessage:
     )
 
 
+def _with_defaults(options: ChatOptions, agent: Agent | None) -> ChatOptions:
+    """The one place a turn's options meet its agent's `default_options`: the turn's own win
+    key by key. Raises BadRequest for defaults stored before they were checked."""
+    if agent is None or not agent.default_options:
+        return options
+    try:
+        defaults = parse_options(agent.default_options, name="default_options")
+    except ProtocolError as exc:
+        raise BadRequest(f"agent {agent.id!r} has unusable {exc.message}") from None
+    return options.over(defaults)
+
+
 def _error_event(exc: BaseException) -> Failed:
     if isinstance(exc, TetherError):
         return Failed(exc.code, exc.message)
@@ -245,6 +249,8 @@ class ChatService:
         try:
             # A turn the server cannot answer (unknown model or agent, a full queue) is refused
             # before its message is stored, so it never leaves an unanswered message behind.
+            agent = await self._agent_for(turn)
+            turn = replace(turn, options=_with_defaults(turn.options, agent))
             engine, model_info = await self.engine.resolve(turn.options.model)
             position, release = self._admit(engine, model_info.id)
         except (TetherError, EngineError) as exc:
@@ -252,7 +258,7 @@ class ChatService:
             return
         try:
             await self._run_admitted(
-                turn, emit, control, clock, engine, model_info, position, release
+                turn, agent, emit, control, clock, engine, model_info, position, release
             )
         finally:
             release()
@@ -260,6 +266,7 @@ class ChatService:
     async def _run_admitted(
         self,
         turn: Turn,
+        agent: Agent | None,
         emit: EventSink,
         control: TurnControl,
         clock: _Clock,
@@ -269,7 +276,6 @@ class ChatService:
         release: Callable[[], None],
     ) -> None:
         try:
-            agent = await self._agent_for(turn)
             start = await self.store.begin_turn(
                 session_id=turn.session_id,
                 text=turn.text,
@@ -291,8 +297,6 @@ class ChatService:
         usage = Usage()
         finish: FinishReason = "stop"
         try:
-            if agent is None and start.session.agent_id is not None:
-                agent = await self.store.get_agent(start.session.agent_id)
             log.info("turn.accepted", user_message_id=turn_id, created=start.created_session)
             await emit(
                 Accepted(
@@ -314,7 +318,7 @@ class ChatService:
                     request_id=turn.request_id,
                     messages=tuple(messages),
                     model=model,
-                    options=turn.options.generation,
+                    options=turn.options.generation_options(),
                     usage_sink=current.record_usage,
                 )
                 release()  # from here the engine's own line counts this turn
@@ -383,8 +387,15 @@ class ChatService:
         await emit(Completed(message.id, finish, usage, timings, dict(current.metadata)))
 
     async def _agent_for(self, turn: Turn) -> Agent | None:
+        """The turn's agent, else its session's (a session that does not exist is refused
+        later, by `begin_turn`)."""
         if turn.agent_id is None:
-            return None
+            session = (
+                None if turn.session_id is None else await self.store.get_session(turn.session_id)
+            )
+            if session is None or session.agent_id is None:
+                return None
+            return await self.store.get_agent(session.agent_id)
         agent = await self.store.get_agent(turn.agent_id)
         if agent is None:
             raise NotFound(f"agent {turn.agent_id!r} does not exist")

@@ -110,6 +110,8 @@ class EngineSettings(_Section):
 class LimitsSettings(_Section):
     max_text_chars: int = Field(default=100_000, ge=1)
     max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # A REST request's body (POST /chat/stream's is a chat frame: max_frame_bytes); past it 413.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_requests_per_socket: int = Field(default=16, ge=1)
     max_tool_loops: int = Field(default=5, ge=0)
     tool_timeout_sec: float = Field(default=15.0, gt=0)

@@ -21,9 +21,35 @@ class BadRequest(TetherError):
     http_status = 400
 
 
+class Unauthorized(TetherError):
+    """No token, or a wrong one (the security middleware)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenOrigin(TetherError):
+    """A browser page of an origin not allowed (the security middleware)."""
+
+    code = "forbidden_origin"
+    http_status = 403
+
+
+class InvalidHost(TetherError):
+    """A `Host` header that is not one of this server's (the security middleware)."""
+
+    code = "invalid_host"
+    http_status = 400
+
+
 class NotFound(TetherError):
     code = "not_found"
     http_status = 404
+
+
+class MethodNotAllowed(TetherError):
+    code = "method_not_allowed"
+    http_status = 405
 
 
 class Conflict(TetherError):
@@ -36,13 +62,34 @@ class TooLarge(TetherError):
     http_status = 413
 
 
+class UnsupportedMediaType(TetherError):
+    """An HTTP body that is not `application/json`."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 class RateLimited(TetherError):
     code = "rate_limited"
     http_status = 429
 
 
+class TooManyConnections(TetherError):
+    """One client holds `security.max_connections_per_client` connections already."""
+
+    code = "too_many_connections"
+    http_status = 429
+
+
 class Busy(TetherError):
     code = "busy"
+    http_status = 503
+
+
+class ServerBusy(TetherError):
+    """The server holds `security.max_connections` connections already."""
+
+    code = "server_busy"
     http_status = 503
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from typing import Any
 
 # Surrogates (\ud800-\udfff), as JSON escapes or (in a str from elsewhere than the network)
@@ -53,8 +54,14 @@ def loads(raw: str | bytes, *, finite: bool = True) -> Any:
         raise
     except RecursionError:
         raise JSONInputError("is nested too deeply") from None
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer past 4300 digits
+    except UnicodeDecodeError:
+        raise JSONInputError("is not valid UTF-8") from None
+    except json.JSONDecodeError:
         raise JSONInputError("is not valid JSON") from None
+    except ValueError:  # what is left: an integer past Python's limit of digits
+        raise JSONInputError(
+            f"holds an integer of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
 
 
 LONE_SURROGATE = "holds a lone surrogate escape (\\ud800-\\udfff)"

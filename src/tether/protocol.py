@@ -11,14 +11,23 @@ are rendered from the chat core's events with a per-request `seq` by `RequestFra
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from tether import jsonsafe
-from tether.engines.base import Usage
+from tether.engines.base import GenerationOptions, Usage
 from tether.events import (
     Accepted,
     ChatEvent,
@@ -31,7 +40,37 @@ from tether.events import (
 )
 
 PROTOCOL_VERSION = 1
-RequestId = Annotated[str, Field(min_length=1, max_length=200)]
+ID_MAX_CHARS = 200
+
+
+def id_problem(value: str) -> str | None:
+    """What is wrong with `value` as an id (of a request, session, agent, message or model), or
+    None: 1 to 200 characters, none of them a control character (`\\x00`, a newline, ...) or a
+    lone surrogate, so that an id can be logged, stored and sent back as it came."""
+    if not 0 < len(value) <= ID_MAX_CHARS:
+        return f"must be 1 to {ID_MAX_CHARS} characters"
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        return "must not contain control characters"
+    if not jsonsafe.is_unicode(value):
+        return "must not contain lone surrogates"
+    return None
+
+
+def _valid_id(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+Id = Annotated[str, AfterValidator(_valid_id)]
+RequestId = Id
+# Bounds of `options`: llama.cpp and OpenAI-style servers take a 64-bit seed; a few short stop
+# strings are what anyone uses (OpenAI allows 4), and each is matched against every token.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 200
+MAX_TOKENS = 1_000_000
 
 
 class _Frame(BaseModel):
@@ -43,29 +82,64 @@ class ChatOptions(BaseModel):
     # Unknown options are refused: a misspelt `temprature` should not be silently ignored.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str | None = None
+    model: Id | None = None
     temperature: float | None = Field(default=None, ge=0, le=5)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: list[str] | str | None = None
     tools: bool | None = None  # None: offer tools if the model's template supports them
     show_thoughts: bool = False
     token_delay_ms: int = Field(default=0, ge=0, le=1000)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_short_stops(cls, stop: list[str] | str | None) -> list[str] | str | None:
+        strings = [stop] if isinstance(stop, str) else stop or []
+        if len(strings) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, not {len(strings)}")
+        if not all(0 < len(string) <= MAX_STOP_CHARS for string in strings):
+            raise ValueError(f"each stop string must have 1 to {MAX_STOP_CHARS} characters")
+        return stop
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    def generation_options(self) -> GenerationOptions:
+        """What the engine is told of these options."""
+        return GenerationOptions(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            stop=self.stop_sequences(),
+            token_delay_ms=self.token_delay_ms,
+        )
+
+    def over(self, defaults: ChatOptions) -> ChatOptions:
+        """These options over `defaults` (an agent's), key by key: what these set wins, also
+        when set to null; what they leave out comes from `defaults`."""
+        return defaults.model_copy(update=self.model_dump(exclude_unset=True))
+
+
+def parse_options(data: object, *, name: str = "options") -> ChatOptions:
+    """`data` (parsed JSON) as chat options, as strictly as a chat frame's; raises
+    ProtocolError (bad_request) whose message names each wrong key under `name`."""
+    try:
+        return ChatOptions.model_validate(data, strict=True)
+    except ValidationError as exc:
+        raise ProtocolError("bad_request", _describe(exc, prefix=name)) from None
+
 
 class ChatFrame(_Frame):
     type: Literal["chat"]
     request_id: RequestId
     text: str
-    session_id: str | None = None
-    agent_id: str | None = None
-    parent_id: str | None = None
+    session_id: Id | None = None
+    agent_id: Id | None = None
+    parent_id: Id | None = None
     options: ChatOptions = ChatOptions()
 
 
@@ -107,18 +181,20 @@ class ProtocolError(Exception):
     request_id: str | None = None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, *, prefix: str | None = None) -> str:
     parts = []
     for error in exc.errors(include_url=False):
         # Drop the discriminator tag pydantic puts first in the location.
         loc = [str(p) for p in error["loc"] if p not in CLIENT_TYPES]
+        if prefix is not None:
+            loc.insert(0, prefix)
         parts.append(f"{'.'.join(loc) or 'frame'}: {error['msg']}")
     return "; ".join(parts)
 
 
 def usable_request_id(value: object) -> bool:
-    """A string of 1 to 200 characters that can be sent back (no lone surrogates)."""
-    return isinstance(value, str) and 0 < len(value) <= 200 and jsonsafe.is_unicode(value)
+    """A string that can be a request id and be sent back (see `id_problem`)."""
+    return isinstance(value, str) and id_problem(value) is None
 
 
 def _normalise(data: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +226,10 @@ def parse_client_frame(
             raise ProtocolError("bad_request", NEEDS_REQUEST_ID[kind])
         data["request_id"] = request_id = uuid.uuid4().hex
     elif not usable_request_id(request_id):
-        raise ProtocolError("bad_request", "request_id must be a string of 1 to 200 characters")
+        raise ProtocolError(
+            "bad_request",
+            "request_id must be a string of 1 to 200 characters, without control characters",
+        )
     if jsonsafe.has_lone_surrogates(raw, data):
         raise ProtocolError("bad_request", f"frame {jsonsafe.LONE_SURROGATE}", request_id)
     if jsonsafe.has_non_finite(data):

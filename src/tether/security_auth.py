@@ -121,5 +121,5 @@ class BearerAuthMiddleware:
             message = "the token is not valid"
             challenge = 'Bearer realm="tether", error="invalid_token"'
         await send_http_error(
-            send, 401, "unauthorized", message, headers=[("WWW-Authenticate", challenge)]
+            scope, send, "unauthorized", message, headers=[("WWW-Authenticate", challenge)]
         )

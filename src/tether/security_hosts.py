@@ -99,6 +99,6 @@ class HostMiddleware:
             f"Host {shown!r} is not an allowed host of this server (see security.allowed_hosts)"
         )
         if scope["type"] == "http":
-            await send_http_error(send, 400, "invalid_host", message)
+            await send_http_error(scope, send, "invalid_host", message)
         else:
-            await refuse_handshake(scope, receive, send, 400, "invalid_host", message)
+            await refuse_handshake(scope, receive, send, "invalid_host", message)

@@ -81,7 +81,6 @@ class ConnectionLimitMiddleware:
                 scope,
                 receive,
                 send,
-                429,
                 "too_many_connections",
                 f"{client or 'this client'} already has {counter.max_per_client} open "
                 "connections (security.max_connections_per_client)",
@@ -91,7 +90,6 @@ class ConnectionLimitMiddleware:
                 scope,
                 receive,
                 send,
-                503,
                 "server_busy",
                 f"the server already has {counter.max_total} open connections "
                 "(security.max_connections)",

@@ -185,6 +185,6 @@ class OriginMiddleware:
         )
         message = f"Origin {origin[:100]!r} may not use this server (see security.allowed_origins)"
         if scope["type"] == "http":
-            await send_http_error(send, 403, "forbidden_origin", message)
+            await send_http_error(scope, send, "forbidden_origin", message)
         else:
-            await refuse_handshake(scope, receive, send, 403, "forbidden_origin", message)
+            await refuse_handshake(scope, receive, send, "forbidden_origin", message)

@@ -1,21 +1,19 @@
 """How the security middleware says no, in raw ASGI: an HTTP error, a refused WebSocket handshake,
 or a WebSocket accepted only to be closed with a code the client can read.
 
-Every refusal carries the JSON error shape of the REST API, `{"error": {"code", "message"}}`.
+Every refusal carries the error body and status of its `code` as every HTTP route does
+(`tether.http_errors`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from starlette.types import Receive, Scope, Send
 
+from tether.http_errors import error_bytes
+
 HTTP_RESPONSE_EXTENSION = "websocket.http.response"
-
-
-def error_json(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 def _response_start(
@@ -30,14 +28,14 @@ def _response_start(
 
 
 async def send_http_error(
+    scope: Scope,
     send: Send,
-    status: int,
     code: str,
     message: str,
     headers: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """Answer an HTTP request with `status` and the JSON error body."""
-    body = error_json(code, message)
+    """Answer an HTTP request with the status and error body of `code`."""
+    status, body = error_bytes(scope["path"], code, message)
     await send(_response_start("http.response.start", status, body, headers))
     await send({"type": "http.response.body", "body": body})
 
@@ -46,20 +44,20 @@ async def refuse_handshake(
     scope: Scope,
     receive: Receive,
     send: Send,
-    status: int,
     code: str,
     message: str,
     headers: Sequence[tuple[str, str]] = (),
 ) -> None:
     """Refuse a WebSocket handshake before accepting it.
 
-    With the ASGI `websocket.http.response` extension (uvicorn has it) the client gets `status`
-    and the JSON body; without it, `websocket.close` before accept, which servers send as 403.
+    With the ASGI `websocket.http.response` extension (uvicorn has it) the client gets the
+    status and error body of `code`; without it, `websocket.close` before accept, which servers
+    send as 403.
     """
     if (await receive())["type"] != "websocket.connect":
         return  # the client left before we answered
     if HTTP_RESPONSE_EXTENSION in scope.get("extensions", {}):
-        body = error_json(code, message)
+        status, body = error_bytes(scope["path"], code, message)
         await send(_response_start("websocket.http.response.start", status, body, headers))
         await send({"type": "websocket.http.response.body", "body": body})
     else:

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.timeouts import scaled
-from tether.chat import ChatService, Turn, TurnControl, TurnOptions
+from tether.chat import ChatService, Turn, TurnControl
 from tether.detector import ToolCallDetector
 from tether.engines.base import (
     Delta,
     EngineBusyError,
     EngineError,
-    GenerationOptions,
     GenerationRequest,
     ModelInfo,
 )
@@ -31,6 +30,7 @@ from tether.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
+from tether.protocol import ChatOptions
 from tether.store.base import Agent
 from tether.store.sqlite import SQLiteStore
 from tether.tools.executor import ToolExecutor
@@ -126,7 +126,7 @@ async def test_history_and_system_prompt_reach_the_engine(
     accepted = first[0]
     assert isinstance(accepted, Accepted)
     await run(
-        service, Turn("r2", "two", session_id=accepted.session_id, options=TurnOptions(tools=False))
+        service, Turn("r2", "two", session_id=accepted.session_id, options=ChatOptions(tools=False))
     )
     prompt = engine.requests[-1].messages
     assert [(m.role, m.content) for m in prompt] == [
@@ -142,7 +142,7 @@ async def test_history_and_system_prompt_reach_the_engine(
 async def test_agent_prompt_and_context(store: SQLiteStore, engine: RecordingEcho) -> None:
     await store.put_agent(Agent("rev", "Reviewer", "You review.", "- be brief"))
     service = make_service(store, engine)
-    events = await run(service, Turn("r1", "hi", agent_id="rev", options=TurnOptions(tools=False)))
+    events = await run(service, Turn("r1", "hi", agent_id="rev", options=ChatOptions(tools=False)))
     assert isinstance(events[-1], Completed)
     assert engine.requests[0].messages[0].content == "You review.\n\n- be brief"
     accepted = events[0]
@@ -150,7 +150,7 @@ async def test_agent_prompt_and_context(store: SQLiteStore, engine: RecordingEch
     # The session remembers its agent for later turns.
     await run(
         service,
-        Turn("r2", "again", session_id=accepted.session_id, options=TurnOptions(tools=False)),
+        Turn("r2", "again", session_id=accepted.session_id, options=ChatOptions(tools=False)),
     )
     assert engine.requests[1].messages[0].content == "You review.\n\n- be brief"
 
@@ -178,7 +178,7 @@ async def test_cancel_keeps_the_partial_answer(store: SQLiteStore, engine: Recor
         if isinstance(event, TextDelta) and len(events) == 3:
             control.cancel()
 
-    slow = TurnOptions(generation=GenerationOptions(token_delay_ms=50))
+    slow = ChatOptions(token_delay_ms=50)
     async with asyncio.timeout(scaled(30)):
         await service.run_turn(Turn("r1", "a b c d e f g h", options=slow), emit, control)
     final = events[-1]
@@ -227,7 +227,7 @@ async def test_the_tool_loop_stops_at_the_limit(store: SQLiteStore, engine: Reco
 
 async def test_tools_off_leaves_markup_as_text(store: SQLiteStore, engine: RecordingEcho) -> None:
     service = make_service(store, engine)
-    events = await run(service, Turn("r1", CALC, options=TurnOptions(tools=False)))
+    events = await run(service, Turn("r1", CALC, options=ChatOptions(tools=False)))
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == CALC
 
 
@@ -275,7 +275,7 @@ async def test_task_cancellation_stores_the_answer_as_interrupted(
         if isinstance(event, TextDelta):
             first_text.set()
 
-    slow = TurnOptions(generation=GenerationOptions(token_delay_ms=200))
+    slow = ChatOptions(token_delay_ms=200)
     task = asyncio.create_task(service.run_turn(Turn("r1", "a b c d e", options=slow), emit))
     async with asyncio.timeout(scaled(30)):
         await first_text.wait()
@@ -305,7 +305,7 @@ async def test_tools_follow_the_template_unless_the_turn_says(store: SQLiteStore
     assert "calculator" not in engine.requests[-1].messages[0].content
     assert "".join(e.text for e in plain if isinstance(e, TextDelta)) == CALC
     assert not [e for e in plain if isinstance(e, ToolCallStarted)]
-    forced = await run(service, Turn("r2", CALC, options=TurnOptions(tools=True)))
+    forced = await run(service, Turn("r2", CALC, options=ChatOptions(tools=True)))
     assert "calculator" in engine.requests[-2].messages[0].content
     assert [e.name for e in forced if isinstance(e, ToolCallStarted)] == ["calculator"]
 
@@ -338,7 +338,7 @@ async def test_cancel_mid_tool_answers_every_call(
     control = TurnControl()
     text = 'Checking. <tool_call>{"name": "wait_forever", "arguments": {"seconds": 9}}</tool_call>'
     task = asyncio.create_task(
-        run(service, Turn("r1", text, options=TurnOptions(tools=True)), control)
+        run(service, Turn("r1", text, options=ChatOptions(tools=True)), control)
     )
     async with asyncio.timeout(scaled(30)):
         await started.wait()
@@ -355,3 +355,42 @@ async def test_cancel_mid_tool_answers_every_call(
         ("tool", "Error: cancelled before the tool returned", "error"),
         ("assistant", "", "cancelled"),
     ]
+
+
+async def test_agent_default_options_apply_under_the_turn_options(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
+    defaults = {"temperature": 0.3, "max_tokens": 2, "seed": 7, "stop": ["zz"], "tools": False}
+    await store.put_agent(Agent("rev", "Reviewer", default_options=defaults))
+    service = make_service(store, engine)
+    events = await run(service, Turn("r1", "a b c d", agent_id="rev"))
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert final.finish_reason == "length"  # the agent's max_tokens
+    first = engine.requests[0].options
+    assert (first.temperature, first.max_tokens, first.seed, first.stop) == (0.3, 2, 7, ("zz",))
+    assert "calculator" not in engine.requests[0].messages[0].content  # tools: false
+    accepted = events[0]
+    assert isinstance(accepted, Accepted)
+    # A later turn of the agent's session gets them too; what the turn sets wins, key by key.
+    mine = ChatOptions(max_tokens=3, seed=None)
+    events = await run(service, Turn("r2", "a b c d", session_id=accepted.session_id, options=mine))
+    second = engine.requests[1].options
+    assert (second.temperature, second.max_tokens, second.seed) == (0.3, 3, None)
+
+
+async def test_unusable_stored_defaults_refuse_the_turn_and_say_why(
+    store: SQLiteStore, engine: RecordingEcho
+) -> None:
+    # Stored before they were checked (the REST API checks them now).
+    await store.put_agent(Agent("old", "Old", default_options={"temperature": "hot"}))
+    service = make_service(store, engine)
+    events = await run(service, Turn("r1", "hi", agent_id="old"))
+    assert len(events) == 1
+    failed = events[0]
+    assert isinstance(failed, Failed)
+    assert failed.code == "bad_request"
+    assert "agent 'old'" in failed.message
+    assert "default_options.temperature" in failed.message
+    assert rows(store.path, "SELECT count(*) FROM messages") == [(0,)]
+    assert engine.requests == []

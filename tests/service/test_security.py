@@ -179,11 +179,9 @@ async def test_foreign_pages_cannot_change_things_over_http(tmp_path: Path) -> N
         assert foreign.json()["error"]["code"] == "forbidden_origin"
         # Reading is left to CORS: the browser hides the answer from the foreign page.
         assert (await client.get("/health", headers={"Origin": "http://evil.example"})).is_success
-        local = await client.post(
-            "/sessions", content="{}", headers={"Origin": "http://localhost:3000"}
-        )
+        local = await client.post("/sessions", json={}, headers={"Origin": "http://localhost:3000"})
         assert local.status_code == 201
-        assert (await client.post("/sessions", content="{}")).status_code == 201
+        assert (await client.post("/sessions", json={})).status_code == 201
 
 
 async def test_bad_host_is_refused(tmp_path: Path) -> None:

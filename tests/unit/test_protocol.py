@@ -22,12 +22,14 @@ from tether.events import (
 from tether.protocol import (
     CancelFrame,
     ChatFrame,
+    ChatOptions,
     PingFrame,
     ProtocolError,
     RequestFrames,
     ResumeFrame,
     event_body,
     parse_client_frame,
+    parse_options,
 )
 
 LIMIT = 1000
@@ -272,3 +274,88 @@ def test_event_bodies() -> None:
         "status": "error",
         "error": {"code": "not_found", "message": "nope"},
     }
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"seed": 2**200}, "options.seed: Input should be less than or equal to"),
+        ({"seed": -(2**64)}, "options.seed: Input should be greater than or equal to"),
+        ({"stop": ["x"] * 50_000}, "options.stop: Value error, at most 16 stop strings, not 50000"),
+        ({"stop": ["x" * 201]}, "options.stop: Value error, each stop string must have 1 to 200"),
+        ({"stop": "x" * 201}, "options.stop: Value error, each stop string must have 1 to 200"),
+        ({"stop": [""]}, "options.stop: Value error, each stop string must have 1 to 200"),
+        ({"max_tokens": 10**12}, "options.max_tokens: Input should be less than or equal to"),
+        ({"model": "m\x00"}, "options.model: Value error, must not contain control characters"),
+    ],
+)
+def test_options_are_bounded(options: dict[str, object], says: str) -> None:
+    error = parse_error(
+        json.dumps({"type": "chat", "request_id": "r", "text": "x", "options": options})
+    )
+    assert error.code == "bad_request"
+    assert error.request_id == "r"
+    assert says in error.message
+
+
+def test_options_at_their_bounds_pass() -> None:
+    frame = parse(
+        {
+            "type": "chat",
+            "request_id": "r",
+            "text": "x",
+            "options": {"seed": 2**63 - 1, "stop": ["y" * 200] * 16},
+        }
+    )
+    assert isinstance(frame, ChatFrame)
+    assert frame.options.seed == 2**63 - 1
+    assert len(frame.options.stop_sequences()) == 16
+
+
+@pytest.mark.parametrize("field", ["session_id", "agent_id", "parent_id"])
+@pytest.mark.parametrize("bad", ["a\x00b", "\n", "tab\there", "del\x7f", "c1\x85", "x" * 201, ""])
+def test_ids_without_control_characters(field: str, bad: str) -> None:
+    error = parse_error(json.dumps({"type": "chat", "request_id": "r", "text": "x", field: bad}))
+    assert (error.code, error.request_id) == ("bad_request", "r")
+    assert error.message.startswith(f"{field}: ")
+
+
+def test_a_request_id_with_a_control_character_is_refused() -> None:
+    error = parse_error(json.dumps({"type": "ping", "request_id": "r\x00"}))
+    assert error.code == "bad_request"
+    assert "control characters" in error.message
+
+
+def test_an_integer_past_the_digit_limit_is_named() -> None:
+    raw = (
+        '{"type": "chat", "request_id": "r", "text": "x", "options": {"seed": ' + "9" * 5000 + "}}"
+    )
+    error = parse_error(raw)
+    assert error.message == "frame holds an integer of more than 4300 digits"
+
+
+def test_options_over_defaults_key_by_key() -> None:
+    defaults = parse_options({"temperature": 0.3, "max_tokens": 2, "stop": ["x"]})
+    frame = parse(
+        {"type": "chat", "request_id": "r", "text": "x", "options": {"max_tokens": 5, "stop": None}}
+    )
+    assert isinstance(frame, ChatFrame)
+    merged = frame.options.over(defaults)
+    assert (merged.temperature, merged.max_tokens, merged.stop) == (0.3, 5, None)
+    assert ChatOptions().over(defaults) == defaults
+
+
+@pytest.mark.parametrize(
+    ("defaults", "says"),
+    [
+        ({"evil": 1}, "default_options.evil: Extra inputs are not permitted"),
+        ({"temperature": "hot"}, "default_options.temperature: Input should be a valid number"),
+        ({"tools": "yes"}, "default_options.tools: Input should be a valid boolean"),
+    ],
+)
+def test_parse_options_refuses_what_a_chat_frame_refuses(
+    defaults: dict[str, object], says: str
+) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_options(defaults, name="default_options")
+    assert says in caught.value.message

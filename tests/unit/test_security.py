@@ -375,18 +375,20 @@ async def test_a_websocket_without_token_is_accepted_then_closed_4401() -> None:
 
 async def test_a_handshake_refusal_without_the_http_response_extension_is_a_close() -> None:
     rec = Recorder()
-    await refuse_handshake(ws_scope(), connect_message, rec.send, 429, "too_many", "no")
+    await refuse_handshake(ws_scope(), connect_message, rec.send, "too_many_connections", "no")
     assert [m["type"] for m in rec.sent] == ["websocket.close"]  # servers answer 403
 
     rec = Recorder()
     scope = ws_scope(extensions={"websocket.http.response": {}})
-    await refuse_handshake(scope, connect_message, rec.send, 429, "too_many", "no")
+    await refuse_handshake(scope, connect_message, rec.send, "too_many_connections", "no")
     assert [m["type"] for m in rec.sent] == [
         "websocket.http.response.start",
         "websocket.http.response.body",
     ]
     assert rec.sent[0]["status"] == 429
-    assert json.loads(rec.sent[1]["body"]) == {"error": {"code": "too_many", "message": "no"}}
+    assert json.loads(rec.sent[1]["body"]) == {
+        "error": {"code": "too_many_connections", "message": "no"}
+    }
 
 
 async def test_a_failing_app_still_frees_its_connection_slot() -> None:

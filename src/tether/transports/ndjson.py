@@ -17,6 +17,7 @@ it. Each line is one frame rendered as `{"type", "seq", "data"}`:
     done         finish_reason, message_id, usage, timings (the answer is stored)
     error        code, message
 
+The body is read by `tether.transports.http_body` (JSON only, at most `limits.max_frame_bytes`).
 A turn refused before it starts (bad body, unknown session or model, a full queue) is answered
 with an HTTP error status and `{"error": {"code", "message"}}` instead of a stream.
 """
@@ -33,9 +34,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tether import jsonsafe
-from tether.errors import BadRequest, TooLarge, http_status
+from tether.errors import BadRequest, TooLarge
+from tether.http_errors import error_body
 from tether.protocol import ChatFrame, ProtocolError, parse_client_frame
 from tether.runs import Run, Watcher
+from tether.transports.http_body import read_body
 from tether.transports.ws import turn_from_frame
 
 NDJSON = "application/x-ndjson"
@@ -71,8 +74,9 @@ async def chat_stream(request: Request) -> Response:
     body = json.loads(first)
     if body["status"] == "error":  # refused before it started: say so with the status
         watcher.run.unwatch(watcher)
-        error = body["error"]
-        return JSONResponse({"error": error}, status_code=http_status(error["code"]))
+        refusal = body["error"]
+        status, error = error_body(request.url.path, refusal["code"], refusal["message"])
+        return JSONResponse(error, status_code=status)
     return StreamingResponse(
         _lines(body, sink, watcher.run, watcher),
         media_type=NDJSON,
@@ -91,18 +95,6 @@ async def _lines(
         # The answer ended, or the client went away (the response is cancelled): in that case
         # the run goes on under the disconnect policy, resumable on /ws/chat.
         run.unwatch(watcher)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body over {limit} bytes")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise TooLarge(f"request body over {limit} bytes")
-    return bytes(body)
 
 
 def parse_chat_body(raw: bytes, *, max_text_chars: int) -> ChatFrame:

@@ -1,4 +1,11 @@
-"""The REST API: health, sessions and their messages, agents, models."""
+"""The REST API: health, sessions and their messages, agents, models.
+
+Bodies are read by `tether.transports.http_body` (JSON only, at most `limits.max_body_bytes`)
+and checked by a pydantic model: ids (in paths and bodies) as `tether.protocol.id_problem`
+says, a title of at most 500 characters, an agent's name of at most 200, its `system_prompt`
+and `markdown_context` of at most `limits.max_text_chars` each (413 past it, as a chat text),
+and its `default_options` as a chat's `options` (with a model the engines serve).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether import __version__, jsonsafe
-from tether.errors import BadRequest, NotFound
-from tether.protocol import PROTOCOL_VERSION
+from tether import __version__
+from tether.engines.base import UnknownModelError
+from tether.errors import BadRequest, NotFound, TooLarge
+from tether.protocol import (
+    PROTOCOL_VERSION,
+    Id,
+    ProtocolError,
+    id_problem,
+    parse_options,
+)
 from tether.store.base import Agent, Message, Session
+from tether.transports.http_body import read_json
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -56,7 +71,7 @@ def agent_json(agent: Agent) -> dict[str, Any]:
 class NewSessionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: str = Field(default="", max_length=500)
-    agent_id: str | None = None
+    agent_id: Id | None = None
 
 
 class AgentBody(BaseModel):
@@ -68,21 +83,48 @@ class AgentBody(BaseModel):
 
 
 async def _json_body(request: Request, model: type[M]) -> M:
-    raw = await request.body()
+    data = await read_json(request, request.app.state.services.settings.limits.max_body_bytes)
     try:
-        data = jsonsafe.loads(raw) if raw.strip() else {}
-    except jsonsafe.JSONInputError as exc:
-        raise BadRequest(f"request body {exc}") from None
-    if jsonsafe.has_lone_surrogates(raw, data):
-        raise BadRequest(f"request body {jsonsafe.LONE_SURROGATE}")
-    try:
-        return model.model_validate(data)
+        return model.model_validate({} if data is None else data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
             for e in exc.errors(include_url=False)
         )
         raise BadRequest(problems) from None
+
+
+def _path_id(request: Request, name: str) -> str:
+    """The path parameter `name`, an id; raises BadRequest (a `%00` in it, ...)."""
+    value: str = request.path_params[name]
+    problem = id_problem(value)
+    if problem is not None:
+        raise BadRequest(f"{name} {problem}")
+    return value
+
+
+def _check_agent_texts(request: Request, body: AgentBody) -> None:
+    """`system_prompt` and `markdown_context` within `limits.max_text_chars`; raises TooLarge."""
+    limit = request.app.state.services.settings.limits.max_text_chars
+    for name in ("system_prompt", "markdown_context"):
+        chars = len(getattr(body, name))
+        if chars > limit:
+            raise TooLarge(f"{name} has {chars} characters; the limit is {limit}")
+
+
+async def _checked_defaults(request: Request, body: AgentBody) -> dict[str, Any]:
+    """An agent's `default_options` checked as a chat's `options`, with a model the engines
+    serve, as they will be stored (the keys given); raises BadRequest."""
+    try:
+        options = parse_options(body.default_options, name="default_options")
+    except ProtocolError as exc:
+        raise BadRequest(exc.message) from None
+    if options.model is not None:
+        try:
+            await request.app.state.services.engine.resolve(options.model)
+        except UnknownModelError as exc:
+            raise BadRequest(f"default_options.model: {exc}") from None
+    return options.model_dump(exclude_unset=True)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -127,7 +169,7 @@ async def create_session(request: Request) -> Response:
 
 
 async def get_session(request: Request) -> Response:
-    session_id = request.path_params["session_id"]
+    session_id = _path_id(request, "session_id")
     session = await request.app.state.services.store.get_session(session_id)
     if session is None:
         raise NotFound(f"session {session_id!r} does not exist")
@@ -135,7 +177,7 @@ async def get_session(request: Request) -> Response:
 
 
 async def delete_session(request: Request) -> Response:
-    session_id = request.path_params["session_id"]
+    session_id = _path_id(request, "session_id")
     if not await request.app.state.services.store.delete_session(session_id):
         raise NotFound(f"session {session_id!r} does not exist")
     return Response(status_code=204)
@@ -148,7 +190,7 @@ async def delete_all_sessions(request: Request) -> Response:
 
 async def list_messages(request: Request) -> Response:
     store = request.app.state.services.store
-    session_id = request.path_params["session_id"]
+    session_id = _path_id(request, "session_id")
     if await store.get_session(session_id) is None:
         raise NotFound(f"session {session_id!r} does not exist")
     return JSONResponse([message_json(m) for m in await store.list_messages(session_id)])
@@ -160,7 +202,7 @@ async def list_agents(request: Request) -> Response:
 
 
 async def get_agent(request: Request) -> Response:
-    agent_id = request.path_params["agent_id"]
+    agent_id = _path_id(request, "agent_id")
     agent = await request.app.state.services.store.get_agent(agent_id)
     if agent is None:
         raise NotFound(f"agent {agent_id!r} does not exist")
@@ -168,14 +210,24 @@ async def get_agent(request: Request) -> Response:
 
 
 async def put_agent(request: Request) -> Response:
+    agent_id = _path_id(request, "agent_id")
     body = await _json_body(request, AgentBody)
-    agent = Agent(id=request.path_params["agent_id"], **body.model_dump())
+    _check_agent_texts(request, body)
+    agent = Agent(
+        id=agent_id,
+        name=body.name,
+        system_prompt=body.system_prompt,
+        markdown_context=body.markdown_context,
+        default_options=await _checked_defaults(request, body),
+    )
     saved = await request.app.state.services.store.put_agent(agent)
-    return JSONResponse(agent_json(saved))
+    # One transaction stamps both on a create; an update keeps created_at.
+    created = saved.created_at == saved.updated_at
+    return JSONResponse(agent_json(saved), status_code=201 if created else 200)
 
 
 async def delete_agent(request: Request) -> Response:
-    agent_id = request.path_params["agent_id"]
+    agent_id = _path_id(request, "agent_id")
     if not await request.app.state.services.store.delete_agent(agent_id):
         raise NotFound(f"agent {agent_id!r} does not exist")
     return Response(status_code=204)

@@ -18,9 +18,8 @@ from typing import Any
 import structlog
 from starlette.websockets import WebSocket
 
-from tether.chat import Turn, TurnOptions
+from tether.chat import Turn
 from tether.config import LimitsSettings
-from tether.engines.base import GenerationOptions
 from tether.errors import TetherError
 from tether.protocol import (
     PONG_BODY,
@@ -45,26 +44,13 @@ FINISHED_MEMORY = 256
 
 
 def turn_from_frame(frame: ChatFrame) -> Turn:
-    options = frame.options
     return Turn(
         request_id=frame.request_id,
         text=frame.text,
         session_id=frame.session_id,
         agent_id=frame.agent_id,
         parent_id=frame.parent_id,
-        options=TurnOptions(
-            model=options.model,
-            generation=GenerationOptions(
-                temperature=options.temperature,
-                top_p=options.top_p,
-                max_tokens=options.max_tokens,
-                seed=options.seed,
-                stop=options.stop_sequences(),
-                token_delay_ms=options.token_delay_ms,
-            ),
-            show_thoughts=options.show_thoughts,
-            tools=options.tools,
-        ),
+        options=frame.options,
     )
 
 
