@@ -11,9 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.config import ConfigError, load_settings
+from tether.config import ConfigError, Settings, load_settings
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws/chat"
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """What the log must never show: the bearer token, the upstream API key."""
+    from tether.security import configured_token
+
+    api_key = settings.engine.openai.api_key
+    return [
+        secret
+        for secret in (configured_token(settings), api_key and api_key.get_secret_value())
+        if secret
+    ]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -46,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 2
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, secrets=_secrets(settings))
     limit, needed = raise_open_file_limit(settings.security.max_connections)
     if limit < needed:
         structlog.get_logger("tether.cli").warning(

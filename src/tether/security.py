@@ -57,7 +57,7 @@ def is_loopback_host(host: str) -> bool:
 # Off loopback the token is all that stands between the network and the server: it must be too
 # long to guess (`secrets.token_urlsafe(32)` gives 43 characters).
 MIN_PUBLIC_TOKEN_CHARS = 16
-GENERATE_TOKEN = "python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+GENERATE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def check_bind(settings: Settings) -> str | None:
