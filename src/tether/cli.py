@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,22 @@ def _secrets(settings: Settings) -> list[str]:
         for secret in (configured_token(settings), api_key and api_key.get_secret_value())
         if secret
     ]
+
+
+def _listen(host: str, port: int) -> socket.socket | None:
+    """The bound listening socket; None once it has said in one line why it cannot be."""
+    from tether.server import listen_socket
+
+    try:
+        return listen_socket(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = f"port {port} is in use (is another server running?); stop it or pick another"
+            why += " with --port"
+        else:
+            why = exc.strerror or str(exc)
+        print(f"tether serve: cannot listen on {host}:{port}: {why}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,10 +90,13 @@ def _serve(args: argparse.Namespace) -> int:
     except (ToolConfigError, EngineUnavailable) as exc:
         print(f"tether serve: {exc}", file=sys.stderr)
         return 2
+    sock = _listen(settings.server.host, settings.server.port)
+    if sock is None:
+        return 1
     # SIGTERM: stop accepting, let answers finish (reliability.drain_timeout_sec), exit 0.
     server = TetherServer(uvicorn_config(app, settings), drain=lambda: drain_app(app))
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit as exc:  # uvicorn exits (3) when the app's start-up fails
         if server.started:
             raise

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.support.servers import tether_serve
+from tests.support.servers import free_port, tether_bin, tether_serve
+from tests.support.timeouts import scaled
 from tests.support.wsclient import ProtocolClient, text_of
 
 pytestmark = pytest.mark.e2e
@@ -34,3 +39,63 @@ async def test_the_token_never_reaches_the_debug_log(tmp_path: Path) -> None:
     assert "token=[redacted]" in log
     assert TOKEN not in log
     assert OTHER not in log
+
+
+def serve_once(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tether serve` that is expected to stop at start-up, from `tmp_path`, without TETHER_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "MLC_"))}
+    return subprocess.run(
+        [*tether_bin(), "serve", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=scaled(60),
+        check=False,
+    )
+
+
+def test_serve_started_elsewhere_finds_the_checkouts_model(tmp_path: Path) -> None:
+    # No config file, a working directory without dist/: the model setup.sh installed is found.
+    with tether_serve(tmp_path, "--db", str(tmp_path / "t.db")) as server:
+        health = httpx.get(f"{server.http_url}/health")
+        models = httpx.get(f"{server.http_url}/models").json()
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    assert health.json()["engines"]["llamacpp"]["state"] == "ready"
+    assert any(m["engine"] == "llamacpp" and "SmolLM2" in m["id"] for m in models)
+
+
+def test_a_named_model_that_is_not_there_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    port = str(free_port())
+    result = serve_once(tmp_path, "--db", str(tmp_path / "t.db"), "--port", port, "--model", "nope")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tether serve: start-up failed: engine.model 'nope'")
+    assert "is not available" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_a_database_in_use_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "t.db")
+    with tether_serve(tmp_path, "--db", db, "--engine", "echo") as first:
+        result = serve_once(tmp_path, "--db", db, "--engine", "echo", "--port", str(free_port()))
+        assert httpx.get(f"{first.http_url}/health").status_code == 200  # untouched
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tether serve: start-up failed:")
+    assert "in use by another Tether server" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve_once(tmp_path, "--db", str(tmp_path / "t.db"), "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"tether serve: cannot listen on 127.0.0.1:{port}: port {port} is in use "
+        "(is another server running?); stop it or pick another with --port"
+    ]
