@@ -24,6 +24,7 @@ from tether.engines.factory import build_router
 from tether.engines.router import EngineRouter
 from tether.errors import TetherError
 from tether.recovery import recover
+from tether.request_ids import RequestIdMiddleware
 from tether.runs import RunRegistry
 from tether.security import security_middleware
 from tether.store.base import Store
@@ -205,6 +206,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     return Starlette(
         routes=[*rest.routes, *ndjson.routes, WebSocketRoute("/ws/chat", chat_endpoint)],
         lifespan=lifespan,
-        middleware=[Middleware(QuietStartupRefusals), *security_middleware(settings)],
+        middleware=[
+            Middleware(QuietStartupRefusals),
+            Middleware(RequestIdMiddleware),
+            *security_middleware(settings),
+        ],
         exception_handlers={TetherError: _tether_error, HTTPException: _http_error},
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -99,3 +101,35 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         f"tether serve: cannot listen on 127.0.0.1:{port}: port {port} is in use "
         "(is another server running?); stop it or pick another with --port"
     ]
+
+
+async def test_tool_calls_and_http_requests_are_logged_with_their_request_id(
+    tmp_path: Path,
+) -> None:
+    with tether_serve(tmp_path, "--db", str(tmp_path / "t.db"), "--engine", "echo") as server:
+        call = json.dumps({"name": "calculator", "arguments": {"expression": "6*7"}})
+        async with connect(server.ws_url) as ws:
+            frames = await ProtocolClient(ws).chat("calc-1", f"<tool_call>{call}</tool_call>")
+        assert "returned: 42" in text_of(frames)
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            traced = await http.get("/sessions", headers={"X-Request-ID": "trace-7.a:b"})
+            fresh = await http.get("/tools")
+            hostile = await http.get("/models", headers={"X-Request-ID": "x\x01" * 40})
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    done = [line for line in lines if line["event"] == "tools.call_done"]
+    assert len(done) == 1
+    assert done[0]["level"] == "info"
+    assert (done[0]["tool"], done[0]["request_id"]) == ("calculator", "calc-1")
+    assert done[0]["call_id"]
+    assert done[0]["duration_ms"] >= 0
+    assert traced.headers["X-Request-ID"] == "trace-7.a:b"
+    generated = fresh.headers["X-Request-ID"]
+    assert re.fullmatch("[0-9a-f]{32}", generated)
+    assert re.fullmatch("[0-9a-f]{32}", hostile.headers["X-Request-ID"])
+    access = {
+        line["event"].split('"')[1]: line.get("request_id")
+        for line in lines
+        if line["logger"] == "uvicorn.access"
+    }
+    assert access["GET /sessions HTTP/1.1"] == "trace-7.a:b"
+    assert access["GET /tools HTTP/1.1"] == generated
