@@ -133,3 +133,53 @@ async def test_tool_calls_and_http_requests_are_logged_with_their_request_id(
     }
     assert access["GET /sessions HTTP/1.1"] == "trace-7.a:b"
     assert access["GET /tools HTTP/1.1"] == generated
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*tether_bin(), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=scaled(60),
+        check=False,
+    )
+
+
+def test_tools_and_agents_commands(tmp_path: Path) -> None:
+    context = tmp_path / "context.md"
+    context.write_text("- be brief\n", encoding="utf-8")
+    with tether_serve(tmp_path, "--db", str(tmp_path / "t.db"), "--engine", "echo") as server:
+        url = ("--url", server.http_url)
+        tools = cli("tools", *url)
+        assert tools.returncode == 0, tools.stderr
+        names = {line.split()[0]: line for line in tools.stdout.splitlines()}
+        assert "Evaluate an arithmetic expression." in names["calculator"]
+        put = [*url, "--put", "rev", "--name", "Reviewer", "--system-prompt", "Be precise."]
+        saved = cli("agents", *put, "--context", str(context), "-o", "temperature=0.2")
+        assert saved.returncode == 0, saved.stderr
+        assert json.loads(saved.stdout)["default_options"] == {"temperature": 0.2}
+        listed = cli("agents", *url)
+        assert listed.stdout.split()[0] == "rev"
+        assert listed.stdout.split()[-1] == "Reviewer"
+        shown = json.loads(cli("agents", *url, "--show", "rev").stdout)
+        assert (shown["system_prompt"], shown["markdown_context"]) == (
+            "Be precise.",
+            "- be brief\n",
+        )
+        # sessions takes the same http address (and still the socket's ws:// URL)
+        assert cli("sessions", *url).returncode == 0
+        assert cli("agents", *url, "--delete", "rev").stdout.strip() == "deleted rev"
+        missing = cli("agents", *url, "--show", "rev")
+        assert missing.returncode == 1
+        assert missing.stderr.startswith("error (not_found):")
+        assert (
+            cli("agents", *url, "--put", "x").stderr.strip() == "tether agents: --put needs --name"
+        )
+    # No server there: the tools this configuration enables.
+    config = tmp_path / "config.yaml"
+    config.write_text("tools:\n  enabled: [calculator]\n", encoding="utf-8")
+    local = cli("tools", "--url", server.http_url, "--config", str(config))
+    assert local.returncode == 0, local.stderr
+    assert [line.split()[0] for line in local.stdout.splitlines()] == ["calculator"]
+    assert "no server at" in local.stderr
