@@ -10,9 +10,11 @@ from dataclasses import dataclass
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.chat import ChatService
 from tether.config import Settings
@@ -31,6 +33,7 @@ from tether.http_errors import error_response
 from tether.metrics import Metrics
 from tether.metrics import routes as metrics_routes
 from tether.recovery import recover
+from tether.request_ids import RequestIdMiddleware
 from tether.runs import RunRegistry
 from tether.security import security_middleware
 from tether.store.base import Store
@@ -107,6 +110,54 @@ async def _crash(request: Request, _exc: Exception) -> Response:
     )
 
 
+class StartupRefused(Exception):
+    """The configuration asks for something that is not there; the message says what."""
+
+
+async def _check_default_model(router: EngineRouter, settings: Settings) -> str | None:
+    """Log the default model; why start-up must stop (a model named but not found), or None."""
+    try:
+        _, default_model = await router.resolve(None)
+    except UnknownModelError as exc:
+        if settings.engine.model is not None:
+            return f"engine.model {settings.engine.model!r}: {exc}"
+        # Serve anyway (other engines, REST, history), but say why chats will fail; /health
+        # answers 503 "degraded".
+        log.warning(
+            "app.no_default_model",
+            engine=router.name,
+            dist=str(settings.engine.dist_path),
+            error=str(exc),
+            hint="run ./setup.sh to put the default model in dist/, or use --engine echo",
+        )
+        return None
+    log.info("app.default_model", engine=router.name, model=default_model.id)
+    return None
+
+
+class QuietStartupRefusals:
+    """ASGI middleware: a start-up refused for a reason the lifespan recorded in
+    `app.state.startup_error` (database in use, model not found) is reported to the server
+    without starlette's traceback, so that `tether serve` stops with that one line; any other
+    start-up failure (a bug) keeps its traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def report(message: Message) -> None:
+            refused = getattr(scope["app"].state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and refused:
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, report)
+
+
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
     """The ASGI app. `engine` overrides the configured one (tests, embedding).
 
@@ -130,6 +181,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        refusal = await _check_default_model(router, settings)
+        if refusal is not None:
+            app.state.startup_error = refusal  # `tether serve` says it in one line
+            raise StartupRefused(refusal)
         store = SQLiteStore(settings.storage.path, synchronous=settings.storage.synchronous)
         try:
             await store.open()
@@ -170,19 +225,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             sockets=sockets,
             metrics=metrics,
         )
-        try:
-            _, default_model = await router.resolve(None)
-        except UnknownModelError as exc:
-            # Serve anyway (other engines, REST, history), but say why chats will fail.
-            log.warning(
-                "app.no_default_model",
-                engine=router.name,
-                dist=str(settings.engine.dist_path),
-                error=str(exc),
-                hint="run ./setup.sh to put the default model in dist/, or use --engine echo",
-            )
-        else:
-            log.info("app.default_model", engine=router.name, model=default_model.id)
         log.info("app.started", engine=router.name, db=str(settings.storage.path))
         try:
             yield
@@ -202,7 +244,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             WebSocketRoute("/ws/chat", chat_endpoint),
         ],
         lifespan=lifespan,
-        middleware=security_middleware(settings),
+        middleware=[
+            Middleware(QuietStartupRefusals),
+            Middleware(RequestIdMiddleware),
+            *security_middleware(settings),
+        ],
         exception_handlers={
             TetherError: _tether_error,
             HTTPException: _http_error,

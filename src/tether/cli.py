@@ -1,19 +1,50 @@
-"""The `tether` command: serve, chat, sessions."""
+"""The `tether` command: serve, chat, sessions, models, tools, agents."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.config import ConfigError, load_settings
+from tether.config import ConfigError, Settings, load_settings
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws/chat"
+DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """What the log must never show: the bearer token, the upstream API key."""
+    from tether.security import configured_token
+
+    api_key = settings.engine.openai.api_key
+    return [
+        secret
+        for secret in (configured_token(settings), api_key and api_key.get_secret_value())
+        if secret
+    ]
+
+
+def _listen(host: str, port: int) -> socket.socket | None:
+    """The bound listening socket; None once it has said in one line why it cannot be."""
+    from tether.server import listen_socket
+
+    try:
+        return listen_socket(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = f"port {port} is in use (is another server running?); stop it or pick another"
+            why += " with --port"
+        else:
+            why = exc.strerror or str(exc)
+        print(f"tether serve: cannot listen on {host}:{port}: {why}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -46,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 2
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, secrets=_secrets(settings))
     limit, needed = raise_open_file_limit(settings.security.max_connections)
     if limit < needed:
         structlog.get_logger("tether.cli").warning(
@@ -60,10 +91,13 @@ def _serve(args: argparse.Namespace) -> int:
     except (ToolConfigError, EngineUnavailable) as exc:
         print(f"tether serve: {exc}", file=sys.stderr)
         return 2
+    sock = _listen(settings.server.host, settings.server.port)
+    if sock is None:
+        return 1
     # SIGTERM: stop accepting, let answers finish (reliability.drain_timeout_sec), exit 0.
     server = TetherServer(uvicorn_config(app, settings), drain=lambda: drain_app(app))
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit as exc:  # uvicorn exits (3) when the app's start-up fails
         if server.started:
             raise
@@ -77,9 +111,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _chat_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`--model` and each `--option KEY=VALUE` (VALUE read as JSON when it is JSON)."""
+    """`--model` and each `--option KEY=VALUE`."""
+    options = _key_values(args.option)
+    if args.model:
+        options["model"] = args.model
+    return options
+
+
+def _key_values(items: Sequence[str] | None) -> dict[str, Any]:
+    """Each `KEY=VALUE` of `--option` (VALUE read as JSON when it is JSON)."""
     options: dict[str, Any] = {}
-    for item in args.option or ():
+    for item in items or ():
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--option {item!r}: expected KEY=VALUE, e.g. temperature=0.7")
@@ -87,8 +129,6 @@ def _chat_options(args: argparse.Namespace) -> dict[str, Any]:
             options[key] = json.loads(raw)
         except json.JSONDecodeError:
             options[key] = raw
-    if args.model:
-        options["model"] = args.model
     return options
 
 
@@ -109,17 +149,43 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _http_base(url: str) -> str:
+    """The server's http(s) address from `--url`: http://host:port, or its ws:// socket URL."""
     base = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-    return base.removesuffix("/ws/chat")
+    return base.rstrip("/").removesuffix("/ws/chat")
+
+
+def _auth(args: argparse.Namespace) -> dict[str, str]:
+    return {"Authorization": f"Bearer {args.token}"} if args.token else {}
+
+
+def _say_error(response: Any) -> int:
+    """Print the server's `{"error": {"code", "message"}}` (or its status) in one line; 1."""
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        error = {"code": response.status_code, "message": response.text[:200]}
+    print(f"error ({error.get('code')}): {error.get('message')}", file=sys.stderr)
+    return 1
+
+
+def _server_get(args: argparse.Namespace, path: str) -> Any:
+    """GET `path` on the server (an httpx.Response); None when no server answers there."""
+    import httpx
+
+    base = _http_base(args.url)
+    try:
+        return httpx.get(f"{base}{path}", headers=_auth(args), timeout=10)
+    except httpx.TransportError:
+        print(f"(no server at {base}: listing from the configuration)", file=sys.stderr)
+        return None
 
 
 def _sessions(args: argparse.Namespace) -> int:
     import httpx
 
     base = _http_base(args.url)
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
+        with httpx.Client(base_url=base, headers=_auth(args), timeout=10) as client:
             if args.delete:
                 response = client.delete(f"/sessions/{args.delete}")
                 if response.status_code == 204:
@@ -140,9 +206,7 @@ def _sessions(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print(f"tether sessions: cannot talk to {base}: {exc}", file=sys.stderr)
         return 1
-    error = response.json().get("error", {})
-    print(f"error ({error.get('code')}): {error.get('message')}", file=sys.stderr)
-    return 1
+    return _say_error(response)
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -173,29 +237,106 @@ async def _local_models(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _models(args: argparse.Namespace) -> int:
     """The running server's models; with no server there, what this config would serve."""
-    import httpx
-
     from tether.engines.factory import EngineUnavailable
 
-    base = _http_base(args.url)
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    if not args.local:
-        try:
-            response = httpx.get(f"{base}/models", headers=headers, timeout=10)
-        except httpx.TransportError:
-            print(f"(no server at {base}: listing from the configuration)", file=sys.stderr)
-        else:
-            if response.is_success:
-                _print_models(response.json())
-                return 0
-            error = response.json().get("error", {})
-            print(f"error ({error.get('code')}): {error.get('message')}", file=sys.stderr)
-            return 1
+    response = None if args.local else _server_get(args, "/models")
+    if response is not None:
+        if not response.is_success:
+            return _say_error(response)
+        _print_models(response.json())
+        return 0
     try:
         _print_models(asyncio.run(_local_models(args)))
     except (ConfigError, EngineUnavailable) as exc:
         print(f"tether models: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+# -- tools and agents -------------------------------------------------------------------------
+
+
+def _print_tools(tools: list[dict[str, Any]]) -> None:
+    if not tools:
+        print("no tools enabled", file=sys.stderr)
+    width = max((len(tool["name"]) for tool in tools), default=0)
+    for tool in tools:
+        summary = (tool.get("description") or "").strip().splitlines()
+        print(f"{tool['name']:<{width}}  {summary[0] if summary else ''}")
+
+
+def _tools(args: argparse.Namespace) -> int:
+    """The running server's tools (its MCP servers' too); with no server there, the built-in
+    and Python tools this config enables (MCP servers' tools are known once they run)."""
+    from dataclasses import asdict
+
+    from tether.tools.loader import build_registry
+    from tether.tools.registry import ToolConfigError
+
+    response = None if args.local else _server_get(args, "/tools")
+    if response is not None:
+        if not response.is_success:
+            return _say_error(response)
+        _print_tools(response.json())
+        return 0
+    try:
+        settings = load_settings(config_path=args.config)
+        registry = build_registry(
+            settings.tools.enabled,
+            files_root=settings.tools.files_root,
+            max_read_bytes=settings.tools.max_read_bytes,
+        )
+    except (ConfigError, ToolConfigError) as exc:
+        print(f"tether tools: {exc}", file=sys.stderr)
+        return 2
+    _print_tools([asdict(tool.spec) for tool in registry.tools()])
+    return 0
+
+
+def _agent_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    """(method, path, JSON body) for the agents command's flags."""
+    if args.put:
+        if not args.name:
+            raise ValueError("--put needs --name")
+        body = {
+            "name": args.name,
+            "system_prompt": args.system_prompt or "",
+            "markdown_context": args.context.read_text(encoding="utf-8") if args.context else "",
+            "default_options": _key_values(args.option),
+        }
+        return "PUT", f"/agents/{args.put}", body
+    if args.delete:
+        return "DELETE", f"/agents/{args.delete}", None
+    if args.show:
+        return "GET", f"/agents/{args.show}", None
+    return "GET", "/agents", None
+
+
+def _agents(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        method, path, body = _agent_request(args)
+    except (ValueError, OSError) as exc:
+        print(f"tether agents: {exc}", file=sys.stderr)
+        return 2
+    base = _http_base(args.url)
+    try:
+        response = httpx.request(
+            method, f"{base}{path}", json=body, headers=_auth(args), timeout=10
+        )
+    except httpx.HTTPError as exc:
+        print(f"tether agents: cannot talk to {base}: {exc}", file=sys.stderr)
+        return 1
+    if not response.is_success:
+        return _say_error(response)
+    if method == "DELETE":
+        print(f"deleted {args.delete}")
+    elif path == "/agents":
+        for agent in response.json():
+            print(f"{agent['id']}  {agent['updated_at']}  {agent['name']}")
+    else:
+        print(json.dumps(response.json(), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -214,14 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
-    def client_flags(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--url", default=DEFAULT_URL, help=f"server socket (default {DEFAULT_URL})"
-        )
+    def client_flags(sub: argparse.ArgumentParser, url: str = DEFAULT_HTTP_URL) -> None:
+        what = "server socket" if url == DEFAULT_URL else "server address (its ws:// URL works too)"
+        sub.add_argument("--url", default=url, help=f"{what} (default {url})")
         sub.add_argument("--token", help="bearer token, when the server asks for one")
 
     chat = commands.add_parser("chat", help="chat in the terminal, or send one prompt")
-    client_flags(chat)
+    client_flags(chat, DEFAULT_URL)
     chat.add_argument("--session", help="continue this session (default: a new one)")
     chat.add_argument("--prompt", help="send this one message, print the answer, exit")
     chat.add_argument("--model", help="model to ask")
@@ -247,6 +387,30 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--config", type=Path, help="config file (default ./config.yaml)")
     models.add_argument("--engine", help="default engine, as for serve")
     models.set_defaults(run=_models)
+
+    tools = commands.add_parser("tools", help="list the tools the model may call")
+    client_flags(tools)
+    tools.add_argument("--local", action="store_true", help="ask the configuration, not a server")
+    tools.add_argument("--config", type=Path, help="config file (default ./config.yaml)")
+    tools.set_defaults(run=_tools)
+
+    agents = commands.add_parser("agents", help="list, show, save or delete agents")
+    client_flags(agents)
+    action = agents.add_mutually_exclusive_group()
+    action.add_argument("--show", metavar="ID", help="print an agent")
+    action.add_argument("--put", metavar="ID", help="create or replace an agent (needs --name)")
+    action.add_argument("--delete", metavar="ID", help="delete an agent")
+    agents.add_argument("--name", help="with --put: the agent's name")
+    agents.add_argument("--system-prompt", help="with --put: its system prompt")
+    agents.add_argument("--context", type=Path, help="with --put: a Markdown file of context")
+    agents.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --put: a default chat option, e.g. -o temperature=0.2 (repeatable)",
+    )
+    agents.set_defaults(run=_agents)
     return parser
 
 

@@ -4,6 +4,7 @@ Environment: `TETHER_<SECTION>__<KEY>` for any key (e.g. `TETHER_LIMITS__MAX_TEX
 forms for the common ones (`TETHER_HOST`, `TETHER_PORT`, `TETHER_DB`, ...), and the seeds' names
 `MLC_HOST`, `MLC_PORT`, `MLC_SQLITE_URL`, `MLC_DIST_PATH` as aliases (a `TETHER_*` name wins).
 Relative paths in config.yaml are relative to the file; elsewhere to the working directory.
+The models folder, when no setting names it, is found as `default_dist_path` says.
 """
 
 from __future__ import annotations
@@ -32,6 +33,30 @@ def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "tether"
+
+
+def source_checkout() -> Path | None:
+    """The checkout Tether runs from (an editable install: `<root>/src/tether`), else None."""
+    package = Path(__file__).resolve().parent
+    root = package.parents[1]
+    if package.parent.name == "src" and (root / "pyproject.toml").is_file():
+        return root
+    return None
+
+
+def default_dist_path(
+    config_file: Path | None, environ: Mapping[str, str], checkout: Path | None
+) -> Path:
+    """The models folder when no setting names one: the first of `dist/` beside the config
+    file, `dist/` in the checkout (where `setup.sh` puts the default model) that exists, else
+    the per-user models folder `$XDG_DATA_HOME/tether/models` (`~/.local/share/tether/models`).
+    Never the working directory: `tether serve` finds the same models wherever it is started."""
+    beside = [] if config_file is None else [config_file.resolve().parent / "dist"]
+    in_checkout = [] if checkout is None else [checkout / "dist"]
+    for candidate in (*beside, *in_checkout):
+        if candidate.is_dir():
+            return candidate
+    return default_data_dir(environ) / "models"
 
 
 class _Section(BaseModel):
@@ -422,7 +447,9 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Settings:
-    """Build Settings from config.yaml, then the environment, then `overrides` (dotted keys)."""
+    """Build Settings from config.yaml, then the environment, then `overrides` (dotted keys).
+
+    `engine.dist_path` unset: see `default_dist_path`."""
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
     data: dict[str, Any] = {}
@@ -440,7 +467,9 @@ def load_settings(
     if _get_dotted(data, "storage.path") is None:
         _set_dotted(data, "storage.path", str(default_data_dir(environ) / "tether.db"))
     if _get_dotted(data, "engine.dist_path") is None:
-        _set_dotted(data, "engine.dist_path", str(cwd / "dist"))
+        _set_dotted(
+            data, "engine.dist_path", str(default_dist_path(path, environ, source_checkout()))
+        )
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -2,21 +2,71 @@
 
 Request context (`request_id`, `session_id`) is bound with `structlog.contextvars` inside each
 request's own asyncio task, so every line that request logs carries it and no other task sees it.
-Standard-library loggers (uvicorn, aiosqlite) are routed through the same renderer.
+Standard-library loggers (uvicorn, websockets, aiosqlite) are routed through the same renderer.
+
+Secrets never reach the output: every rendered line, whatever logger and level it comes from,
+passes through a `Redactor` last. It replaces `Authorization` header values (as text, JSON or a
+repr of ASGI header pairs), `token=` query values, and each configured secret (the bearer token,
+the upstream API key) wherever it appears, with `[redacted]`. (uvicorn's debug log prints every
+WebSocket handshake header and the raw request line, `?token=` included.)
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
+from urllib.parse import quote, quote_plus
 
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
+REDACTED = "[redacted]"
+# Shorter secrets are not replaced as plain text (a one-letter token would blank every "a");
+# their header and query forms still are.
+MIN_LITERAL_SECRET = 6
+
+_QUOTE = r"(?:['\"]|\\\")"  # ' or " or, inside a JSON-rendered string, \"
+_AUTHORIZATION = re.compile(
+    rf"(authorization{_QUOTE}*\s*[:=,]\s*(?:b?{_QUOTE})?\s*(?:(?:bearer|basic|token)\s+)?)"
+    r"[^\s'\"\\,;)}\]]+",
+    re.IGNORECASE,
+)
+_TOKEN_PARAM = re.compile(r"((?<![A-Za-z0-9_])(?:access_)?token=)[^\s&#'\"\\]+", re.IGNORECASE)
 
 
-def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+class Redactor:
+    """Takes credentials out of rendered log text; see the module docstring."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if len(secret) >= MIN_LITERAL_SECRET:
+                forms |= {secret, json.dumps(secret)[1:-1], quote(secret), quote_plus(secret)}
+        longest_first = sorted(forms, key=len, reverse=True)
+        self._literals = (
+            re.compile("|".join(re.escape(form) for form in longest_first)) if forms else None
+        )
+
+    def __call__(self, text: str) -> str:
+        text = _AUTHORIZATION.sub(rf"\g<1>{REDACTED}", text)
+        text = _TOKEN_PARAM.sub(rf"\g<1>{REDACTED}", text)
+        if self._literals is not None:
+            text = self._literals.sub(REDACTED, text)
+        return text
+
+    def processor(self, _logger: Any, _method: str, rendered: Any) -> Any:
+        """The last step of the formatter: the rendered line in, the redacted line out."""
+        return self(rendered) if isinstance(rendered, str) else rendered
+
+
+def configure_logging(
+    level: str = "info", fmt: LogFormat = "auto", secrets: Iterable[str] = ()
+) -> None:
+    """Log lines of every logger to stderr, `secrets` (and any credential) redacted."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -45,6 +95,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *([] if use_console else [structlog.processors.format_exc_info]),
             renderer,
+            Redactor(secrets).processor,
         ],
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -54,16 +54,32 @@ def is_loopback_host(host: str) -> bool:
     return address.is_loopback
 
 
+# Off loopback the token is all that stands between the network and the server: it must be too
+# long to guess (`secrets.token_urlsafe(32)` gives 43 characters).
+MIN_PUBLIC_TOKEN_CHARS = 16
+GENERATE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
 def check_bind(settings: Settings) -> str | None:
     """Why `tether serve` must not listen on the configured host, or None if it may."""
     host = settings.server.host
-    if is_loopback_host(host) or configured_token(settings) is not None:
+    if is_loopback_host(host):
         return None
-    return (
-        f"tether: refusing to listen on {host or '(all addresses)'} without a token; "
-        "set one with TETHER_TOKEN=<secret> (or server.token in config.yaml), "
-        "or listen on 127.0.0.1 only"
-    )
+    where = host or "(all addresses)"
+    token = configured_token(settings)
+    if token is None:
+        return (
+            f"tether: refusing to listen on {where} without a token; "
+            "set one with TETHER_TOKEN=<secret> (or server.token in config.yaml), "
+            f"generated with {GENERATE_TOKEN}, or listen on 127.0.0.1 only"
+        )
+    if len(token) < MIN_PUBLIC_TOKEN_CHARS:
+        return (
+            f"tether: refusing to listen on {where} with a {len(token)}-character token: "
+            "anyone who can reach the port could guess it; use at least "
+            f"{MIN_PUBLIC_TOKEN_CHARS} characters, e.g. TETHER_TOKEN=$({GENERATE_TOKEN})"
+        )
+    return None
 
 
 def security_middleware(settings: Settings) -> list[Middleware]:

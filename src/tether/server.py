@@ -14,6 +14,7 @@ a socket whose client stopped reading.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import h11
@@ -108,6 +109,21 @@ def uvicorn_config(
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The listening socket of `tether serve`, bound before anything starts (as uvicorn would
+    bind it), so that a port in use is one OSError the command can say in a line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 # File descriptors a process needs besides its sockets: SQLite, logs, models, MCP pipes.

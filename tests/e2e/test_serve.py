@@ -172,8 +172,15 @@ def test_the_default_setup_answers_with_the_embedded_model(tmp_path: Path) -> No
 
 
 async def test_no_model_in_dist_is_said_at_start_and_on_chat(tmp_path: Path) -> None:
-    with tether_serve(tmp_path, "--db", str(tmp_path / "t.db")) as server:
+    empty = {"TETHER_DIST_PATH": str(tmp_path / "dist")}
+    with tether_serve(tmp_path, "--db", str(tmp_path / "t.db"), env=empty) as server:
         assert "app.no_default_model" in server.log()
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            health = await http.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "degraded"
+        assert health.json()["engines"]["llamacpp"] == {"state": "no_model", "models": 0}
+        assert health.json()["engines"]["echo"] == {"state": "ready", "models": 1}
         async with connect(server.ws_url) as ws:
             frames = await ProtocolClient(ws).chat("r1", "hello")
         assert frames[-1]["error"]["code"] == "not_found"

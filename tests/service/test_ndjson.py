@@ -71,7 +71,8 @@ async def test_tool_calls_and_results_are_lines_of_their_own(http: httpx.AsyncCl
     call = next(line["data"] for line in lines if line["type"] == "tool_call")
     result = next(line["data"] for line in lines if line["type"] == "tool_result")
     assert (call["name"], call["arguments"]) == ("calculator", {"expression": "6*7"})
-    assert (result["id"], result["tool_name"], result["result"]) == (call["id"], "calculator", "42")
+    assert (result["id"], result["name"], result["result"]) == (call["id"], "calculator", "42")
+    assert result["tool_name"] == "calculator"  # seed 002's name for it, beside the socket's
     assert tokens(lines) == "Tool calculator returned: 42"
 
 

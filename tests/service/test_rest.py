@@ -25,6 +25,7 @@ async def test_health(http: httpx.AsyncClient) -> None:
     assert body["status"] == "ok"
     assert body["engine"] == "echo"
     assert body["protocol"] == 1
+    assert body["engines"]["echo"] == {"state": "ready", "models": 1}
 
 
 async def test_session_lifecycle(http: httpx.AsyncClient) -> None:

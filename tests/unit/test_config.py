@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.config import ConfigError, load_settings
+from tether.config import ConfigError, default_dist_path, load_settings, source_checkout
 
 
 def write(path: Path, text: str) -> Path:
@@ -131,3 +131,34 @@ def test_a_bad_token_is_not_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"TETHER_TOKEN": "sec ret"}, cwd=tmp_path)
     assert "sec ret" not in str(caught.value)
+
+
+def test_the_models_folder_does_not_depend_on_the_working_directory(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "dist").mkdir(parents=True)  # a dist/ where tether happens to be started
+    settings = load_settings(environ={}, cwd=elsewhere)
+    assert settings.engine.dist_path != elsewhere / "dist"
+    assert settings.engine.dist_path == default_dist_path(None, {}, source_checkout())
+
+
+def test_the_models_folder_beside_the_config_then_the_checkout_then_per_user(
+    tmp_path: Path,
+) -> None:
+    conf, checkout = tmp_path / "conf", tmp_path / "checkout"
+    conf.mkdir()
+    config = write(tmp_path / "conf" / "config.yaml", "engine:\n  name: echo\n")
+    env = {"XDG_DATA_HOME": str(tmp_path / "data")}
+    per_user = tmp_path / "data" / "tether" / "models"
+    assert default_dist_path(config, env, checkout) == per_user  # neither folder exists
+    (checkout / "dist").mkdir(parents=True)
+    assert default_dist_path(config, env, checkout) == checkout / "dist"
+    assert default_dist_path(None, env, None) == per_user
+    (conf / "dist").mkdir()
+    assert default_dist_path(config, env, checkout) == conf / "dist"
+    assert load_settings(config_path=config, environ=env).engine.dist_path == conf / "dist"
+
+
+def test_this_checkout_is_found() -> None:
+    checkout = source_checkout()
+    assert checkout is not None
+    assert (checkout / "src" / "tether" / "config.py").is_file()

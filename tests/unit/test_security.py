@@ -71,8 +71,20 @@ def test_other_bind_needs_a_token(tmp_path: Path, host: str) -> None:
     assert host in refusal
     assert "TETHER_TOKEN" in refusal
     assert "\n" not in refusal
-    with_token = settings(tmp_path, {"TETHER_TOKEN": "s3cret"}, host=host)
+    with_token = settings(tmp_path, {"TETHER_TOKEN": "s3cret-long-enough-1"}, host=host)
     assert check_bind(with_token) is None
+
+
+@pytest.mark.parametrize("token", ["x", "s3cret", "fifteen-chars-x"])
+def test_off_loopback_a_guessable_token_is_refused(tmp_path: Path, token: str) -> None:
+    refusal = check_bind(settings(tmp_path, {"TETHER_TOKEN": token}, host="0.0.0.0"))
+    assert refusal is not None
+    assert f"{len(token)}-character token" in refusal
+    assert "at least 16 characters" in refusal
+    assert "secrets.token_urlsafe(32)" in refusal
+    assert "\n" not in refusal
+    # On loopback only this machine can try it: any token is accepted.
+    assert check_bind(settings(tmp_path, {"TETHER_TOKEN": token})) is None
 
 
 def test_an_empty_token_is_no_token(tmp_path: Path) -> None:
@@ -91,6 +103,19 @@ def test_serve_refuses_a_public_bind_without_token(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "refusing to listen on 0.0.0.0 without a token" in err
+
+
+def test_serve_refuses_a_public_bind_with_a_short_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("TETHER_SERVER__TOKEN", "TETHER_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TETHER_TOKEN", "a")
+    assert main(["serve", "--host", "0.0.0.0", "--db", str(tmp_path / "t.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "with a 1-character token" in err
 
 
 # -- tokens -----------------------------------------------------------------------------------

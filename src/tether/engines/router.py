@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import structlog
 
@@ -27,6 +28,28 @@ from tether.engines.base import (
 log = structlog.get_logger("tether.engines")
 
 
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """One engine as `/health` shows it: `ready` (it has models), `no_model` (it listed none),
+    `unavailable` (listing failed: `error` says why)."""
+
+    state: Literal["ready", "no_model", "unavailable"]
+    models: int
+    error: str | None = None
+
+    @classmethod
+    def of(cls, infos: Sequence[ModelInfo], error: str | None) -> EngineHealth:
+        if error is not None:
+            return cls("unavailable", 0, error)
+        return cls("ready" if infos else "no_model", len(infos))
+
+
+@dataclass(frozen=True, slots=True)
+class RouterHealth:
+    ready: bool  # the default model (or the default engine's first) can be asked
+    engines: dict[str, EngineHealth]
+
+
 class EngineRouter:
     def __init__(self, engines: Sequence[Engine], *, default_model: str | None = None) -> None:
         if not engines:
@@ -38,21 +61,42 @@ class EngineRouter:
         self._routes: dict[str, tuple[Engine, ModelInfo]] = {}
         self._refresh_lock = asyncio.Lock()
 
-    async def _list(self, engine: Engine) -> list[ModelInfo]:
+    async def _probe(self, engine: Engine) -> tuple[list[ModelInfo], str | None]:
+        """The engine's models, and why it could not list them (None: it could)."""
         try:
-            return await engine.models()
+            return await engine.models(), None
         except Exception as exc:  # one broken upstream must not hide the other engines' models
             log.warning("engines.list_failed", engine=engine.name, error=str(exc))
-            return []
+            return [], str(exc) or type(exc).__name__
 
-    async def models(self) -> list[ModelInfo]:
-        listed = await asyncio.gather(*(self._list(engine) for engine in self.engines))
+    async def _list(self, engine: Engine) -> list[ModelInfo]:
+        return (await self._probe(engine))[0]
+
+    async def _survey(self) -> list[tuple[list[ModelInfo], str | None]]:
+        """Every engine's probe, in order; the model-to-engine map is learnt from them."""
+        probes = await asyncio.gather(*(self._probe(engine) for engine in self.engines))
         routes: dict[str, tuple[Engine, ModelInfo]] = {}
-        for engine, infos in zip(self.engines, listed, strict=True):
+        for engine, (infos, _) in zip(self.engines, probes, strict=True):
             for info in infos:
                 routes.setdefault(info.id, (engine, info))  # earlier engines win a shared name
         self._routes = routes
-        return [info for infos in listed for info in infos]
+        return probes
+
+    async def models(self) -> list[ModelInfo]:
+        return [info for infos, _ in await self._survey() for info in infos]
+
+    async def health(self) -> RouterHealth:
+        """Each engine's state, and whether a request that names no model can be answered."""
+        probes = await self._survey()
+        engines = {
+            engine.name: EngineHealth.of(infos, error)
+            for engine, (infos, error) in zip(self.engines, probes, strict=True)
+        }
+        if self.default_model is None:
+            ready = bool(probes[0][0])
+        else:
+            ready = self.default_model in self._routes
+        return RouterHealth(ready=ready, engines=engines)
 
     async def resolve(self, model: str | None) -> tuple[Engine, ModelInfo]:
         """The engine and model that serve `model`; raises UnknownModelError."""

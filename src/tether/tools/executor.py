@@ -266,7 +266,12 @@ class ToolExecutor:
             log.info("tools.call_failed", tool=call.name, call_id=call.id, error=error)
             error = self._cap(error)
         else:
-            log.debug("tools.call_done", tool=call.name, call_id=call.id, duration_ms=duration_ms)
+            log.info(
+                "tools.call_done",
+                tool=call.name,
+                call_id=call.id,
+                duration_ms=round(duration_ms, 3),
+            )
         return ToolResult(
             call_id=call.id, name=call.name, result=result, error=error, duration_ms=duration_ms
         )

@@ -13,7 +13,7 @@ it. Each line is one frame rendered as `{"type", "seq", "data"}`:
     token        text
     thinking     text (with options.show_thoughts)
     tool_call    id, name, arguments
-    tool_result  id, tool_name, result or error, duration_ms
+    tool_result  id, name (and tool_name, seed 002's), result or error, duration_ms
     done         finish_reason, message_id, usage, timings (the answer is stored)
     error        code, message
 
@@ -147,7 +147,8 @@ def ndjson_line(frame: dict[str, Any]) -> bytes:
     elif status == "tool":
         result = dict(chunk["data"])
         kind = "tool_result"
-        data = {"id": result.pop("id"), "tool_name": result.pop("name"), **result}
+        name = result.pop("name")  # `name` as on the socket; `tool_name` as seed 002 has it
+        data = {"id": result.pop("id"), "name": name, "tool_name": name, **result}
     elif status == "complete":
         kind, data = "done", chunk["metadata"]
     elif status == "error":

@@ -141,17 +141,27 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 
 async def health(request: Request) -> Response:
+    """200 "ok"; 503 "degraded" when a chat that names no model cannot be answered (the
+    default engine has no model, or the default model is gone): other models may still be."""
     services = request.app.state.services
+    engines = await services.engine.health()
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "ok" if engines.ready else "degraded",
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "engine": services.engine.name,
+            "default_model": services.engine.default_model,
+            # Each engine's state: ready, no_model, unavailable (with its error).
+            "engines": {
+                name: {k: v for k, v in asdict(state).items() if v is not None}
+                for name, state in engines.engines.items()
+            },
             # Each configured MCP server's state: running, starting, failed or exited (both
             # retried), stopped. A server down is not Tether down: status stays "ok".
             "mcp": services.mcp.status(),
-        }
+        },
+        status_code=200 if engines.ready else 503,
     )
 
 
