@@ -41,7 +41,7 @@ from tether.engines.base import (
     Usage,
 )
 from tether.engines.router import EngineRouter
-from tether.errors import NotFound, TetherError
+from tether.errors import BadRequest, NotFound, TetherError
 from tether.events import (
     Accepted,
     ChatEvent,
@@ -53,7 +53,7 @@ from tether.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store
+from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store, TurnStart
 from tether.tools.base import ToolResult, ToolRunner
 
 EventSink = Callable[[ChatEvent], Awaitable[None]]
@@ -75,6 +75,22 @@ class TurnOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Edit:
+    """The turn's text replaces the stored user message `message_id`: the new message goes
+    beside it (same parent), a branch; the old one stays."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Regenerate:
+    """The turn answers the stored user message `message_id` again: no user message is stored
+    (the turn's `text` is unused), the new answer goes beside the earlier ones."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     request_id: str
     text: str
@@ -82,6 +98,8 @@ class Turn:
     agent_id: str | None = None
     parent_id: str | None = None
     options: TurnOptions = field(default_factory=TurnOptions)
+    # A turn that branches from a stored message (needs `session_id`); None: a new message.
+    redo: Edit | Regenerate | None = None
 
 
 class TurnCancelled(Exception):
@@ -270,13 +288,7 @@ class ChatService:
     ) -> None:
         try:
             agent = await self._agent_for(turn)
-            start = await self.store.begin_turn(
-                session_id=turn.session_id,
-                text=turn.text,
-                parent_id=turn.parent_id,
-                agent_id=turn.agent_id,
-                title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
-            )
+            start = await self._begin(turn)
         except (TetherError, UnknownModelError) as exc:
             await emit(_error_event(exc))
             return
@@ -381,6 +393,23 @@ class ChatService:
             total_ms=timings.total_ms,
         )
         await emit(Completed(message.id, finish, usage, timings, dict(current.metadata)))
+
+    async def _begin(self, turn: Turn) -> TurnStart:
+        """Commit the turn's start: its user message, or the stored one it answers again."""
+        if isinstance(turn.redo, Regenerate):
+            if turn.session_id is None:
+                raise BadRequest("a regeneration needs the session_id of its message")
+            return await self.store.begin_regeneration(
+                turn.redo.message_id, session_id=turn.session_id
+            )
+        return await self.store.begin_turn(
+            session_id=turn.session_id,
+            text=turn.text,
+            parent_id=turn.parent_id,
+            agent_id=turn.agent_id,
+            title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
+            sibling_of=turn.redo.message_id if isinstance(turn.redo, Edit) else None,
+        )
 
     async def _agent_for(self, turn: Turn) -> Agent | None:
         if turn.agent_id is None:
