@@ -25,6 +25,7 @@ oldest first), which is what a "2/3" branch switcher needs.
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -36,13 +37,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether import jsonsafe
-from tether.chat import Edit, Regenerate
+from tether.chat import Edit, Regenerate, Turn
 from tether.errors import BadRequest, NotFound
-from tether.protocol import ChatFrame
+from tether.protocol import ChatFrame, ChatOptions, RequestId
 from tether.store.base import Message, Session, Store
 from tether.transports.ndjson import parse_chat_body, read_body, stream_turn
 from tether.transports.rest import message_json, session_json
-from tether.transports.ws import turn_from_frame
+from tether.transports.ws import turn_from_frame, turn_options
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,6 +60,12 @@ class TitleBody(BaseModel):
 class ActiveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     message_id: str = Field(min_length=1, max_length=200)
+
+
+class RegenerateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    options: ChatOptions = ChatOptions()
+    request_id: RequestId = Field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class MessagesQuery(BaseModel):
@@ -85,7 +92,7 @@ async def _body(request: Request, model: type[M]) -> M:
     # A local reader until every route reads its body through one bounded reader.
     raw = await read_body(request, request.app.state.services.settings.limits.max_frame_bytes)
     try:
-        return model.model_validate_json(raw if raw.strip() else b"{}")
+        return model.model_validate_json(raw if raw.strip() else b"{}", strict=True)
     except ValidationError as exc:
         raise BadRequest(_problems(exc, "body")) from None
 
@@ -97,9 +104,9 @@ def _query(request: Request, model: type[M]) -> M:
         raise BadRequest(_problems(exc, "query")) from None
 
 
-async def _chat_body(request: Request, *, text: bool) -> ChatFrame:
-    """The body as a `chat` frame without the fields the path decides (nor `text` when the
-    turn takes none); raises BadRequest or TooLarge."""
+async def _edit_body(request: Request) -> ChatFrame:
+    """The body as a `chat` frame without the fields the path decides; raises BadRequest or
+    TooLarge."""
     limits = request.app.state.services.settings.limits
     raw = await read_body(request, limits.max_frame_bytes)
     try:
@@ -108,13 +115,9 @@ async def _chat_body(request: Request, *, text: bool) -> ChatFrame:
         raise BadRequest(f"request body {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
-    decided = [
-        name for name in (*PATH_FIELDS, *(() if text else ("text", "prompt"))) if name in data
-    ]
+    decided = [name for name in PATH_FIELDS if name in data]
     if decided:
         raise BadRequest(f"{', '.join(decided)}: not a field here (the path names the message)")
-    if not text:
-        data["text"] = ""
     return parse_chat_body(json.dumps(data).encode(), max_text_chars=limits.max_text_chars)
 
 
@@ -170,7 +173,7 @@ async def list_messages(request: Request) -> Response:
 
 async def edit_message(request: Request) -> Response:
     session_id = request.path_params["session_id"]
-    frame = await _chat_body(request, text=True)
+    frame = await _edit_body(request)
     turn = replace(
         turn_from_frame(frame),
         session_id=session_id,
@@ -182,14 +185,20 @@ async def edit_message(request: Request) -> Response:
 async def regenerate(request: Request) -> Response:
     session_id = request.path_params["session_id"]
     message_id = request.path_params["message_id"]
-    frame = await _chat_body(request, text=False)
+    body = await _body(request, RegenerateBody)
     store = request.app.state.services.store
     await _session(store, session_id)
     tree = MessageTree(await store.list_messages(session_id))
     if message_id not in tree.by_id:
         raise NotFound(f"message {message_id!r} is not in session {session_id!r}")
     user_message = tree.turn_of(message_id)
-    turn = replace(turn_from_frame(frame), session_id=session_id, redo=Regenerate(user_message.id))
+    turn = Turn(
+        request_id=body.request_id,
+        text="",
+        session_id=session_id,
+        options=turn_options(body.options),
+        redo=Regenerate(user_message.id),
+    )
     return await stream_turn(request, turn)
 
 

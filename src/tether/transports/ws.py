@@ -26,6 +26,7 @@ from tether.protocol import (
     PONG_BODY,
     CancelFrame,
     ChatFrame,
+    ChatOptions,
     PingFrame,
     ProtocolError,
     RequestFrames,
@@ -45,26 +46,29 @@ FINISHED_MEMORY = 256
 
 
 def turn_from_frame(frame: ChatFrame) -> Turn:
-    options = frame.options
     return Turn(
         request_id=frame.request_id,
         text=frame.text,
         session_id=frame.session_id,
         agent_id=frame.agent_id,
         parent_id=frame.parent_id,
-        options=TurnOptions(
-            model=options.model,
-            generation=GenerationOptions(
-                temperature=options.temperature,
-                top_p=options.top_p,
-                max_tokens=options.max_tokens,
-                seed=options.seed,
-                stop=options.stop_sequences(),
-                token_delay_ms=options.token_delay_ms,
-            ),
-            show_thoughts=options.show_thoughts,
-            tools=options.tools,
+        options=turn_options(frame.options),
+    )
+
+
+def turn_options(options: ChatOptions) -> TurnOptions:
+    return TurnOptions(
+        model=options.model,
+        generation=GenerationOptions(
+            temperature=options.temperature,
+            top_p=options.top_p,
+            max_tokens=options.max_tokens,
+            seed=options.seed,
+            stop=options.stop_sequences(),
+            token_delay_ms=options.token_delay_ms,
         ),
+        show_thoughts=options.show_thoughts,
+        tools=options.tools,
     )
 
 
