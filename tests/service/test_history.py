@@ -124,6 +124,22 @@ async def test_a_regeneration_answers_again_without_a_second_user_message(
     assert frames[-1]["chunk"]["metadata"]["message_id"] == answers[-1]
 
 
+async def test_a_message_being_answered_cannot_be_regenerated_meanwhile(
+    http: httpx.AsyncClient,
+) -> None:
+    body = {"text": "slow " * 20, "options": {"token_delay_ms": 20}}
+    async with http.stream("POST", "/chat/stream", json=body) as response:
+        lines = response.aiter_lines()
+        start = json.loads(await anext(lines))["data"]
+        sid, user = start["session_id"], start["user_message_id"]
+        refused = await http.post(f"/sessions/{sid}/messages/{user}/regenerate", json={})
+        rest = [json.loads(line) async for line in lines if line]
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "conflict"
+    assert rest[-1]["type"] == "done"
+    assert [m["role"] for m in await messages(http, sid, tree="true")] == ["user", "assistant"]
+
+
 async def test_switching_branches_and_going_on_from_there(http: httpx.AsyncClient) -> None:
     sid = (await chat(http, "one"))["session_id"]
     two = await chat(http, "two", sid)
