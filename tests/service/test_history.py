@@ -202,6 +202,7 @@ async def test_search_finds_messages_across_sessions(http: httpx.AsyncClient) ->
         ("GET", "/search", {"q": '"unterminated', "syntax": "fts5"}, 400),
         ("GET", "/search", {"q": "fox AND", "syntax": "fts5"}, 400),
         ("GET", "/search", {"q": ""}, 400),
+        ("GET", "/search", {"q": "\x00"}, 400),
         ("GET", "/search", {}, 400),
         ("GET", "/search", {"q": "x", "limit": "0"}, 400),
         ("GET", "/search", {"q": "x", "limit": "many"}, 400),

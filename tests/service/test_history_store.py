@@ -178,8 +178,12 @@ async def test_search_words_are_not_operators_unless_fts5_is_asked_for(
     for bad in ['"unterminated', "OR", "fox AND", "nosuchcolumn:fox"]:
         with pytest.raises(BadRequest, match="not an FTS5 query"):
             await store.search(bad, syntax="fts5")
-    with pytest.raises(BadRequest, match="empty"):
-        await store.search("  ")
+    for empty in ["  ", "\x00"]:
+        with pytest.raises(BadRequest, match="empty"):
+            await store.search(empty)
+    assert len(await store.search("say\x00that")) == 2  # NUL would end an FTS5 string
+    with pytest.raises(BadRequest, match="surrogate"):
+        await store.search("say \ud800")
     await store.delete_session(sid)
     assert await store.search("say") == []  # deleted messages leave the index
 

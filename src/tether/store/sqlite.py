@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from tether import jsonsafe
 from tether.engines.base import ToolCall
 from tether.errors import BadRequest, Conflict, NotFound
 from tether.store.base import (
@@ -67,6 +68,9 @@ def fts_query(text: str, syntax: SearchSyntax) -> str:
     """The FTS5 query for a search: `words` quotes every word of `text` as a string (all must
     occur, no operator is special), `fts5` passes FTS5's own syntax through after checking it.
     Raises BadRequest for an empty query or one FTS5 cannot parse."""
+    if not jsonsafe.is_unicode(text):
+        raise BadRequest(f"q {jsonsafe.LONE_SURROGATE}")
+    text = text.replace("\x00", " ")  # FTS5 ends a string at NUL; it separates words anyway
     if not text.strip():
         raise BadRequest("q must not be empty")
     if syntax == "words":

@@ -1,5 +1,7 @@
 -- Full-text search over every message's content (GET /search): an external-content FTS5 index
--- on messages, kept in step by triggers, filled once here from the rows already stored.
+-- on messages, kept in step by triggers, filled once here from the rows already stored. It maps
+-- messages by rowid: a VACUUM may renumber those (messages has no INTEGER PRIMARY KEY), so one
+-- must be followed by INSERT INTO messages_fts (messages_fts) VALUES ('rebuild').
 CREATE VIRTUAL TABLE messages_fts USING fts5(
     content,
     content = 'messages',
