@@ -84,8 +84,9 @@ class Edit:
 
 @dataclass(frozen=True, slots=True)
 class Regenerate:
-    """The turn answers the stored user message `message_id` again: no user message is stored
-    (the turn's `text` is unused), the new answer goes beside the earlier ones."""
+    """The turn answers a stored user message again (`message_id`, or the user message of the
+    turn `message_id` belongs to): no user message is stored (the turn's `text` is unused), the
+    new answer goes beside the earlier ones."""
 
     message_id: str
 

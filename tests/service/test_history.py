@@ -265,3 +265,32 @@ async def test_parent_id_on_the_socket_branches_like_an_edit(
     assert contents(tree) == ["one", "one", "two", "two", "deux", "deux"]
     assert tree[2]["siblings"] == [tree[2]["id"], tree[4]["id"]]
     assert contents(await messages(http, sid)) == ["one", "one", "deux", "deux"]
+
+
+async def test_regenerate_on_the_socket_answers_again_without_a_second_user_message(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    async with connect(server.ws_url) as ws:
+        client = ProtocolClient(ws)
+        first = await client.chat("a", "once more")
+        sid = first[0]["chunk"]["metadata"]["session_id"]
+        user = first[0]["chunk"]["metadata"]["user_message_id"]
+        answer = first[-1]["chunk"]["metadata"]["message_id"]
+        await client.send(
+            {"type": "regenerate", "request_id": "b", "session_id": sid, "message_id": answer}
+        )
+        again = await client.until("b")
+        assert again[0]["chunk"]["metadata"]["user_message_id"] == user
+        assert text_of(again) == "once more"
+        await client.send(
+            {"type": "regenerate", "request_id": "c", "session_id": sid, "message_id": "nope"}
+        )
+        [refused] = await client.until("c")
+        assert refused["error"]["code"] == "not_found"
+    tree = await messages(http, sid, tree="true")
+    assert [(m["role"], m["parent_id"]) for m in tree] == [
+        ("user", None),
+        ("assistant", user),
+        ("assistant", user),
+    ]
+    assert tree[2]["id"] == again[-1]["chunk"]["metadata"]["message_id"]

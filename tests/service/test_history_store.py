@@ -10,6 +10,7 @@ import pytest
 
 from tests.service.test_chat_service import make_service
 from tether.chat import Edit, Regenerate, Turn
+from tether.engines.base import ToolCall
 from tether.engines.echo import EchoEngine
 from tether.errors import BadRequest, Conflict, NotFound
 from tether.events import ChatEvent, Completed, Failed
@@ -85,9 +86,22 @@ async def test_a_regeneration_stores_no_second_user_message(store: SQLiteStore) 
         ("assistant", user),
     ]
     assert (await session_of(store, sid)).active_leaf_id == again.id
-    with pytest.raises(NotFound, match="assistant message"):
-        await store.begin_regeneration(first_answer, session_id=sid)
     assert await store.close_open_turns() == {}  # the regeneration's turn was closed
+    # Any message of the turn names it: an answer, a tool call, a tool result.
+    call = await store.append_message(
+        sid, user, NewMessage("assistant", "", tool_calls=(ToolCall("c1", "calculator", {}),))
+    )
+    result = await store.append_message(sid, call.id, NewMessage("tool", "42", tool_call_id="c1"))
+    for message_id in (first_answer, call.id, result.id):
+        start = await store.begin_regeneration(message_id, session_id=sid)
+        assert start.message.id == user
+        await store.append_message(
+            sid, user, NewMessage("assistant", "x"), turn_id=user, ends_turn=True
+        )
+    other, _, other_answer = await answered(store, "elsewhere")
+    for message_id, session_id in (("no-such-message", sid), (other_answer, sid), (user, other)):
+        with pytest.raises(NotFound, match="is not in session"):
+            await store.begin_regeneration(message_id, session_id=session_id)
 
 
 async def test_the_active_leaf_moves_with_turns_and_on_request(store: SQLiteStore) -> None:

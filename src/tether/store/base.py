@@ -157,10 +157,11 @@ class Store(Protocol):
         """
         ...
 
-    async def begin_regeneration(self, user_message_id: str, *, session_id: str) -> TurnStart:
-        """Open a turn that answers the stored user message again: no message is stored, the
-        new answer goes beside the earlier ones. Raises `NotFound` for a message that is not a
-        user message of the session, `Conflict` while a turn of that message is running."""
+    async def begin_regeneration(self, message_id: str, *, session_id: str) -> TurnStart:
+        """Open a turn that answers a stored user message again: `message_id` or, for any
+        other message, the user message of its turn. No message is stored; the new answer goes
+        beside the earlier ones. Raises `NotFound` for a message outside the session,
+        `Conflict` while a turn of that user message is running."""
         ...
 
     async def append_message(

@@ -376,10 +376,14 @@ class SQLiteStore:
             started = replace(session, updated_at=message.created_at, active_leaf_id=message.id)
             return TurnStart(started, message, created)
 
-    async def begin_regeneration(self, user_message_id: str, *, session_id: str) -> TurnStart:
+    async def begin_regeneration(self, message_id: str, *, session_id: str) -> TurnStart:
         async with self._transaction() as conn:
             session = await self._session_in(conn, session_id)
-            message = await self._user_message_in(conn, user_message_id, session.id)
+            message = await self._message_in(conn, message_id, session.id)
+            while message.role != "user":  # up from an answer, a tool call or its result
+                if message.parent_id is None:
+                    raise NotFound(f"message {message_id!r} answers no user message")
+                message = await self._message_in(conn, message.parent_id, session.id)
             async with conn.execute(
                 "SELECT 1 FROM turns WHERE user_message_id = ?", (message.id,)
             ) as cursor:

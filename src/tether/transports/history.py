@@ -37,13 +37,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether import jsonsafe
-from tether.chat import Edit, Regenerate, Turn
+from tether.chat import Edit
 from tether.errors import BadRequest, NotFound
-from tether.protocol import ChatFrame, ChatOptions, RequestId
+from tether.protocol import ChatFrame, ChatOptions, RegenerateFrame, RequestId
 from tether.store.base import Message, Session, Store
 from tether.transports.ndjson import parse_chat_body, read_body, stream_turn
 from tether.transports.rest import message_json, session_json
-from tether.transports.ws import turn_from_frame, turn_options
+from tether.transports.ws import turn_from_frame
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -146,13 +146,6 @@ class MessageTree:
             current = self.by_id.get(current.parent_id) if current.parent_id else None
         return path[::-1]
 
-    def turn_of(self, message_id: str) -> Message:
-        """The user message whose turn `message_id` belongs to (itself for a user message)."""
-        for message in reversed(self.path(message_id)):
-            if message.role == "user":
-                return message
-        raise BadRequest(f"message {message_id!r} answers no user message")
-
     def json(self, message: Message) -> dict[str, Any]:
         return {
             **message_json(message),
@@ -186,20 +179,14 @@ async def regenerate(request: Request) -> Response:
     session_id = request.path_params["session_id"]
     message_id = request.path_params["message_id"]
     body = await _body(request, RegenerateBody)
-    store = request.app.state.services.store
-    await _session(store, session_id)
-    tree = MessageTree(await store.list_messages(session_id))
-    if message_id not in tree.by_id:
-        raise NotFound(f"message {message_id!r} is not in session {session_id!r}")
-    user_message = tree.turn_of(message_id)
-    turn = Turn(
+    frame = RegenerateFrame(
+        type="regenerate",
         request_id=body.request_id,
-        text="",
         session_id=session_id,
-        options=turn_options(body.options),
-        redo=Regenerate(user_message.id),
+        message_id=message_id,
+        options=body.options,
     )
-    return await stream_turn(request, turn)
+    return await stream_turn(request, turn_from_frame(frame))
 
 
 async def set_active(request: Request) -> Response:
