@@ -564,12 +564,12 @@ class SQLiteStore:
             """
             SELECT m.id, m.session_id, s.title, m.role, m.created_at,
                    snippet(messages_fts, 0, '<mark>', '</mark>', '…', 16) AS snippet,
-                   bm25(messages_fts) AS rank
+                   bm25(messages_fts) AS score
             FROM messages_fts
             JOIN messages m ON m.rowid = messages_fts.rowid
             JOIN sessions s ON s.id = m.session_id
             WHERE messages_fts MATCH ? AND (? IS NULL OR m.session_id = ?)
-            ORDER BY rank, m.rowid LIMIT ?
+            ORDER BY score, m.rowid LIMIT ?
             """,
             (fts_query(query, syntax), session_id, session_id, limit),
         )
@@ -581,7 +581,7 @@ class SQLiteStore:
                 role=row["role"],
                 snippet=row["snippet"],
                 created_at=row["created_at"],
-                rank=row["rank"],
+                rank=row["score"],
             )
             for row in rows
         ]
