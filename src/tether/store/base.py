@@ -194,7 +194,8 @@ class Store(Protocol):
 
     async def turn_answer(self, user_message_id: str) -> Message | None:
         """The answer that closed the turn of `user_message_id`, if it is stored: the first
-        assistant message without tool calls down the turn's chain."""
+        assistant message without tool calls down the turn's chain, which starts at the newest
+        answer under the user's message (a regeneration's, when there is one)."""
         ...
 
     async def list_messages(self, session_id: str) -> list[Message]:

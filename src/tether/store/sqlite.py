@@ -491,19 +491,25 @@ class SQLiteStore:
     async def turn_answer(self, user_message_id: str) -> Message | None:
         # A turn is a chain: each message it stores is the first child of the one before (a
         # later branch from the same parent is younger, so ORDER BY rowid keeps to the turn).
-        current = user_message_id
+        # Under the user's message the newest answer is the turn's: a regeneration answers the
+        # message again (one turn of a message runs at a time); a user message there (a chat
+        # with that parent_id) starts another turn.
+        row = await self._fetchone(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? AND role != 'user' "
+            "ORDER BY rowid DESC LIMIT 1",
+            (user_message_id,),
+        )
         while True:
-            row = await self._fetchone(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
-                "ORDER BY rowid LIMIT 1",
-                (current,),
-            )
             if row is None or row["role"] == "user":
                 return None
             message = _message(row)
             if message.role == "assistant" and not message.tool_calls:
                 return message
-            current = message.id
+            row = await self._fetchone(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
+                "ORDER BY rowid LIMIT 1",
+                (message.id,),
+            )
 
     async def _unanswered_calls(self, conn: aiosqlite.Connection, head_id: str) -> list[ToolCall]:
         """The tool calls of the answer at (or just above the tool results at) `head_id` that
