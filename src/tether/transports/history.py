@@ -24,7 +24,6 @@ oldest first), which is what a "2/3" branch switcher needs.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -36,7 +35,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether import jsonsafe
 from tether.chat import Edit
 from tether.errors import BadRequest, NotFound
 from tether.protocol import ChatFrame, ChatOptions, RegenerateFrame, RequestId
@@ -48,8 +46,8 @@ from tether.transports.ws import turn_from_frame
 M = TypeVar("M", bound=BaseModel)
 
 TITLE_MAX_CHARS = 500
-# Fields of a `chat` body that the path decides for an edit or a regeneration.
-PATH_FIELDS = ("type", "session_id", "parent_id", "agent_id")
+# Fields of a `chat` body that the path decides for an edit.
+PATH_FIELDS = ("session_id", "parent_id", "agent_id")
 
 
 class TitleBody(BaseModel):
@@ -109,16 +107,11 @@ async def _edit_body(request: Request) -> ChatFrame:
     TooLarge."""
     limits = request.app.state.services.settings.limits
     raw = await read_body(request, limits.max_frame_bytes)
-    try:
-        data = jsonsafe.loads(raw, finite=False) if raw.strip() else {}
-    except jsonsafe.JSONInputError as exc:
-        raise BadRequest(f"request body {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    decided = [name for name in PATH_FIELDS if name in data]
+    frame = parse_chat_body(raw, max_text_chars=limits.max_text_chars)
+    decided = [name for name in PATH_FIELDS if getattr(frame, name) is not None]
     if decided:
         raise BadRequest(f"{', '.join(decided)}: not a field here (the path names the message)")
-    return parse_chat_body(json.dumps(data).encode(), max_text_chars=limits.max_text_chars)
+    return frame
 
 
 async def _session(store: Store, session_id: str) -> Session:
