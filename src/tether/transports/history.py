@@ -2,7 +2,8 @@
 
 Messages form a tree by `parent_id`; nothing is overwritten. An edit stores a new user message
 beside the edited one (same parent) and answers it; a regeneration stores a new answer beside the
-earlier ones under the same user message (the user's message is not stored again). Both run as
+earlier ones under the same user message (the one named, or the user message of the named
+message's turn; it is not stored again). Both run as
 turns of the chat core on the server's RunRegistry, as `POST /chat/stream` does, and answer the
 same NDJSON lines (tether.transports.ndjson): journaled, resumable on /ws/chat by the `start`
 line's request_id, refused with an HTTP error status before they start.
