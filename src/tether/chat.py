@@ -53,7 +53,7 @@ from tether.events import (
     ToolCallStarted,
 )
 from tether.protocol import ChatOptions, ProtocolError, parse_options
-from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store
+from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store, TurnStart
 from tether.tools.base import ToolResult, ToolRunner
 
 EventSink = Callable[[ChatEvent], Awaitable[None]]
@@ -66,6 +66,23 @@ TITLE_CHARS = 60
 
 
 @dataclass(frozen=True, slots=True)
+class Edit:
+    """The turn's text replaces the stored user message `message_id`: the new message goes
+    beside it (same parent), a branch; the old one stays."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Regenerate:
+    """The turn answers a stored user message again (`message_id`, or the user message of the
+    turn `message_id` belongs to): no user message is stored (the turn's `text` is unused), the
+    new answer goes beside the earlier ones."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     request_id: str
     text: str
@@ -74,6 +91,8 @@ class Turn:
     parent_id: str | None = None
     # As the client sent them: an agent's default_options fill in what they leave unset.
     options: ChatOptions = field(default_factory=ChatOptions)
+    # A turn that branches from a stored message (needs `session_id`); None: a new message.
+    redo: Edit | Regenerate | None = None
 
 
 class TurnCancelled(Exception):
@@ -276,13 +295,7 @@ class ChatService:
         release: Callable[[], None],
     ) -> None:
         try:
-            start = await self.store.begin_turn(
-                session_id=turn.session_id,
-                text=turn.text,
-                parent_id=turn.parent_id,
-                agent_id=turn.agent_id,
-                title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
-            )
+            start = await self._begin(turn)
         except (TetherError, UnknownModelError) as exc:
             await emit(_error_event(exc))
             return
@@ -385,6 +398,23 @@ class ChatService:
             total_ms=timings.total_ms,
         )
         await emit(Completed(message.id, finish, usage, timings, dict(current.metadata)))
+
+    async def _begin(self, turn: Turn) -> TurnStart:
+        """Commit the turn's start: its user message, or the stored one it answers again."""
+        if isinstance(turn.redo, Regenerate):
+            if turn.session_id is None:
+                raise BadRequest("a regeneration needs the session_id of its message")
+            return await self.store.begin_regeneration(
+                turn.redo.message_id, session_id=turn.session_id
+            )
+        return await self.store.begin_turn(
+            session_id=turn.session_id,
+            text=turn.text,
+            parent_id=turn.parent_id,
+            agent_id=turn.agent_id,
+            title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
+            sibling_of=turn.redo.message_id if isinstance(turn.redo, Edit) else None,
+        )
 
     async def _agent_for(self, turn: Turn) -> Agent | None:
         """The turn's agent, else its session's (a session that does not exist is refused

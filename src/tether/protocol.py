@@ -143,6 +143,17 @@ class ChatFrame(_Frame):
     options: ChatOptions = ChatOptions()
 
 
+class RegenerateFrame(_Frame):
+    """Answer a stored user message again (`message_id`, or any message of its turn): a new
+    answer beside the earlier ones, no second copy of the user's message."""
+
+    type: Literal["regenerate"]
+    request_id: RequestId
+    session_id: str
+    message_id: str
+    options: ChatOptions = ChatOptions()
+
+
 class CancelFrame(_Frame):
     type: Literal["cancel"]
     request_id: RequestId
@@ -159,13 +170,10 @@ class PingFrame(_Frame):
     request_id: RequestId
 
 
-ClientFrame = Annotated[
-    ChatFrame | CancelFrame | ResumeFrame | PingFrame, Field(discriminator="type")
-]
-_CLIENT_FRAME: TypeAdapter[ChatFrame | CancelFrame | ResumeFrame | PingFrame] = TypeAdapter(
-    ClientFrame
-)
-CLIENT_TYPES = ("chat", "cancel", "resume", "ping")
+AnyClientFrame = ChatFrame | RegenerateFrame | CancelFrame | ResumeFrame | PingFrame
+ClientFrame = Annotated[AnyClientFrame, Field(discriminator="type")]
+_CLIENT_FRAME: TypeAdapter[AnyClientFrame] = TypeAdapter(ClientFrame)
+CLIENT_TYPES = ("chat", "regenerate", "cancel", "resume", "ping")
 # Frames about an earlier request: without its id they cannot mean anything (chat and ping get
 # a fresh id from the server instead).
 NEEDS_REQUEST_ID = {
@@ -208,9 +216,7 @@ def _normalise(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def parse_client_frame(
-    raw: str | bytes, *, max_text_chars: int
-) -> ChatFrame | CancelFrame | ResumeFrame | PingFrame:
+def parse_client_frame(raw: str | bytes, *, max_text_chars: int) -> AnyClientFrame:
     """Parse one client frame or raise ProtocolError (bad_request, too_large)."""
     try:
         data = jsonsafe.loads(raw, finite=False)  # refused below, under the request's id

@@ -120,3 +120,22 @@ async def test_a_journal_whose_final_frame_was_written_only_gets_its_end(
     await recover(store)
     assert await store.read_journal("r") == sent
     assert await store.open_journals() == []
+
+
+async def test_a_regenerated_answer_stored_before_its_complete_was_journaled(
+    store: SQLiteStore,
+) -> None:
+    first = await store.begin_turn(session_id=None, text="again?")
+    sid, user = first.session.id, first.message.id
+    await store.append_message(
+        sid, user, NewMessage("assistant", "once"), turn_id=user, ends_turn=True
+    )
+    await store.begin_regeneration(user, session_id=sid)
+    again = await store.append_message(
+        sid, user, NewMessage("assistant", "twice"), turn_id=user, ends_turn=True
+    )
+    await store.append_journals([JournalAppend("r", 0, frames_of("r", processing(user)))])
+    await recover(store)
+    final = (await decoded(store, "r"))[-1]
+    assert final["status"] == "complete"
+    assert final["chunk"]["metadata"]["message_id"] == again.id

@@ -101,8 +101,25 @@ async def test_a_turns_answer_is_found_down_its_chain_not_a_later_branch(
     result = await store.append_message(sid, said.id, NewMessage("tool", "42", tool_call_id="c1"))
     assert await store.turn_answer(turn) is None
     answer = await store.append_message(sid, result.id, NewMessage("assistant", "42"))
-    await store.append_message(sid, turn, NewMessage("assistant", "regenerated"))
+    # Later branches from inside the turn, and a user message under the question, are others'.
+    await store.append_message(sid, result.id, NewMessage("assistant", "branch"))
+    await store.begin_turn(session_id=sid, text="a branch", parent_id=turn)
     assert await store.turn_answer(turn) == answer
+
+
+async def test_a_regenerated_turns_answer_is_the_newest_under_its_question(
+    store: SQLiteStore,
+) -> None:
+    start = await store.begin_turn(session_id=None, text="again?")
+    sid, turn = start.session.id, start.message.id
+    await store.append_message(
+        sid, turn, NewMessage("assistant", "once"), turn_id=turn, ends_turn=True
+    )
+    await store.begin_regeneration(turn, session_id=sid)
+    again = await store.append_message(
+        sid, turn, NewMessage("assistant", "twice"), turn_id=turn, ends_turn=True
+    )
+    assert await store.turn_answer(turn) == again
 
 
 async def test_the_chat_service_closes_every_turn_it_opens(store: SQLiteStore) -> None:

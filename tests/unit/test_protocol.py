@@ -25,6 +25,7 @@ from tether.protocol import (
     ChatOptions,
     PingFrame,
     ProtocolError,
+    RegenerateFrame,
     RequestFrames,
     ResumeFrame,
     event_body,
@@ -43,6 +44,22 @@ def parse_error(raw: str | bytes) -> ProtocolError:
     with pytest.raises(ProtocolError) as caught:
         parse_client_frame(raw, max_text_chars=LIMIT)
     return caught.value
+
+
+def test_regenerate_frame_names_a_session_and_a_message() -> None:
+    frame = parse(
+        {"type": "regenerate", "session_id": "s", "message_id": "m", "options": {"seed": 3}}
+    )
+    assert isinstance(frame, RegenerateFrame)
+    assert (frame.session_id, frame.message_id, frame.options.seed) == ("s", "m", 3)
+    assert frame.request_id  # given by the server, as for chat
+    for missing in ({"session_id": "s"}, {"message_id": "m"}):
+        error = parse_error(json.dumps({"type": "regenerate", "request_id": "r", **missing}))
+        assert (error.code, error.request_id) == ("bad_request", "r")
+    error = parse_error(
+        json.dumps({"type": "regenerate", "session_id": "s", "message_id": 5, "request_id": "r"})
+    )
+    assert "message_id" in error.message
 
 
 def test_chat_frame_with_every_field() -> None:

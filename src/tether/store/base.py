@@ -9,6 +9,9 @@ from typing import Any, Literal, Protocol
 from tether.engines.base import Role, ToolCall
 
 MessageStatus = Literal["complete", "cancelled", "error", "interrupted"]
+# How a search query reads: `words` (every word must occur; nothing in it is an operator) or
+# `fts5` (SQLite FTS5's query syntax: phrases, AND/OR/NOT, prefix*, NEAR).
+SearchSyntax = Literal["words", "fts5"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +21,8 @@ class Session:
     agent_id: str | None
     created_at: str
     updated_at: str
+    # Where the session's active branch ends (None: the session has no message yet).
+    active_leaf_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,20 @@ class TurnStart:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchHit:
+    """A message matching a search, with `snippet`: its best-matching passage, matches marked
+    `<mark>`...`</mark>` (plain text around them, not HTML-escaped)."""
+
+    message_id: str
+    session_id: str
+    session_title: str
+    role: Role
+    snippet: str
+    created_at: str
+    rank: float  # bm25: lower is better
+
+
+@dataclass(frozen=True, slots=True)
 class JournalAppend:
     """New frames of one request's journal: `frames[i]` has seq `first_seq + i`.
 
@@ -107,6 +126,10 @@ class Store(Protocol):
 
     async def list_sessions(self, limit: int = 100, offset: int = 0) -> list[Session]: ...
 
+    async def update_session(self, session_id: str, *, title: str) -> Session | None:
+        """Set the session's title; None when there is no such session."""
+        ...
+
     async def delete_session(self, session_id: str) -> bool: ...
 
     async def delete_all_sessions(self) -> int: ...
@@ -120,13 +143,25 @@ class Store(Protocol):
         parent_id: str | None = None,
         agent_id: str | None = None,
         title: str = "",
+        sibling_of: str | None = None,
     ) -> TurnStart:
         """Commit a user message, creating the session when `session_id` is None.
 
         Raises `NotFound` for an unknown session or a parent outside the session. The parent
-        defaults to the session's newest message, so plain turns form one chain and a turn with
-        an older `parent_id` starts a branch.
+        defaults to the end of the session's active branch (its newest message unless switched
+        with `set_active_leaf`), so plain turns form one chain and a turn with an older
+        `parent_id` starts a branch. `sibling_of` (an edit) names a user message of the session
+        the new one goes beside, under the same parent (none for the first message); it excludes
+        `parent_id`. `title` names a new session, and a session without a title gets it with its
+        first message.
         """
+        ...
+
+    async def begin_regeneration(self, message_id: str, *, session_id: str) -> TurnStart:
+        """Open a turn that answers a stored user message again: `message_id` or, for any
+        other message, the user message of its turn. No message is stored; the new answer goes
+        beside the earlier ones. Raises `NotFound` for a message outside the session,
+        `Conflict` while a turn of that user message is running."""
         ...
 
     async def append_message(
@@ -159,10 +194,31 @@ class Store(Protocol):
 
     async def turn_answer(self, user_message_id: str) -> Message | None:
         """The answer that closed the turn of `user_message_id`, if it is stored: the first
-        assistant message without tool calls down the turn's chain."""
+        assistant message without tool calls down the turn's chain, which starts at the newest
+        answer under the user's message (a regeneration's, when there is one)."""
         ...
 
-    async def list_messages(self, session_id: str) -> list[Message]: ...
+    async def list_messages(self, session_id: str) -> list[Message]:
+        """Every message of the session (the whole tree), oldest first."""
+        ...
+
+    async def set_active_leaf(self, session_id: str, message_id: str) -> Message:
+        """Make the branch through `message_id` the session's active one, down to its newest
+        leaf (following the newest child); returns that leaf. Raises `NotFound` for a message
+        outside the session."""
+        ...
+
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        session_id: str | None = None,
+        syntax: SearchSyntax = "words",
+    ) -> list[SearchHit]:
+        """Messages matching `query` (read as `syntax` says), best first, of one session or of
+        all. Raises `BadRequest` for an empty query or one that does not parse."""
+        ...
 
     async def branch(self, message_id: str) -> list[Message]:
         """The messages from the root of the session down to `message_id`, in order."""

@@ -7,7 +7,9 @@ meet "database is locked") and one reader connection, which WAL lets read while 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -19,14 +21,17 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from tether import jsonsafe
 from tether.engines.base import ToolCall
-from tether.errors import NotFound
+from tether.errors import BadRequest, Conflict, NotFound
 from tether.store.base import (
     Agent,
     JournalAppend,
     Message,
     NewMessage,
     OpenJournal,
+    SearchHit,
+    SearchSyntax,
     Session,
     TurnStart,
 )
@@ -57,6 +62,28 @@ def load_migrations() -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def fts_query(text: str, syntax: SearchSyntax) -> str:
+    """The FTS5 query for a search: `words` quotes every word of `text` as a string (all must
+    occur, no operator is special), `fts5` passes FTS5's own syntax through after checking it.
+    Raises BadRequest for an empty query or one FTS5 cannot parse."""
+    if not jsonsafe.is_unicode(text):
+        raise BadRequest(f"q {jsonsafe.LONE_SURROGATE}")
+    text = text.replace("\x00", " ")  # FTS5 ends a string at NUL; it separates words anyway
+    if not text.strip():
+        raise BadRequest("q must not be empty")
+    if syntax == "words":
+        return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+    # Checked against an empty in-memory index: what fails there is the query's syntax, never
+    # the database.
+    with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+        probe.execute("CREATE VIRTUAL TABLE messages_fts USING fts5(content)")
+        try:
+            probe.execute("SELECT 1 FROM messages_fts WHERE messages_fts MATCH ?", (text,))
+        except sqlite3.OperationalError as exc:
+            raise BadRequest(f"q is not an FTS5 query: {exc}") from None
+    return text
 
 
 def _tool_calls_json(calls: Iterable[ToolCall]) -> str | None:
@@ -102,6 +129,7 @@ def _session(row: aiosqlite.Row) -> Session:
         agent_id=row["agent_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        active_leaf_id=row["active_leaf_id"],
     )
 
 
@@ -244,6 +272,16 @@ class SQLiteStore:
         )
         return [_session(row) for row in rows]
 
+    async def update_session(self, session_id: str, *, title: str) -> Session | None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?",
+                (title, now_iso(), session_id),
+            )
+            async with conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
+                row = await cur.fetchone()
+        return _session(row) if row else None
+
     async def delete_session(self, session_id: str) -> bool:
         async with self._transaction() as conn:
             cursor = await conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
@@ -295,7 +333,10 @@ class SQLiteStore:
                 message.completion_tokens,
             ),
         )
-        await conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+        await conn.execute(
+            "UPDATE sessions SET updated_at = ?, active_leaf_id = ? WHERE id = ?",
+            (stamp, message.id, session_id),
+        )
         return message
 
     async def begin_turn(
@@ -306,44 +347,85 @@ class SQLiteStore:
         parent_id: str | None = None,
         agent_id: str | None = None,
         title: str = "",
+        sibling_of: str | None = None,
     ) -> TurnStart:
+        if sibling_of is not None and parent_id is not None:
+            raise BadRequest("a turn goes after parent_id or beside sibling_of, not both")
         async with self._transaction() as conn:
             created = session_id is None
             if session_id is None:
                 await self._check_agent(conn, agent_id)
                 session = await self._insert_session(conn, title, agent_id)
             else:
-                async with conn.execute(
-                    "SELECT * FROM sessions WHERE id = ?", (session_id,)
-                ) as cursor:
-                    row = await cursor.fetchone()
-                if row is None:
-                    raise NotFound(f"session {session_id!r} does not exist")
-                session = _session(row)
-            if parent_id is not None:
-                async with conn.execute(
-                    "SELECT 1 FROM messages WHERE id = ? AND session_id = ?",
-                    (parent_id, session.id),
-                ) as cursor:
-                    if await cursor.fetchone() is None:
-                        raise NotFound(f"message {parent_id!r} is not in session {session.id!r}")
-            elif not created:
-                async with conn.execute(
-                    "SELECT id FROM messages WHERE session_id = ? ORDER BY rowid DESC LIMIT 1",
-                    (session.id,),
-                ) as cursor:
-                    latest = await cursor.fetchone()
-                parent_id = latest["id"] if latest else None
+                session = await self._session_in(conn, session_id)
+            if sibling_of is not None:
+                parent_id = (await self._user_message_in(conn, sibling_of, session.id)).parent_id
+            elif parent_id is not None:
+                await self._message_in(conn, parent_id, session.id)
+            else:
+                parent_id = session.active_leaf_id
+            if not session.title and session.active_leaf_id is None and title:
+                await conn.execute(
+                    "UPDATE sessions SET title = ? WHERE id = ?", (title, session.id)
+                )
+                session = replace(session, title=title)
             message = await self._insert_message(
                 conn, session.id, parent_id, NewMessage(role="user", content=text)
             )
-            # The turn is open until its answer is stored (see close_open_turns).
-            await conn.execute(
-                "INSERT INTO turns (user_message_id, session_id, head_id, started_at) "
-                "VALUES (?, ?, ?, ?)",
-                (message.id, session.id, message.id, message.created_at),
-            )
-            return TurnStart(replace(session, updated_at=message.created_at), message, created)
+            await self._open_turn(conn, message)
+            started = replace(session, updated_at=message.created_at, active_leaf_id=message.id)
+            return TurnStart(started, message, created)
+
+    async def begin_regeneration(self, message_id: str, *, session_id: str) -> TurnStart:
+        async with self._transaction() as conn:
+            session = await self._session_in(conn, session_id)
+            message = await self._message_in(conn, message_id, session.id)
+            while message.role != "user":  # up from an answer, a tool call or its result
+                if message.parent_id is None:
+                    raise NotFound(f"message {message_id!r} answers no user message")
+                message = await self._message_in(conn, message.parent_id, session.id)
+            async with conn.execute(
+                "SELECT 1 FROM turns WHERE user_message_id = ?", (message.id,)
+            ) as cursor:
+                if await cursor.fetchone() is not None:
+                    raise Conflict(f"message {message.id!r} is being answered already")
+            await self._open_turn(conn, message)
+            return TurnStart(session, message, False)
+
+    async def _open_turn(self, conn: aiosqlite.Connection, message: Message) -> None:
+        """The turn of `message` is open until its answer is stored (see close_open_turns)."""
+        await conn.execute(
+            "INSERT INTO turns (user_message_id, session_id, head_id, started_at) "
+            "VALUES (?, ?, ?, ?)",
+            (message.id, message.session_id, message.id, now_iso()),
+        )
+
+    async def _session_in(self, conn: aiosqlite.Connection, session_id: str) -> Session:
+        async with conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise NotFound(f"session {session_id!r} does not exist")
+        return _session(row)
+
+    async def _message_in(
+        self, conn: aiosqlite.Connection, message_id: str, session_id: str
+    ) -> Message:
+        async with conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND session_id = ?",
+            (message_id, session_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise NotFound(f"message {message_id!r} is not in session {session_id!r}")
+        return _message(row)
+
+    async def _user_message_in(
+        self, conn: aiosqlite.Connection, message_id: str, session_id: str
+    ) -> Message:
+        message = await self._message_in(conn, message_id, session_id)
+        if message.role != "user":
+            raise NotFound(f"message {message_id!r} is a {message.role} message, not a user's")
+        return message
 
     async def append_message(
         self,
@@ -409,19 +491,25 @@ class SQLiteStore:
     async def turn_answer(self, user_message_id: str) -> Message | None:
         # A turn is a chain: each message it stores is the first child of the one before (a
         # later branch from the same parent is younger, so ORDER BY rowid keeps to the turn).
-        current = user_message_id
+        # Under the user's message the newest answer is the turn's: a regeneration answers the
+        # message again (one turn of a message runs at a time); a user message there (a chat
+        # with that parent_id) starts another turn.
+        row = await self._fetchone(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? AND role != 'user' "
+            "ORDER BY rowid DESC LIMIT 1",
+            (user_message_id,),
+        )
         while True:
-            row = await self._fetchone(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
-                "ORDER BY rowid LIMIT 1",
-                (current,),
-            )
             if row is None or row["role"] == "user":
                 return None
             message = _message(row)
             if message.role == "assistant" and not message.tool_calls:
                 return message
-            current = message.id
+            row = await self._fetchone(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
+                "ORDER BY rowid LIMIT 1",
+                (message.id,),
+            )
 
     async def _unanswered_calls(self, conn: aiosqlite.Connection, head_id: str) -> list[ToolCall]:
         """The tool calls of the answer at (or just above the tool results at) `head_id` that
@@ -451,6 +539,58 @@ class SQLiteStore:
             (session_id,),
         )
         return [_message(row) for row in rows]
+
+    async def set_active_leaf(self, session_id: str, message_id: str) -> Message:
+        async with self._transaction() as conn:
+            leaf = await self._message_in(conn, message_id, session_id)
+            while True:
+                async with conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
+                    "ORDER BY rowid DESC LIMIT 1",
+                    (leaf.id,),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    break
+                leaf = _message(row)
+            await conn.execute(
+                "UPDATE sessions SET active_leaf_id = ? WHERE id = ?", (leaf.id, session_id)
+            )
+            return leaf
+
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        session_id: str | None = None,
+        syntax: SearchSyntax = "words",
+    ) -> list[SearchHit]:
+        rows = await self._fetchall(
+            """
+            SELECT m.id, m.session_id, s.title, m.role, m.created_at,
+                   snippet(messages_fts, 0, '<mark>', '</mark>', '…', 16) AS snippet,
+                   bm25(messages_fts) AS score
+            FROM messages_fts
+            JOIN messages m ON m.rowid = messages_fts.rowid
+            JOIN sessions s ON s.id = m.session_id
+            WHERE messages_fts MATCH ? AND (? IS NULL OR m.session_id = ?)
+            ORDER BY score, m.rowid LIMIT ?
+            """,
+            (fts_query(query, syntax), session_id, session_id, limit),
+        )
+        return [
+            SearchHit(
+                message_id=row["id"],
+                session_id=row["session_id"],
+                session_title=row["title"],
+                role=row["role"],
+                snippet=row["snippet"],
+                created_at=row["created_at"],
+                rank=row["score"],
+            )
+            for row in rows
+        ]
 
     async def branch(self, message_id: str) -> list[Message]:
         rows = await self._fetchall(

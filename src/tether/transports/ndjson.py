@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tether import jsonsafe
+from tether.chat import Turn
 from tether.errors import BadRequest, TooLarge
 from tether.http_errors import error_body
 from tether.protocol import ChatFrame, ProtocolError, parse_client_frame
@@ -66,8 +67,14 @@ async def chat_stream(request: Request) -> Response:
         await read_body(request, services.settings.limits.max_frame_bytes),
         max_text_chars=services.settings.limits.max_text_chars,
     )
+    return await stream_turn(request, turn_from_frame(frame))
+
+
+async def stream_turn(request: Request, turn: Turn) -> Response:
+    """Run `turn` on the server's RunRegistry and answer its frames as NDJSON lines (or an
+    HTTP error status when it is refused before it starts)."""
     sink = StreamSink()
-    turn = turn_from_frame(frame)
+    services = request.app.state.services
     watcher = services.runs.start(turn, sink, sink.end, transport="ndjson")  # Conflict, Busy
     first = await sink.frames.get()
     assert first is not None  # a run's last frame is `complete` or `error`
@@ -80,7 +87,7 @@ async def chat_stream(request: Request) -> Response:
     return StreamingResponse(
         _lines(body, sink, watcher.run, watcher),
         media_type=NDJSON,
-        headers={"Cache-Control": "no-store", "X-Request-Id": frame.request_id},
+        headers={"Cache-Control": "no-store", "X-Request-Id": turn.request_id},
     )
 
 

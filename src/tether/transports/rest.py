@@ -198,14 +198,6 @@ async def delete_all_sessions(request: Request) -> Response:
     return JSONResponse({"deleted": deleted})
 
 
-async def list_messages(request: Request) -> Response:
-    store = request.app.state.services.store
-    session_id = _path_id(request, "session_id")
-    if await store.get_session(session_id) is None:
-        raise NotFound(f"session {session_id!r} does not exist")
-    return JSONResponse([message_json(m) for m in await store.list_messages(session_id)])
-
-
 async def list_agents(request: Request) -> Response:
     agents = await request.app.state.services.store.list_agents()
     return JSONResponse([agent_json(a) for a in agents])
@@ -260,7 +252,6 @@ routes = [
     Route("/sessions", delete_all_sessions, methods=["DELETE"]),
     Route("/sessions/{session_id}", get_session, methods=["GET"]),
     Route("/sessions/{session_id}", delete_session, methods=["DELETE"]),
-    Route("/sessions/{session_id}/messages", list_messages, methods=["GET"]),
     Route("/agents", list_agents, methods=["GET"]),
     Route("/agents/{agent_id}", get_agent, methods=["GET"]),
     Route("/agents/{agent_id}", put_agent, methods=["PUT"]),

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from starlette.websockets import WebSocket
 
-from tether.chat import Turn
+from tether.chat import Regenerate, Turn
 from tether.config import LimitsSettings
 from tether.errors import TetherError
 from tether.protocol import (
@@ -27,6 +27,7 @@ from tether.protocol import (
     ChatFrame,
     PingFrame,
     ProtocolError,
+    RegenerateFrame,
     RequestFrames,
     ResumeFrame,
     error_body,
@@ -43,7 +44,15 @@ log = structlog.get_logger("tether.ws")
 FINISHED_MEMORY = 256
 
 
-def turn_from_frame(frame: ChatFrame) -> Turn:
+def turn_from_frame(frame: ChatFrame | RegenerateFrame) -> Turn:
+    if isinstance(frame, RegenerateFrame):
+        return Turn(
+            request_id=frame.request_id,
+            text="",
+            session_id=frame.session_id,
+            options=frame.options,
+            redo=Regenerate(frame.message_id),
+        )
     return Turn(
         request_id=frame.request_id,
         text=frame.text,
@@ -174,7 +183,7 @@ class ChatSocket:
         except ProtocolError as exc:
             self.send_body(exc.request_id or "", error_body(exc.code, exc.message))
             return
-        if isinstance(frame, ChatFrame):
+        if isinstance(frame, ChatFrame | RegenerateFrame):
             self._start(frame)
         elif isinstance(frame, CancelFrame):
             self._cancel(frame)
@@ -192,7 +201,7 @@ class ChatSocket:
             f"(limit {self.limits.max_requests_per_socket}); wait for one to complete",
         )
 
-    def _start(self, frame: ChatFrame) -> None:
+    def _start(self, frame: ChatFrame | RegenerateFrame) -> None:
         request_id = frame.request_id
         running = self.runs.get(request_id)
         if running is not None and not running.finished:
