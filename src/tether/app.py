@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -32,6 +32,7 @@ from tether.errors import (
 from tether.http_errors import error_response
 from tether.metrics import Metrics
 from tether.metrics import routes as metrics_routes
+from tether.openapi import Key, Operation, Security, openapi_route
 from tether.recovery import recover
 from tether.request_ids import RequestIdMiddleware
 from tether.runs import RunRegistry
@@ -43,7 +44,7 @@ from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
 from tether.tools.mcp import McpManager
 from tether.tools.prompt import tools_prompt
-from tether.transports import history, ndjson, rest
+from tether.transports import api_docs, history, ndjson, rest
 from tether.transports.ws import SocketHub, chat_endpoint
 
 log = structlog.get_logger("tether.app")
@@ -158,6 +159,18 @@ class QuietStartupRefusals:
         await self.app(scope, receive, report)
 
 
+def _documented(settings: Settings, operations: Mapping[Key, Operation]) -> dict[Key, Operation]:
+    """The operations of the routes this configuration mounts."""
+    dropped = set() if settings.metrics.enabled else {("GET", "/metrics")}
+    return {key: op for key, op in operations.items() if key not in dropped}
+
+
+def _security(settings: Settings) -> Security:
+    return Security(
+        token=settings.server.token is not None, public_paths=settings.security.public_paths
+    )
+
+
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
     """The ASGI app. `engine` overrides the configured one (tests, embedding).
 
@@ -242,6 +255,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             *history.routes,
             *ndjson.routes,
             *(metrics_routes if settings.metrics.enabled else []),
+            # Every HTTP route above has its entry in the operations given here (a route family
+            # with schemas of its own, e.g. /v1, adds `**its.operations`).
+            openapi_route(_documented(settings, api_docs.operations), _security(settings)),
             WebSocketRoute("/ws/chat", chat_endpoint),
         ],
         lifespan=lifespan,

@@ -14,12 +14,26 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
 from tether.errors import TetherError, http_status
 
 # (status, code, message) -> the JSON body.
 ErrorShape = Callable[[int, str, str], dict[str, Any]]
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str  # stable, machine-readable: bad_request, not_found, busy, ...
+    message: str  # for a person
+
+
+class ErrorBody(BaseModel):
+    """`tether_shape`, as the OpenAPI document (`tether.openapi`) shows it."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorDetail
 
 
 def tether_shape(_status: int, code: str, message: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from tether.protocol import ChatFrame, ChatOptions, RegenerateFrame, RequestId
 from tether.store.base import Message, Session, Store
 from tether.transports.http_body import read_body, read_json
 from tether.transports.ndjson import parse_chat_body, stream_turn
-from tether.transports.rest import message_json, session_json
+from tether.transports.rest import message_json, query_model, session_json, validation_problems
 from tether.transports.ws import turn_from_frame
 
 M = TypeVar("M", bound=BaseModel)
@@ -81,26 +81,12 @@ class SearchQuery(BaseModel):
     syntax: Literal["words", "fts5"] = "words"
 
 
-def _problems(exc: ValidationError, where: str) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or where}: {e['msg']}"
-        for e in exc.errors(include_url=False)
-    )
-
-
 async def _body(request: Request, model: type[M]) -> M:
     data = await read_json(request, request.app.state.services.settings.limits.max_body_bytes)
     try:
         return model.model_validate({} if data is None else data, strict=True)
     except ValidationError as exc:
-        raise BadRequest(_problems(exc, "body")) from None
-
-
-def _query(request: Request, model: type[M]) -> M:
-    try:
-        return model.model_validate(dict(request.query_params))
-    except ValidationError as exc:
-        raise BadRequest(_problems(exc, "query")) from None
+        raise BadRequest(validation_problems(exc, "body")) from None
 
 
 async def _edit_body(request: Request) -> ChatFrame:
@@ -151,7 +137,7 @@ class MessageTree:
 async def list_messages(request: Request) -> Response:
     store = request.app.state.services.store
     session_id = request.path_params["session_id"]
-    query = _query(request, MessagesQuery)
+    query = query_model(request, MessagesQuery)
     session = await _session(store, session_id)
     tree = MessageTree(await store.list_messages(session_id))
     messages = list(tree.by_id.values()) if query.tree else tree.path(session.active_leaf_id)
@@ -202,7 +188,7 @@ async def update_session(request: Request) -> Response:
 
 
 async def search(request: Request) -> Response:
-    query = _query(request, SearchQuery)
+    query = query_model(request, SearchQuery)
     hits = await request.app.state.services.store.search(
         query.q, limit=query.limit, session_id=query.session_id, syntax=query.syntax
     )

@@ -82,16 +82,33 @@ class AgentBody(BaseModel):
     default_options: dict[str, Any] = Field(default_factory=dict)
 
 
+class SessionsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=10**9)
+
+
+def validation_problems(exc: ValidationError, where: str) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or where}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+
+
 async def _json_body(request: Request, model: type[M]) -> M:
     data = await read_json(request, request.app.state.services.settings.limits.max_body_bytes)
     try:
         return model.model_validate({} if data is None else data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise BadRequest(problems) from None
+        raise BadRequest(validation_problems(exc, "body")) from None
+
+
+def query_model(request: Request, model: type[M]) -> M:
+    """The query parameters as `model`; raises BadRequest."""
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise BadRequest(validation_problems(exc, "query")) from None
 
 
 def _path_id(request: Request, name: str) -> str:
@@ -127,19 +144,6 @@ async def _checked_defaults(request: Request, body: AgentBody) -> dict[str, Any]
     return options.model_dump(exclude_unset=True)
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}")
-    return value
-
-
 async def health(request: Request) -> Response:
     """200 "ok"; 503 "degraded" when a chat that names no model cannot be answered (the
     default engine has no model, or the default model is gone): other models may still be."""
@@ -166,9 +170,10 @@ async def health(request: Request) -> Response:
 
 
 async def list_sessions(request: Request) -> Response:
-    limit = _int_param(request, "limit", 100, 1, 1000)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
-    sessions = await request.app.state.services.store.list_sessions(limit=limit, offset=offset)
+    query = query_model(request, SessionsQuery)
+    sessions = await request.app.state.services.store.list_sessions(
+        limit=query.limit, offset=query.offset
+    )
     return JSONResponse([session_json(s) for s in sessions])
 
 

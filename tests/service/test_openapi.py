@@ -1,0 +1,130 @@
+"""`GET /openapi.json` over a real uvicorn, and schemathesis against it: no 500, no answer that
+the document does not describe (status, content type, body schema)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette.routing import Route
+
+from tests.support.servers import make_settings, serve_app
+from tether.app import create_app
+from tether.openapi import MissingOperation, Operation, Reply, Security, build_document
+from tether.transports import api_docs
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+EXAMPLES_PER_OPERATION = 12
+
+
+def _no_token_delay(case: schemathesis.Case) -> None:
+    """The echo engine waits `options.token_delay_ms` (up to 1 s) between words: 0 here, so an
+    example costs milliseconds (every other option is as generated)."""
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("options"), dict):
+        body["options"]["token_delay_ms"] = 0
+
+
+def _fuzz(base_url: str) -> list[str]:
+    """Run every operation's examples against `base_url`; what failed, one line each."""
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            derandomize=True,  # the same examples on every run
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy())
+        def run(case: schemathesis.Case) -> None:
+            _no_token_delay(case)
+            case.call_and_validate(base_url=base_url, checks=CHECKS)
+
+        try:
+            run()
+        except Exception as exc:
+            failures.append(f"{operation.label}: {exc}")
+    return failures
+
+
+async def test_schemathesis_finds_no_error_and_no_violation(tmp_path: Path) -> None:
+    async with serve_app(make_settings(tmp_path)) as server:
+        failures = await asyncio.to_thread(_fuzz, server.http_url)
+    assert failures == [], "\n\n".join(failures)
+
+
+async def test_document_lists_every_route(tmp_path: Path) -> None:
+    async with (
+        serve_app(make_settings(tmp_path)) as server,
+        httpx.AsyncClient(base_url=server.http_url) as http,
+    ):
+        answer = await http.get("/openapi.json")
+    assert answer.status_code == 200
+    doc = answer.json()
+    assert doc["openapi"] == "3.1.0"
+    assert set(doc["paths"]) >= {
+        "/health",
+        "/sessions/{session_id}/messages/{message_id}/regenerate",
+        "/chat/stream",
+        "/search",
+        "/metrics",
+        "/openapi.json",
+    }
+    stream = doc["paths"]["/chat/stream"]["post"]
+    assert "application/x-ndjson" in stream["responses"]["200"]["content"]
+    assert stream["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    search = {p["name"] for p in doc["paths"]["/search"]["get"]["parameters"]}
+    assert search == {"q", "limit", "session_id", "syntax"}
+    assert "security" not in stream  # no token set
+
+
+def test_token_is_documented(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, **{"server.token": "s3cret"}))
+    doc = build_document(
+        app.routes, api_docs.operations, Security(token=True, public_paths=["/health"])
+    )
+    sessions = doc["paths"]["/sessions"]["get"]
+    assert sessions["security"] == [{"bearerAuth": []}, {"tokenQuery": []}]
+    assert "401" in sessions["responses"]
+    health = doc["paths"]["/health"]["get"]
+    assert health["security"] == []
+    assert "401" not in health["responses"]
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["tokenQuery"] == {"type": "apiKey", "in": "query", "name": "token"}
+
+
+def test_a_route_without_an_operation_is_refused() -> None:
+    async def nothing(_request: Any) -> None:
+        raise AssertionError
+
+    routes = [Route("/health", nothing, methods=["GET"]), Route("/new", nothing, methods=["GET"])]
+    ops = {("GET", "/health"): api_docs.operations[("GET", "/health")]}
+    with pytest.raises(MissingOperation, match="/new"):
+        build_document(routes, ops, Security(token=False))
+    stale = {**ops, ("GET", "/gone"): Operation("Gone", {200: Reply("x")})}
+    with pytest.raises(MissingOperation, match="/gone"):
+        build_document(routes[:1], stale, Security(token=False))
