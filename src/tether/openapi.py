@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route, compile_path
 
 from tether import __version__
 from tether.http_errors import ErrorBody
-from tether.protocol import ID_MAX_CHARS
+from tether.protocol import ID_SCHEMA
 from tether.security_auth import PUBLIC_METHODS, TOKEN_PARAM
 
 OPENAPI_PATH = "/openapi.json"
@@ -148,7 +148,7 @@ def _parameters(path: str, op: Operation, schemas: _Schemas) -> list[dict[str, A
             "name": name,
             "in": "path",
             "required": True,
-            "schema": {"type": "string", "minLength": 1, "maxLength": ID_MAX_CHARS},
+            "schema": dict(ID_SCHEMA),
         }
         for name in convertors
     ]

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -63,7 +64,14 @@ def _valid_id(value: str) -> str:
     return value
 
 
-Id = Annotated[str, AfterValidator(_valid_id)]
+# What `id_problem` allows, as JSON schema (for tether.openapi; lone surrogates aside).
+ID_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": ID_MAX_CHARS,
+    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+}
+Id = Annotated[str, AfterValidator(_valid_id), WithJsonSchema(ID_SCHEMA)]
 RequestId = Id
 # Bounds of `options`: llama.cpp and OpenAI-style servers take a 64-bit seed; a few short stop
 # strings are what anyone uses (OpenAI allows 4), and each is matched against every token.

@@ -228,14 +228,14 @@ class ChatStreamBody(BaseModel):
     `text` and `model_name` for `options.model` (seed 002's names)."""
 
     model_config = ConfigDict(extra="allow")  # unknown fields are ignored, as on the socket
-    text: str | None = None
-    prompt: str | None = None
+    text: str = Field(pattern=r"\S", description="the user's message; `prompt` may stand for it")
+    prompt: str | None = Field(default=None, deprecated=True)
     session_id: Id | None = None
     agent_id: Id | None = None
     parent_id: Id | None = None
     options: ChatOptions = ChatOptions()
     request_id: RequestId | None = None
-    model_name: Id | None = None
+    model_name: Id | None = Field(default=None, deprecated=True)
 
 
 class EditBody(BaseModel):
@@ -243,11 +243,11 @@ class EditBody(BaseModel):
     (`session_id`, `parent_id`, `agent_id`)."""
 
     model_config = ConfigDict(extra="allow")
-    text: str | None = None
-    prompt: str | None = None
+    text: str = Field(pattern=r"\S", description="the new text; `prompt` may stand for it")
+    prompt: str | None = Field(default=None, deprecated=True)
     options: ChatOptions = ChatOptions()
     request_id: RequestId | None = None
-    model_name: Id | None = None
+    model_name: Id | None = Field(default=None, deprecated=True)
 
 
 # -- the operations ----------------------------------------------------------------------------

@@ -84,10 +84,11 @@ async def stream_turn(request: Request, turn: Turn) -> Response:
         refusal = body["error"]
         status, error = error_body(request.url.path, refusal["code"], refusal["message"])
         return JSONResponse(error, status_code=status)
+    headers = {"Cache-Control": "no-store"}
+    if turn.request_id.isascii():  # a header is latin-1; other ids are in the `start` line only
+        headers["X-Request-Id"] = turn.request_id
     return StreamingResponse(
-        _lines(body, sink, watcher.run, watcher),
-        media_type=NDJSON,
-        headers={"Cache-Control": "no-store", "X-Request-Id": turn.request_id},
+        _lines(body, sink, watcher.run, watcher), media_type=NDJSON, headers=headers
     )
 
 
