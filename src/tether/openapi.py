@@ -20,6 +20,7 @@ adding it is its `operations` given to `openapi_route` beside the others.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +171,9 @@ def _operation(
     for status, reply in op.replies.items():
         answer: dict[str, Any] = {"description": reply.description}
         if reply.model is not None:
-            answer["content"] = _content(schemas.ref(reply.model, "serialization"), reply.media_type)
+            answer["content"] = _content(
+                schemas.ref(reply.model, "serialization"), reply.media_type
+            )
         responses[str(status)] = answer
     public = security.is_public(method, path)
     errors = {*op.errors, HOST_STATUS}
@@ -184,7 +187,7 @@ def _operation(
             str(status), {"description": STATUS_TEXT.get(status, "Error"), "content": error_schema}
         )
     doc: dict[str, Any] = {
-        "operationId": f"{method.lower()}{path.replace('/', '_').replace('{', '').replace('}', '')}",
+        "operationId": method.lower() + re.sub(r"[{}]", "", path).replace("/", "_"),
         "summary": op.summary,
         "responses": responses,
     }
@@ -211,7 +214,9 @@ def build_document(
     missing = [key for key in keys if key not in operations]
     unrouted = sorted(set(operations) - set(keys))
     if missing or unrouted:
-        raise MissingOperation(f"routes without an operation: {missing}; without a route: {unrouted}")
+        raise MissingOperation(
+            f"routes without an operation: {missing}; without a route: {unrouted}"
+        )
     schemas = _Schemas(operations[key] for key in keys)
     paths: dict[str, dict[str, Any]] = {}
     for method, path in keys:
