@@ -62,6 +62,7 @@ SECURITY_SCHEMES = {
     "tokenQuery": {"type": "apiKey", "in": "query", "name": TOKEN_PARAM},
 }
 Key = tuple[str, str]  # (method, path)
+CONVERTOR = re.compile(r"{(\w+):\w+}")
 
 
 class MissingOperation(Exception):
@@ -187,7 +188,7 @@ def _operation(
             str(status), {"description": STATUS_TEXT.get(status, "Error"), "content": error_schema}
         )
     doc: dict[str, Any] = {
-        "operationId": method.lower() + re.sub(r"[{}]", "", path).replace("/", "_"),
+        "operationId": method.lower() + re.sub(r"[{}]|:\w+", "", path).replace("/", "_"),
         "summary": op.summary,
         "responses": responses,
     }
@@ -220,7 +221,8 @@ def build_document(
     schemas = _Schemas(operations[key] for key in keys)
     paths: dict[str, dict[str, Any]] = {}
     for method, path in keys:
-        paths.setdefault(path, {})[method.lower()] = _operation(
+        template = CONVERTOR.sub(r"{\1}", path)  # starlette's {model:path} is {model} here
+        paths.setdefault(template, {})[method.lower()] = _operation(
             method, path, operations[(method, path)], schemas, security
         )
     return {

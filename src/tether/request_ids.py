@@ -5,7 +5,8 @@ The id is the client's `X-Request-ID` when it is a sane one (1-64 of `A-Z a-z 0-
 a proxy's trace id carries through), else a fresh one. It is bound with `structlog.contextvars`
 for the request's task; uvicorn writes the access line while the response starts, inside that
 task, so the line carries it. A route that answers with its own `X-Request-ID` (`POST
-/chat/stream`: the chat request's id) keeps it, and the access line then names that id.
+/chat/stream`: the chat request's id, when it is ASCII) keeps it, and the access line then
+names that id.
 WebSocket connections are left alone: their chat frames carry their own `request_id`s.
 """
 

@@ -25,7 +25,9 @@ from starlette.routing import Route
 from tests.support.servers import make_settings, serve_app
 from tether.app import create_app
 from tether.openapi import MissingOperation, Operation, Reply, Security, build_document
+from tether.protocol import ChatFrame
 from tether.transports import api_docs
+from tether.transports.history import PATH_FIELDS
 
 CHECKS = [
     not_a_server_error,
@@ -162,6 +164,14 @@ def test_a_route_without_an_operation_is_refused() -> None:
 
     routes = [Route("/health", nothing, methods=["GET"]), Route("/new", nothing, methods=["GET"])]
     ops = {("GET", "/health"): api_docs.operations[("GET", "/health")]}
+    with_path = [*routes[:1], Route("/files/{name:path}", nothing, methods=["GET"])]
+    doc = build_document(
+        with_path,
+        {**ops, ("GET", "/files/{name:path}"): Operation("A file", {200: Reply("x")}, (404,))},
+        Security(token=False),
+    )
+    assert doc["paths"]["/files/{name}"]["get"]["parameters"][0]["name"] == "name"
+    ops = {("GET", "/health"): api_docs.operations[("GET", "/health")]}
     with pytest.raises(MissingOperation, match="/new"):
         build_document(routes, ops, Security(token=False))
     stale = {**ops, ("GET", "/gone"): Operation("Gone", {200: Reply("x")})}
@@ -194,3 +204,12 @@ async def test_a_request_id_outside_latin_1_is_streamed_not_a_500(tmp_path: Path
     start = api_docs.NdjsonLine.model_validate_json(answer.text.splitlines()[0]).root
     assert isinstance(start, api_docs.StartLine)
     assert start.data.request_id == "ĭd-1"
+
+
+def test_the_chat_body_documented_has_the_chat_frame_fields() -> None:
+    """/chat/stream and edit parse their bodies as a `chat` frame (`ndjson.parse_chat_body`):
+    the models that document them keep its fields, seed 002's names beside them."""
+    seed_names = {"prompt", "model_name"}
+    chat_fields = set(ChatFrame.model_fields) - {"type"}
+    assert set(api_docs.ChatStreamBody.model_fields) == chat_fields | seed_names
+    assert set(api_docs.EditBody.model_fields) == chat_fields - set(PATH_FIELDS) | seed_names
