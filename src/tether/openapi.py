@@ -76,6 +76,12 @@ class Reply:
     description: str
     model: type[BaseModel] | None = None
     media_type: str = JSON
+    # The same status in other media types, as the request asks (`stream: true`: SSE lines).
+    alternatives: Sequence[tuple[str, type[BaseModel]]] = ()
+
+    def content(self) -> list[tuple[str, type[BaseModel]]]:
+        main = [] if self.model is None else [(self.media_type, self.model)]
+        return [*main, *self.alternatives]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,9 @@ class _Schemas:
         wanted: set[tuple[type[BaseModel], JsonSchemaMode]] = set()
         for op in operations:
             wanted.update((m, "validation") for m in (op.body, op.query) if m is not None)
-            wanted.update((r.model, "serialization") for r in op.replies.values() if r.model)
+            wanted.update(
+                (model, "serialization") for r in op.replies.values() for _, model in r.content()
+            )
             wanted.add((op.error_model, "serialization"))
         ordered = sorted(wanted, key=lambda item: (item[0].__name__, item[1]))
         self.refs, defs = models_json_schema(ordered, ref_template=REF_TEMPLATE)
@@ -171,10 +179,12 @@ def _operation(
     responses: dict[str, Any] = {}
     for status, reply in op.replies.items():
         answer: dict[str, Any] = {"description": reply.description}
-        if reply.model is not None:
-            answer["content"] = _content(
-                schemas.ref(reply.model, "serialization"), reply.media_type
-            )
+        content = {
+            media_type: {"schema": schemas.ref(model, "serialization")}
+            for media_type, model in reply.content()
+        }
+        if content:
+            answer["content"] = content
         responses[str(status)] = answer
     public = security.is_public(method, path)
     errors = {*op.errors, HOST_STATUS}

@@ -28,6 +28,7 @@ from tether.openapi import MissingOperation, Operation, Reply, Security, build_d
 from tether.protocol import ChatFrame
 from tether.transports import api_docs
 from tether.transports.history import PATH_FIELDS
+from tether.transports.ndjson import NDJSON
 
 CHECKS = [
     not_a_server_error,
@@ -171,6 +172,16 @@ def test_a_route_without_an_operation_is_refused() -> None:
         Security(token=False),
     )
     assert doc["paths"]["/files/{name}"]["get"]["parameters"][0]["name"] == "name"
+    both = Reply(
+        "A session, or its lines", api_docs.SessionOut, alternatives=[(NDJSON, api_docs.NdjsonLine)]
+    )
+    doc = build_document(
+        routes[:1], {("GET", "/health"): Operation("Both", {200: both})}, Security(token=False)
+    )
+    assert set(doc["paths"]["/health"]["get"]["responses"]["200"]["content"]) == {
+        "application/json",
+        NDJSON,
+    }
     ops = {("GET", "/health"): api_docs.operations[("GET", "/health")]}
     with pytest.raises(MissingOperation, match="/new"):
         build_document(routes, ops, Security(token=False))
