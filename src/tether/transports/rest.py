@@ -83,7 +83,7 @@ class AgentBody(BaseModel):
 
 
 class SessionsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # other parameters are ignored, as they were
     limit: int = Field(default=100, ge=1, le=1000)
     offset: int = Field(default=0, ge=0, le=10**9)
 
