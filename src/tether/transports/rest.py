@@ -24,11 +24,10 @@ from tether.protocol import (
     PROTOCOL_VERSION,
     Id,
     ProtocolError,
-    id_problem,
     parse_options,
 )
 from tether.store.base import Agent, Message, Session
-from tether.transports.http_body import read_json
+from tether.transports.http_body import path_id, read_json
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -92,15 +91,6 @@ async def _json_body(request: Request, model: type[M]) -> M:
             for e in exc.errors(include_url=False)
         )
         raise BadRequest(problems) from None
-
-
-def _path_id(request: Request, name: str) -> str:
-    """The path parameter `name`, an id; raises BadRequest (a `%00` in it, ...)."""
-    value: str = request.path_params[name]
-    problem = id_problem(value)
-    if problem is not None:
-        raise BadRequest(f"{name} {problem}")
-    return value
 
 
 def _check_agent_texts(request: Request, body: AgentBody) -> None:
@@ -179,7 +169,7 @@ async def create_session(request: Request) -> Response:
 
 
 async def get_session(request: Request) -> Response:
-    session_id = _path_id(request, "session_id")
+    session_id = path_id(request, "session_id")
     session = await request.app.state.services.store.get_session(session_id)
     if session is None:
         raise NotFound(f"session {session_id!r} does not exist")
@@ -187,7 +177,7 @@ async def get_session(request: Request) -> Response:
 
 
 async def delete_session(request: Request) -> Response:
-    session_id = _path_id(request, "session_id")
+    session_id = path_id(request, "session_id")
     if not await request.app.state.services.store.delete_session(session_id):
         raise NotFound(f"session {session_id!r} does not exist")
     return Response(status_code=204)
@@ -204,7 +194,7 @@ async def list_agents(request: Request) -> Response:
 
 
 async def get_agent(request: Request) -> Response:
-    agent_id = _path_id(request, "agent_id")
+    agent_id = path_id(request, "agent_id")
     agent = await request.app.state.services.store.get_agent(agent_id)
     if agent is None:
         raise NotFound(f"agent {agent_id!r} does not exist")
@@ -212,7 +202,7 @@ async def get_agent(request: Request) -> Response:
 
 
 async def put_agent(request: Request) -> Response:
-    agent_id = _path_id(request, "agent_id")
+    agent_id = path_id(request, "agent_id")
     body = await _json_body(request, AgentBody)
     _check_agent_texts(request, body)
     agent = Agent(
@@ -229,7 +219,7 @@ async def put_agent(request: Request) -> Response:
 
 
 async def delete_agent(request: Request) -> Response:
-    agent_id = _path_id(request, "agent_id")
+    agent_id = path_id(request, "agent_id")
     if not await request.app.state.services.store.delete_agent(agent_id):
         raise NotFound(f"agent {agent_id!r} does not exist")
     return Response(status_code=204)
