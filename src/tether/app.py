@@ -31,7 +31,7 @@ from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
 from tether.tools.mcp import McpManager
 from tether.tools.prompt import tools_prompt
-from tether.transports import ndjson, rest
+from tether.transports import ndjson, openai, rest
 from tether.transports.ws import SocketHub, chat_endpoint
 
 log = structlog.get_logger("tether.app")
@@ -162,7 +162,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             log.info("app.stopped")
 
     return Starlette(
-        routes=[*rest.routes, *ndjson.routes, WebSocketRoute("/ws/chat", chat_endpoint)],
+        routes=[
+            *rest.routes,
+            *ndjson.routes,
+            *openai.routes,
+            WebSocketRoute("/ws/chat", chat_endpoint),
+        ],
         lifespan=lifespan,
         middleware=security_middleware(settings),
         exception_handlers={TetherError: _tether_error, HTTPException: _http_error},

@@ -9,7 +9,8 @@ Public (no token needed): GET and HEAD of `security.public_paths` (default `/hea
 balancers and `tether` itself can probe liveness; it tells only the version and engine name).
 A path ending in `/*` covers everything below it.
 
-Refusals: HTTP 401 `unauthorized` with `WWW-Authenticate: Bearer`; a WebSocket is accepted and
+Refusals: HTTP 401 `unauthorized` with `WWW-Authenticate: Bearer` (in OpenAI's error shape,
+type `authentication_error`, under `/v1/`); a WebSocket is accepted and
 closed at once with code 4401, because a page can read a close code but never a refused
 handshake's status.
 """
@@ -26,6 +27,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tether.security_responses import accept_and_close, send_http_error
+from tether.transports import openai
 
 log = structlog.get_logger("tether.security")
 
@@ -120,6 +122,10 @@ class BearerAuthMiddleware:
         else:
             message = "the token is not valid"
             challenge = 'Bearer realm="tether", error="invalid_token"'
-        await send_http_error(
-            send, 401, "unauthorized", message, headers=[("WWW-Authenticate", challenge)]
-        )
+        headers = [("WWW-Authenticate", challenge)]
+        if scope["path"].startswith(openai.PREFIX):  # the SDKs read OpenAI's error shape
+            await openai.send_openai_error(
+                send, 401, message, "authentication_error", "invalid_api_key", headers
+            )
+            return
+        await send_http_error(send, 401, "unauthorized", message, headers=headers)
