@@ -96,7 +96,8 @@ class StatelessTurn:
     nothing: one engine round over `messages`. `tools` are offered to the model (rendered into
     the system prompt as Tether's own are) but never run: the calls the model makes come back
     as `ToolCallsRequested` for the client to run. `options.tools` is not used (Tether's tools
-    are not offered). `Completed.message_id` is the `request_id` (no message is stored)."""
+    are not offered). The server's system prompt leads `messages` that have no system message.
+    `Completed.message_id` is the `request_id` (no message is stored)."""
 
     request_id: str
     messages: tuple[ChatMessage, ...]
@@ -614,7 +615,9 @@ class ChatService:
         current = _Round()
         request = GenerationRequest(
             request_id=turn.request_id,
-            messages=_with_tools_prompt(turn.messages, render_tools_prompt(turn.tools)),
+            messages=_with_tools_prompt(
+                self._with_system(turn.messages), render_tools_prompt(turn.tools)
+            ),
             model=model,
             options=turn.options.generation,
             usage_sink=current.record_usage,
@@ -645,6 +648,12 @@ class ChatService:
                 turn.request_id, finish, current.usage, clock.timings(), dict(current.metadata)
             )
         )
+
+    def _with_system(self, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+        """The server's system prompt leads a conversation that brings none."""
+        if any(message.role == "system" for message in messages) or not self.system_prompt:
+            return messages
+        return (ChatMessage(role="system", content=self.system_prompt), *messages)
 
 
 def _with_tools_prompt(messages: tuple[ChatMessage, ...], fragment: str) -> tuple[ChatMessage, ...]:
