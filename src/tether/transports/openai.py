@@ -498,7 +498,11 @@ async def chat_completions(request: Request) -> Response:
             events.put_nowait(event)
 
     task = asyncio.create_task(services.chat.run_stateless_turn(turn, emit, control))
-    first = await events.get()
+    try:
+        first = await events.get()
+    except BaseException:  # the handler was cancelled before the turn began
+        await _finish(task, control)
+        raise
     if isinstance(first, Failed):  # refused before it started
         await task
         return error_for_code(first.code, first.message)
