@@ -43,7 +43,7 @@ from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
 from tether.tools.mcp import McpManager
 from tether.tools.prompt import tools_prompt
-from tether.transports import history, ndjson, rest
+from tether.transports import history, ndjson, openai, rest
 from tether.transports.ws import SocketHub, chat_endpoint
 
 log = structlog.get_logger("tether.app")
@@ -241,6 +241,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             *rest.routes,
             *history.routes,
             *ndjson.routes,
+            *openai.routes,
             *(metrics_routes if settings.metrics.enabled else []),
             WebSocketRoute("/ws/chat", chat_endpoint),
         ],

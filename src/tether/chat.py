@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections import Counter
@@ -33,6 +34,7 @@ from tether.engines.base import (
     EngineBusyError,
     EngineError,
     FinishReason,
+    GenerationOptions,
     GenerationRequest,
     ModelInfo,
     ToolCall,
@@ -46,17 +48,23 @@ from tether.events import (
     ChatEvent,
     Completed,
     Failed,
+    Started,
+    StatelessEvent,
     TextDelta,
     ThinkingDelta,
     Timings,
     ToolCallFinished,
+    ToolCallsRequested,
     ToolCallStarted,
 )
 from tether.protocol import ChatOptions, ProtocolError, parse_options
 from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store, TurnStart
-from tether.tools.base import ToolResult, ToolRunner
+from tether.tools.base import ToolResult, ToolRunner, ToolSpec
+from tether.tools.prompt import render_tools_prompt
 
 EventSink = Callable[[ChatEvent], Awaitable[None]]
+StatelessSink = Callable[[StatelessEvent], Awaitable[None]]
+DeltaSink = Callable[[TextDelta | ThinkingDelta], Awaitable[None]]  # what both sinks take
 DetectorFactory = Callable[[bool], StreamDetector]  # argument: whether tools are offered
 T = TypeVar("T")
 
@@ -93,6 +101,26 @@ class Turn:
     options: ChatOptions = field(default_factory=ChatOptions)
     # A turn that branches from a stored message (needs `session_id`); None: a new message.
     redo: Edit | Regenerate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatelessTurn:
+    """A turn that carries its whole conversation (what an OpenAI request sends) and stores
+    nothing: one engine round over `messages`. `tools` are offered to the model (rendered into
+    the system prompt as Tether's own are) but never run: the calls the model makes come back
+    as `ToolCallsRequested` for the client to run. `options.tools` is not used (Tether's tools
+    are not offered). The server's system prompt leads `messages` that have no system message.
+    `Completed.message_id` is the `request_id` (no message is stored)."""
+
+    request_id: str
+    messages: tuple[ChatMessage, ...]
+    options: ChatOptions = field(default_factory=ChatOptions)
+    tools: tuple[ToolSpec, ...] = ()
+    # The JSON schema the answer must follow (OpenAI's `response_format`); None: free text.
+    json_schema: dict[str, Any] | None = None
+
+    def generation(self) -> GenerationOptions:
+        return dataclasses.replace(self.options.generation_options(), json_schema=self.json_schema)
 
 
 class TurnCancelled(Exception):
@@ -446,9 +474,9 @@ class ChatService:
         engine: Engine,
         request: GenerationRequest,
         out: _Round,
-        emit: EventSink,
+        emit: DeltaSink,
         clock: _Clock,
-        turn: Turn,
+        turn: Turn | StatelessTurn,
         offer_tools: bool,
     ) -> None:
         detector = self.detector_factory(offer_tools)
@@ -591,3 +619,97 @@ class ChatService:
             turn_id=turn_id,
             ends_turn=True,
         )
+
+    # -- stateless turns (the OpenAI-compatible route) -----------------------------------------
+
+    async def run_stateless_turn(
+        self, turn: StatelessTurn, emit: StatelessSink, control: TurnControl | None = None
+    ) -> None:
+        """Run one stateless turn, telling `emit` every event: `Started` (or `Failed` when it is
+        refused: unknown model, a full queue, a `json_schema` the model cannot enforce), the
+        deltas, `ToolCallsRequested` if the model called tools, then `Completed` (or `Failed`).
+        The same admission, engine line and detector as `run_turn`; nothing is stored, so a
+        cancelled turn just ends (`finish_reason: cancelled`). Never raises TetherErrors."""
+        control = control or TurnControl()
+        clock = _Clock()
+        structlog.contextvars.bind_contextvars(request_id=turn.request_id)
+        try:
+            engine, model_info = await self.engine.resolve(turn.options.model)
+            if turn.json_schema is not None and not model_info.structured_output:
+                raise BadRequest(
+                    f"response_format: the {model_info.engine} engine cannot enforce a JSON "
+                    f"answer (model {model_info.id!r})"
+                )
+            position, release = self._admit(engine, model_info.id)
+        except (TetherError, EngineError) as exc:
+            await emit(_error_event(exc))
+            return
+        try:
+            await emit(Started(model_info.id, position))
+            await self._stateless_round(turn, emit, control, clock, engine, model_info.id, release)
+        finally:
+            release()
+
+    async def _stateless_round(
+        self,
+        turn: StatelessTurn,
+        emit: StatelessSink,
+        control: TurnControl,
+        clock: _Clock,
+        engine: Engine,
+        model: str,
+        release: Callable[[], None],
+    ) -> None:
+        current = _Round()
+        request = GenerationRequest(
+            request_id=turn.request_id,
+            messages=_with_tools_prompt(
+                self._with_system(turn.messages), render_tools_prompt(turn.tools)
+            ),
+            model=model,
+            options=turn.generation(),
+            usage_sink=current.record_usage,
+        )
+        release()  # from here the engine's own line counts this turn
+        offer_tools = bool(turn.tools)
+        finish: FinishReason
+        try:
+            await control.run(
+                self._generate(engine, request, current, emit, clock, turn, offer_tools)
+            )
+            finish = current.finish_reason
+        except TurnCancelled:
+            finish = "cancelled"
+        except Exception as exc:
+            failure = _error_event(exc)
+            if failure.code == "internal":
+                log.exception("turn.failed")
+            await emit(failure)
+            return
+        for bad_call in current.malformed:  # not a call the client could run: say it as text
+            await emit(TextDelta(bad_call.raw))
+        if current.calls:
+            await emit(ToolCallsRequested(tuple(current.calls)))
+        clock.completion_tokens = current.usage.completion_tokens
+        await emit(
+            Completed(
+                turn.request_id, finish, current.usage, clock.timings(), dict(current.metadata)
+            )
+        )
+
+    def _with_system(self, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+        """The server's system prompt leads a conversation that brings none."""
+        if any(message.role == "system" for message in messages) or not self.system_prompt:
+            return messages
+        return (ChatMessage(role="system", content=self.system_prompt), *messages)
+
+
+def _with_tools_prompt(messages: tuple[ChatMessage, ...], fragment: str) -> tuple[ChatMessage, ...]:
+    """`messages` with the tools fragment added to the leading system message (or as one)."""
+    if not fragment:
+        return messages
+    if messages and messages[0].role == "system":
+        first = messages[0]
+        content = "\n\n".join(part for part in (first.content.strip(), fragment) if part)
+        return (ChatMessage(role="system", content=content), *messages[1:])
+    return (ChatMessage(role="system", content=fragment), *messages)

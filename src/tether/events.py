@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.engines.base import FinishReason, Usage
+from tether.engines.base import FinishReason, ToolCall, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +74,24 @@ class Failed:
 ChatEvent = (
     Accepted | TextDelta | ThinkingDelta | ToolCallStarted | ToolCallFinished | Completed | Failed
 )
+
+
+# -- stateless turns (the OpenAI-compatible route): nothing is stored --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A stateless turn is admitted: generation may start (after `queue_position` others)."""
+
+    model: str
+    queue_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallsRequested:
+    """The model called the turn's tools; the client runs them (sent before `Completed`)."""
+
+    calls: tuple[ToolCall, ...]
+
+
+StatelessEvent = Started | TextDelta | ThinkingDelta | ToolCallsRequested | Completed | Failed

@@ -9,7 +9,8 @@ Public (no token needed): GET and HEAD of `security.public_paths` (default `/hea
 balancers and `tether` itself can probe liveness; it tells only the version and engine name).
 A path ending in `/*` covers everything below it.
 
-Refusals: HTTP 401 `unauthorized` with `WWW-Authenticate: Bearer`; a WebSocket is accepted and
+Refusals: HTTP 401 `unauthorized` with `WWW-Authenticate: Bearer` (in OpenAI's error shape,
+type `authentication_error`, under `/v1/`); a WebSocket is accepted and
 closed at once with code 4401, because a page can read a close code but never a refused
 handshake's status.
 """

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -121,7 +121,22 @@ async def test_stream_with_length_limit_and_usage(engine: OpenAIEngine) -> None:
 
 
 async def test_models_are_listed(engine: OpenAIEngine) -> None:
-    assert await engine.models() == [ModelInfo(id=ALIAS, engine="openai", loaded=True)]
+    # structured_output: `response_format` is passed on for the upstream server to enforce.
+    assert await engine.models() == [
+        ModelInfo(id=ALIAS, engine="openai", loaded=True, structured_output=True)
+    ]
+
+
+async def test_a_json_schema_is_passed_on_as_openais_response_format(
+    engine: OpenAIEngine,
+) -> None:
+    # OpenAI's `json_schema` shape (what OpenAI, vLLM and llama.cpp's own server take); this
+    # upstream, llama-cpp-python's server, knows only `json_object` and says so, which shows
+    # the field reached it.
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    options = GenerationOptions(temperature=0.0, max_tokens=8, json_schema=schema)
+    with pytest.raises(EngineError, match=r"response_format.*json_schema"):
+        await collect(engine.stream(replace(request(), options=options)))
 
 
 async def test_without_a_default_the_first_listed_model_is_used(server: Server) -> None:

@@ -64,6 +64,10 @@ class GenerationOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     token_delay_ms: int = 0  # echo engine only: pause between words
+    # The answer must be JSON valid against this schema (`{"type": "object"}`: any object).
+    # Only engines whose models say `structured_output` enforce it; the chat core refuses the
+    # request for the others.
+    json_schema: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,8 @@ class ModelInfo:
     # Whether the model's chat template declares tool support: tools are offered to it by default
     # (a turn can still force them on or off with `options.tools`).
     tools: bool = True
+    # Whether the engine can constrain the answer to `GenerationOptions.json_schema`.
+    structured_output: bool = False
 
 
 class EngineError(Exception):

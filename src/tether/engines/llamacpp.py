@@ -154,6 +154,7 @@ class LlamaCppEngine:
                 loaded=slot.resident is not None,
                 path=str(slot.path),
                 tools=slot.tools,
+                structured_output=True,  # a llama.cpp grammar from the JSON schema
             )
             for slot in slots
         ]

@@ -226,6 +226,11 @@ class OpenAIEngine:
                 body[key] = value
         if options.stop:
             body["stop"] = list(options.stop)
+        if options.json_schema is not None:  # passed on: the upstream server enforces it
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": options.json_schema, "strict": True},
+            }
         return body
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
@@ -274,7 +279,7 @@ class OpenAIEngine:
             response.raise_for_status()
             data = response.json().get("data", [])
             return [
-                ModelInfo(id=str(item["id"]), engine=self.name, loaded=True)
+                ModelInfo(id=str(item["id"]), engine=self.name, loaded=True, structured_output=True)
                 for item in data
                 if isinstance(item, dict) and "id" in item
             ]
