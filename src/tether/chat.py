@@ -53,7 +53,7 @@ from tether.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store
+from tether.store.base import Agent, JournalStart, Message, MessageStatus, NewMessage, Store
 from tether.tools.base import ToolResult, ToolRunner
 
 EventSink = Callable[[ChatEvent], Awaitable[None]]
@@ -82,6 +82,7 @@ class Turn:
     agent_id: str | None = None
     parent_id: str | None = None
     options: TurnOptions = field(default_factory=TurnOptions)
+    journal: JournalStart | None = None  # opened with the user's message (tether.runs sets it)
 
 
 class TurnCancelled(Exception):
@@ -276,6 +277,7 @@ class ChatService:
                 parent_id=turn.parent_id,
                 agent_id=turn.agent_id,
                 title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
+                journal=turn.journal,
             )
         except (TetherError, UnknownModelError) as exc:
             await emit(_error_event(exc))

@@ -63,6 +63,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hmac
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -73,8 +75,9 @@ from tether.chat import ChatService, Turn, TurnControl
 from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
 from tether.events import Accepted, ChatEvent
-from tether.protocol import RequestFrames, error_body, event_body
-from tether.store.base import JournalAppend, Store
+from tether.protocol import RequestFrames, error_body, event_body, processing_body
+from tether.store.base import JournalAppend, JournalStart, Store
+from tether.tokens import digest, new_token
 
 log = structlog.get_logger("tether.runs")
 
@@ -161,6 +164,8 @@ class Run:
         self.done = asyncio.Event()  # set once `finished`
         self.model: str | None = None  # from its `processing` frame
         self.waiting = False  # accepted behind others in its model's queue, no output yet
+        self.token = new_token()  # its `processing` frame's resume_token
+        self.token_digest = digest(self.token)
         self._numbering = RequestFrames(request_id)
         self._grace: asyncio.TimerHandle | None = None
 
@@ -244,9 +249,10 @@ class Run:
                 self.model, self.waiting = event.model, event.queue_position > 0
                 if self.waiting:
                     self.registry.yield_model(self)
+                self.post(processing_body(event, self.token))
             else:
                 self.waiting = False
-            self.post(event_body(event))
+                self.post(event_body(event))
             # Let the sockets' writers take the frame before the next one (an engine that
             # never awaits would otherwise fill their buffers in one go).
             await asyncio.sleep(0)
@@ -302,6 +308,7 @@ class RunRegistry:
         self._runs[turn.request_id] = run  # a finished run of the same id is leaving memory
         watcher = run.watch(sink, -1, on_end)
         watcher.live = True  # nothing is logged yet: no replay
+        turn = dataclasses.replace(turn, journal=JournalStart(turn.request_id, run.token_digest))
         run.task = asyncio.create_task(run.execute(turn), name=f"run:{turn.request_id}")
         return watcher
 
@@ -340,6 +347,27 @@ class RunRegistry:
             return run.frames[: run.durable]
         return await self.store.read_journal(request_id)
 
+    async def token_digest(self, request_id: str) -> str | None:
+        """The digest of request_id's resume token (None: no such request, or none stored)."""
+        run = self._runs.get(request_id)
+        if run is not None:
+            return run.token_digest
+        record = await self.store.journal_record(request_id)
+        return None if record is None else record.token_digest
+
+    async def recovered(self, request_id: str, text: str) -> list[str] | None:
+        """The journal of request_id if it is a request a dead process left, recovered at
+        start-up, that asked `text`: a `chat` retried after the crash gets it replayed instead
+        of storing its question again. None otherwise (the chat starts as usual)."""
+        if request_id in self._runs:
+            return None
+        record = await self.store.journal_record(request_id)
+        if record is None or not record.recovered or record.question_digest is None:
+            return None
+        if not hmac.compare_digest(record.question_digest, digest(text)):
+            return None
+        return await self.store.read_journal(request_id)
+
     # -- the journal writer: new frames of every run, committed in batches, then sent -----------
 
     def journal_later(self, run: Run) -> None:
@@ -359,7 +387,13 @@ class RunRegistry:
             batch = [(run, len(run.frames), run.ended) for run in self._dirty]
             self._dirty.clear()
             appends = [
-                JournalAppend(run.request_id, run.durable, run.frames[run.durable : count], ended)
+                JournalAppend(
+                    run.request_id,
+                    run.durable,
+                    run.frames[run.durable : count],
+                    ended,
+                    token_digest=run.token_digest,
+                )
                 for run, count, ended in batch
                 if count > run.durable or (ended and count > 0)
             ]

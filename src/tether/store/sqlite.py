@@ -24,6 +24,8 @@ from tether.errors import NotFound
 from tether.store.base import (
     Agent,
     JournalAppend,
+    JournalRecord,
+    JournalStart,
     Message,
     NewMessage,
     OpenJournal,
@@ -31,6 +33,7 @@ from tether.store.base import (
     TurnStart,
 )
 from tether.store.lock import DatabaseLock
+from tether.tokens import digest
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -306,6 +309,7 @@ class SQLiteStore:
         parent_id: str | None = None,
         agent_id: str | None = None,
         title: str = "",
+        journal: JournalStart | None = None,
     ) -> TurnStart:
         async with self._transaction() as conn:
             created = session_id is None
@@ -343,7 +347,29 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?)",
                 (message.id, session.id, message.id, message.created_at),
             )
+            if journal is not None:
+                await self._open_journal(conn, journal, message)
             return TurnStart(replace(session, updated_at=message.created_at), message, created)
+
+    async def _open_journal(
+        self, conn: aiosqlite.Connection, journal: JournalStart, question: Message
+    ) -> None:
+        # (the journal_restarted trigger drops the frames of an ended journal of the same id)
+        await conn.execute(
+            "INSERT INTO journals (request_id, started_at, token_digest, user_message_id, "
+            "question_digest) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (request_id) DO UPDATE SET started_at = excluded.started_at, "
+            "ended_at = NULL, token_digest = excluded.token_digest, "
+            "user_message_id = excluded.user_message_id, "
+            "question_digest = excluded.question_digest, recovered = 0",
+            (
+                journal.request_id,
+                question.created_at,
+                journal.token_digest,
+                question.id,
+                digest(question.content),
+            ),
+        )
 
     async def append_message(
         self,
@@ -478,19 +504,25 @@ class SQLiteStore:
         if conn is None:
             raise RuntimeError("store is not open")
         stamp = now_iso()
-        started = [(a.request_id, stamp) for a in appends if a.first_seq == 0 and a.frames]
+        started = [
+            (a.request_id, stamp, a.token_digest) for a in appends if a.first_seq == 0 and a.frames
+        ]
         rows = [
             (a.request_id, a.first_seq + offset, frame, stamp)
             for a in appends
             for offset, frame in enumerate(a.frames)
         ]
-        ended = [(stamp, a.request_id) for a in appends if a.ended]
+        ended = [(stamp, int(a.recovered), a.request_id) for a in appends if a.ended]
         async with self._write_lock:
             if started:  # (the journal_restarted trigger drops an earlier journal's frames)
+                # A row still open is this request's own, from begin_turn: kept as it is.
                 await conn.executemany(
-                    "INSERT INTO journals (request_id, started_at) VALUES (?, ?) "
+                    "INSERT INTO journals (request_id, started_at, token_digest) VALUES (?, ?, ?) "
                     "ON CONFLICT (request_id) DO UPDATE "
-                    "SET started_at = excluded.started_at, ended_at = NULL",
+                    "SET started_at = excluded.started_at, ended_at = NULL, "
+                    "token_digest = excluded.token_digest, user_message_id = NULL, "
+                    "question_digest = NULL, recovered = 0 "
+                    "WHERE journals.ended_at IS NOT NULL",
                     started,
                 )
             for first in range(0, len(rows), FRAMES_PER_INSERT):
@@ -502,17 +534,21 @@ class SQLiteStore:
                 )
             if ended:
                 await conn.executemany(
-                    "UPDATE journals SET ended_at = ? WHERE request_id = ?", ended
+                    "UPDATE journals SET ended_at = ?, recovered = ? WHERE request_id = ?", ended
                 )
 
     async def open_journals(self) -> list[OpenJournal]:
         rows = await self._fetchall(
-            "SELECT j.request_id, e.frame FROM journals j LEFT JOIN events e USING (request_id) "
+            "SELECT j.request_id, j.user_message_id, e.frame FROM journals j "
+            "LEFT JOIN events e USING (request_id) "
             "WHERE j.ended_at IS NULL ORDER BY j.started_at, j.request_id, e.seq"
         )
         journals: dict[str, OpenJournal] = {}
         for row in rows:
-            journal = journals.setdefault(row["request_id"], OpenJournal(row["request_id"], []))
+            journal = journals.setdefault(
+                row["request_id"],
+                OpenJournal(row["request_id"], [], row["user_message_id"]),
+            )
             if row["frame"] is not None:
                 journal.frames.append(row["frame"])
         return list(journals.values())
@@ -522,6 +558,17 @@ class SQLiteStore:
             "SELECT frame FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
         )
         return [row["frame"] for row in rows] or None
+
+    async def journal_record(self, request_id: str) -> JournalRecord | None:
+        row = await self._fetchone(
+            "SELECT token_digest, question_digest, recovered FROM journals WHERE request_id = ?",
+            (request_id,),
+        )
+        if row is None:
+            return None
+        return JournalRecord(
+            request_id, row["token_digest"], row["question_digest"], bool(row["recovered"])
+        )
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=max_age_sec)
