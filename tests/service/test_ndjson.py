@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from tests.support.servers import RunningServer, make_settings, serve_app, stored_answer
 from tests.support.timeouts import scaled
-from tests.support.wsclient import ProtocolClient, text_of
+from tests.support.wsclient import ProtocolClient, resume_frame, text_of
 
 CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
 Line = dict[str, Any]
@@ -121,7 +121,8 @@ async def test_a_client_that_goes_away_can_resume_on_the_socket(
     assert response.headers["x-request-id"] == request_id
     async with connect(server.ws_url) as ws:
         client = ProtocolClient(ws)
-        await client.send({"type": "resume", "request_id": request_id, "after_seq": -1})
+        # The start line carries the resume token another connection needs.
+        await client.send(resume_frame(request_id, -1, start["data"]["resume_token"]))
         frames = await client.until(request_id)
     # The answer ran on under the disconnect policy; its journal has every frame.
     assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "stop"
