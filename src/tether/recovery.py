@@ -19,8 +19,8 @@ anything:
      the error also names `session_id`, `user_message_id` and the answer's `message_id`, so the
      client learns where its question went.
    A recovered `complete` has `recovered: true` in its metadata; its usage and timings are zero
-   or null (the process that knew them is gone). The journal is marked recovered: a `chat`
-   retried with its request_id and question gets these frames (`tether.runs`), not a new turn.
+   or null (the process that knew them is gone). A `chat` sent again with its request_id and
+   question gets these frames (`tether.runs`), not a second turn.
 """
 
 from __future__ import annotations
@@ -102,13 +102,11 @@ async def _final_append(
 ) -> JournalAppend:
     seq = len(journal.frames)
     if facts.ended:
-        return JournalAppend(journal.request_id, seq, [], ended=True, recovered=True)
+        return JournalAppend(journal.request_id, seq, [], ended=True)
     numbering = RequestFrames(journal.request_id)
     numbering.next_seq = seq
     body = await _final_body(store, facts, closed)
-    return JournalAppend(
-        journal.request_id, seq, [numbering.render(body)], ended=True, recovered=True
-    )
+    return JournalAppend(journal.request_id, seq, [numbering.render(body)], ended=True)
 
 
 async def _final_body(

@@ -355,18 +355,19 @@ class RunRegistry:
         record = await self.store.journal_record(request_id)
         return None if record is None else record.token_digest
 
-    async def recovered(self, request_id: str, text: str) -> list[str] | None:
-        """The journal of request_id if it is a request a dead process left, recovered at
-        start-up, that asked `text`: a `chat` retried after the crash gets it replayed instead
-        of storing its question again. None otherwise (the chat starts as usual)."""
-        if request_id in self._runs:
+    async def answered(self, request_id: str, text: str) -> list[str] | None:
+        """The journal of the ended request `request_id` if it asked `text`: a `chat` sent again
+        (its client never learned the outcome: a dropped connection, a crash) gets it replayed
+        instead of storing its question again. None otherwise (the chat starts as usual)."""
+        run = self._runs.get(request_id)
+        if run is not None and not run.finished:
             return None
         record = await self.store.journal_record(request_id)
-        if record is None or not record.recovered or record.question_digest is None:
+        if record is None or record.question_digest is None:
             return None
         if not hmac.compare_digest(record.question_digest, digest(text)):
             return None
-        return await self.store.read_journal(request_id)
+        return await self.journal(request_id)
 
     # -- the journal writer: new frames of every run, committed in batches, then sent -----------
 

@@ -89,14 +89,13 @@ class JournalAppend:
 
     `first_seq` 0 starts the journal (replacing an ended one of the same request_id, whose
     row then takes `token_digest`; a row `begin_turn` opened for this request is kept as it is);
-    `ended` says these are its last frames, `recovered` that start-up recovery wrote them."""
+    `ended` says these are its last frames."""
 
     request_id: str
     first_seq: int
     frames: Sequence[str]
     ended: bool = False
     token_digest: str | None = None
-    recovered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +114,6 @@ class JournalRecord:
     request_id: str
     token_digest: str | None
     question_digest: str | None
-    recovered: bool
 
 
 class Store(Protocol):

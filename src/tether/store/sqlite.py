@@ -361,7 +361,7 @@ class SQLiteStore:
             "ON CONFLICT (request_id) DO UPDATE SET started_at = excluded.started_at, "
             "ended_at = NULL, token_digest = excluded.token_digest, "
             "user_message_id = excluded.user_message_id, "
-            "question_digest = excluded.question_digest, recovered = 0",
+            "question_digest = excluded.question_digest",
             (
                 journal.request_id,
                 question.created_at,
@@ -512,7 +512,7 @@ class SQLiteStore:
             for a in appends
             for offset, frame in enumerate(a.frames)
         ]
-        ended = [(stamp, int(a.recovered), a.request_id) for a in appends if a.ended]
+        ended = [(stamp, a.request_id) for a in appends if a.ended]
         async with self._write_lock:
             if started:  # (the journal_restarted trigger drops an earlier journal's frames)
                 # A row still open is this request's own, from begin_turn: kept as it is.
@@ -521,7 +521,7 @@ class SQLiteStore:
                     "ON CONFLICT (request_id) DO UPDATE "
                     "SET started_at = excluded.started_at, ended_at = NULL, "
                     "token_digest = excluded.token_digest, user_message_id = NULL, "
-                    "question_digest = NULL, recovered = 0 "
+                    "question_digest = NULL "
                     "WHERE journals.ended_at IS NOT NULL",
                     started,
                 )
@@ -534,7 +534,7 @@ class SQLiteStore:
                 )
             if ended:
                 await conn.executemany(
-                    "UPDATE journals SET ended_at = ?, recovered = ? WHERE request_id = ?", ended
+                    "UPDATE journals SET ended_at = ? WHERE request_id = ?", ended
                 )
 
     async def open_journals(self) -> list[OpenJournal]:
@@ -561,14 +561,12 @@ class SQLiteStore:
 
     async def journal_record(self, request_id: str) -> JournalRecord | None:
         row = await self._fetchone(
-            "SELECT token_digest, question_digest, recovered FROM journals WHERE request_id = ?",
+            "SELECT token_digest, question_digest FROM journals WHERE request_id = ?",
             (request_id,),
         )
         if row is None:
             return None
-        return JournalRecord(
-            request_id, row["token_digest"], row["question_digest"], bool(row["recovered"])
-        )
+        return JournalRecord(request_id, row["token_digest"], row["question_digest"])
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=max_age_sec)

@@ -11,7 +11,8 @@ tools or SQL.
 A request belongs to the socket that started it: `resume` and `cancel` from another socket must
 carry the request's `token` (the `resume_token` of its `processing` frame); a wrong or missing
 one is answered `not_found`, as for an id never seen, so ids cannot be probed. A socket that
-presented the token once (or retried a recovered request's `chat`) needs it no more.
+presented the token once (or sent an ended request's `chat` again, same question) needs it no
+more.
 """
 
 from __future__ import annotations
@@ -230,14 +231,14 @@ class ChatSocket:
         if refusal is not None:
             self.send_body(request_id, refusal)
             return
-        # The same question under the id of a request a crash cut off: the client is retrying
-        # (it may never have seen `processing`); it gets what became of it, as a resume would.
-        recovered = await self.runs.recovered(request_id, frame.text)
-        if recovered is not None:
+        # The same question under the id of an ended request: the client is retrying (it may
+        # never have seen `processing`); it gets what became of it, as a resume would.
+        answered = await self.runs.answered(request_id, frame.text)
+        if answered:
             token_digest = await self.runs.token_digest(request_id)
             if token_digest is not None:
                 self._remember(request_id, token_digest)
-            await self._replay(recovered, -1)
+            await self._replay(answered, -1)
             return
         try:
             watcher = self.runs.start(turn_from_frame(frame), self.outbox, self._ended)

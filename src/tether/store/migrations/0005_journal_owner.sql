@@ -4,9 +4,7 @@
 -- with its request_id after the crash gets that outcome instead of storing the question again.
 -- token_digest: SHA-256 (hex) of the resume token of the request's `processing` frame; `resume`
 -- and `cancel` from another socket must present the token. user_message_id: the question.
--- question_digest: SHA-256 (hex) of its text (a retried chat must ask the same question).
--- recovered: 1 once start-up recovery wrote the final frame.
+-- question_digest: SHA-256 (hex) of its text (a chat sent again must ask the same question).
 ALTER TABLE journals ADD COLUMN token_digest TEXT;
 ALTER TABLE journals ADD COLUMN user_message_id TEXT;
 ALTER TABLE journals ADD COLUMN question_digest TEXT;
-ALTER TABLE journals ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
