@@ -11,8 +11,9 @@ watching; the run goes on (see the disconnect policy).
 
 What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_reliability.py):
 
-- Resume, while the server runs: `{"type": "resume", "request_id", "after_seq"}` on any socket
-  sends every frame of that request with a seq above `after_seq`, in order, each once, then the
+- Resume, while the server runs: `{"type": "resume", "request_id", "after_seq", "token"}` on
+  any socket (the token is needed from a socket other than the one that started it) sends every
+  frame of that request with a seq above `after_seq`, in order, each once, then the
   live frames if it still runs, so the client sees seq contiguous from `after_seq + 1` to the
   final `complete` (or `error`). This holds for a running request, and for an ended one for at
   least `reliability.journal_max_age_sec` after it ended (unless `journal_max_rows` pushed it
@@ -31,15 +32,22 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   journal holds; a resume then replays the frames and that final frame. Journal commits skip the
   fsync (`synchronous=NORMAL`; messages keep `FULL`): on power loss, rather than a process crash,
   the last frames of a running request may be missing, never a message.
-- Request ids are client-chosen and name a request server-wide (resume works from any socket):
-  a `chat` whose `request_id` is running (or whose final frame is not out yet) gets `conflict`;
-  reusing the id of a finished request starts a new request whose journal replaces the old one.
-  Use unique ids (UUIDs).
-- Frames the server sends about a running request outside its turn, to a socket that watches
-  it (a `conflict` for a second chat with its id, a `pong` or a `bad_request` naming it), take
-  its next seq and are journaled like the others, so seq stays contiguous for every watcher.
-  A socket that does not watch it gets such frames numbered on their own (from 0), outside the
-  request's stream.
+- Request ids are client-chosen and name a request server-wide: a `chat` whose `request_id` is
+  running (or whose final frame is not out yet) gets `conflict`. A `chat` with the id *and text*
+  of an ended request is its client retrying (it never learned the outcome: a dropped
+  connection, a crash before `processing` reached it): it gets that request's journal replayed
+  (`answered`), never a second copy of the question. Reusing the id of an ended request for
+  another question starts a new request whose journal replaces the old one. Use unique ids
+  (UUIDs).
+- Requests belong to whoever started them. Each run draws a resume token (`tether.tokens`),
+  sent in its `processing` frame as `resume_token` and stored, hashed, with its journal row (by
+  `begin_turn`, in the transaction of the user's message; so a request killed before its first
+  frame is journaled is still found by recovery and by a retried `chat`). `resume` and `cancel`
+  from another socket must present it (`tether.transports.ws`).
+- A run's frames are its own: replies about it outside its turn (a `conflict` for a second chat
+  with its id, `rate_limited`, a `pong` or a `bad_request` naming it) go to the socket that sent
+  the frame they answer, without `seq`, and are never journaled, so every resume replays exactly
+  the request's frames and its seq stays contiguous.
 
 Disconnects (`reliability.on_disconnect`): "continue" (default) lets a request nobody watches run
 on for `disconnect_grace_sec` (a resume within it re-attaches), then cancels it; "cancel" cancels

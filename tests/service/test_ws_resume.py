@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import connect
 
 from tests.support.servers import RunningServer, make_settings, serve_app, stored_answer
@@ -254,3 +255,26 @@ async def test_every_frame_is_in_sqlite_before_a_socket_gets_it(tmp_path: Path) 
                 checked += 1
     assert {f["status"] for f in client.order} >= {"processing", "chunk", "tool", "pong"}
     assert checked == len(client.order) - 1 > 40
+
+
+async def test_a_chat_sent_again_gets_the_outcome_not_a_second_turn(server: RunningServer) -> None:
+    async with connect(server.ws_url) as ws:
+        frames = await ProtocolClient(ws).chat("retry", "ask me once")
+    # A client that never learned the outcome sends the same chat again, on a new socket: it
+    # gets the request's frames (and so its token), and the question is not stored again.
+    async with connect(server.ws_url) as ws:
+        client = ProtocolClient(ws)
+        assert await client.chat("retry", "ask me once") == frames
+        client.frames.pop("retry")
+        await client.send({"type": "resume", "request_id": "retry"})
+        assert await client.until("retry") == frames
+        client.frames.pop("retry")
+        new = await client.chat("retry", "a new question")  # the id reused: a new request
+    session_id = frames[0]["chunk"]["metadata"]["session_id"]
+    answer = await stored_answer(server, session_id)
+    assert answer["content"] == "ask me once"
+    assert new[0]["chunk"]["metadata"]["session_id"] != session_id
+    assert text_of(new) == "a new question"
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        messages = (await http.get(f"/sessions/{session_id}/messages")).json()
+    assert [m["role"] for m in messages] == ["user", "assistant"]
