@@ -58,7 +58,15 @@ from tether.events import (
     ToolCallStarted,
 )
 from tether.protocol import ChatOptions, ProtocolError, parse_options
-from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store, TurnStart
+from tether.store.base import (
+    Agent,
+    JournalStart,
+    Message,
+    MessageStatus,
+    NewMessage,
+    Store,
+    TurnStart,
+)
 from tether.tools.base import ToolResult, ToolRunner, ToolSpec
 from tether.tools.prompt import render_tools_prompt
 
@@ -101,6 +109,7 @@ class Turn:
     options: ChatOptions = field(default_factory=ChatOptions)
     # A turn that branches from a stored message (needs `session_id`); None: a new message.
     redo: Edit | Regenerate | None = None
+    journal: JournalStart | None = None  # opened with the user's message (tether.runs sets it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +442,7 @@ class ChatService:
             if turn.session_id is None:
                 raise BadRequest("a regeneration needs the session_id of its message")
             return await self.store.begin_regeneration(
-                turn.redo.message_id, session_id=turn.session_id
+                turn.redo.message_id, session_id=turn.session_id, journal=turn.journal
             )
         return await self.store.begin_turn(
             session_id=turn.session_id,
@@ -442,6 +451,7 @@ class ChatService:
             agent_id=turn.agent_id,
             title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
             sibling_of=turn.redo.message_id if isinstance(turn.redo, Edit) else None,
+            journal=turn.journal,
         )
 
     async def _agent_for(self, turn: Turn) -> Agent | None:

@@ -154,15 +154,22 @@ class RegenerateFrame(_Frame):
     options: ChatOptions = ChatOptions()
 
 
+# The `resume_token` of the request's `processing` frame; needed from a socket other than the
+# one that started the request (see tether.runs).
+ResumeToken = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class CancelFrame(_Frame):
     type: Literal["cancel"]
     request_id: RequestId
+    token: ResumeToken | None = None
 
 
 class ResumeFrame(_Frame):
     type: Literal["resume"]
     request_id: RequestId
     after_seq: int = Field(default=-1, ge=-1)
+    token: ResumeToken | None = None
 
 
 class PingFrame(_Frame):
@@ -335,6 +342,13 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"status": "error", "error": {"code": code, "message": message}}
 
 
+def processing_body(event: Accepted, resume_token: str) -> dict[str, Any]:
+    """The `processing` frame of a run: the event's metadata and the request's resume token."""
+    body = event_body(event)
+    body["chunk"]["metadata"]["resume_token"] = resume_token
+    return body
+
+
 PONG_BODY: dict[str, Any] = {"status": "pong"}
 
 
@@ -350,9 +364,19 @@ class RequestFrames:
     def render(self, body: dict[str, Any]) -> str:
         frame = {"request_id": self.request_id, "seq": self.next_seq, **body}
         self.next_seq += 1
-        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-        if not jsonsafe.is_unicode(text):
-            # A lone surrogate (from a tool result, an echoed key) cannot go out as UTF-8;
-            # JSON's \u escapes carry it.
-            text = json.dumps(frame, separators=(",", ":"))
-        return text
+        return render_frame(frame)
+
+
+def render_unnumbered(request_id: str, body: dict[str, Any]) -> str:
+    """A frame about `request_id` that is not one of its own (a refusal of a frame the client
+    sent about it, a pong): no `seq`, never journaled, so the request's seq stays its own."""
+    return render_frame({"request_id": request_id, **body})
+
+
+def render_frame(frame: dict[str, Any]) -> str:
+    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    if not jsonsafe.is_unicode(text):
+        # A lone surrogate (from a tool result, an echoed key) cannot go out as UTF-8;
+        # JSON's \u escapes carry it.
+        text = json.dumps(frame, separators=(",", ":"))
+    return text

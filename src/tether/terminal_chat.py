@@ -1,9 +1,11 @@
 """`tether chat`: a terminal client of /ws/chat that survives a dropped connection.
 
 It prints each answer as it streams. When the socket drops mid-answer (a network blip, a server
-restart), it reconnects and sends `resume` with the last `seq` it printed, so the answer goes on
-where it stopped: no text lost, none printed twice. An answer the server could not finish (it
-was killed) ends with `finish_reason: "interrupted"`, which is said on stderr.
+restart), it reconnects and sends `resume` with the last `seq` it printed and the request's
+resume token (from its `processing` frame: the new socket is not the one that started it), so
+the answer goes on where it stopped: no text lost, none printed twice. An answer the server
+could not finish (it was killed) ends with `finish_reason: "interrupted"`, which is said on
+stderr.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class Turn:
         self.log = log
         self.request_id = uuid.uuid4().hex
         self.last_seq = -1  # the last frame printed: a resume asks for what comes after
+        self.token: str | None = None  # the request's resume token, once `processing` came
 
     async def run(
         self, text: str, session_id: str | None, options: dict[str, Any]
@@ -132,8 +135,7 @@ class Turn:
             reply = await self.link.recv()
             if reply is None:
                 await self.link.reconnect()
-                resume = {"type": "resume", "request_id": self.request_id}
-                await self.link.send({**resume, "after_seq": self.last_seq})
+                await self.link.send(self._resume())
                 continue
             if reply.get("request_id") != self.request_id:
                 continue
@@ -141,7 +143,9 @@ class Turn:
             status = reply.get("status")
             chunk = reply.get("chunk") or {}
             if status == "processing":
-                session_id = chunk.get("metadata", {}).get("session_id", session_id)
+                metadata = chunk.get("metadata", {})
+                session_id = metadata.get("session_id", session_id)
+                self.token = metadata.get("resume_token")
             elif status == "chunk" and chunk.get("type") == "text":
                 self.out.write(chunk.get("data", ""))
                 self.out.flush()
@@ -158,6 +162,16 @@ class Turn:
                 error = reply.get("error", {})
                 self.log(f"\nerror ({error.get('code')}): {error.get('message')}")
                 return session_id, False
+
+    def _resume(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {
+            "type": "resume",
+            "request_id": self.request_id,
+            "after_seq": self.last_seq,
+        }
+        if self.token is not None:
+            frame["token"] = self.token
+        return frame
 
     def _print_tool(self, chunk: dict[str, Any]) -> None:
         data = chunk.get("data", {})

@@ -6,10 +6,13 @@ with seed 002's names accepted too: `prompt` for `text`, `model_name` for `optio
 
 The turn runs as a `Run` of the server's `RunRegistry`, like a socket's: its frames are journaled
 before they are written, a client that goes away leaves the answer to the disconnect policy (and
-`resume` on /ws/chat picks it up by the `request_id` of the `start` line), and a shutdown drains
-it. Each line is one frame rendered as `{"type", "seq", "data"}`:
+`resume` on /ws/chat picks it up by the `request_id` and `resume_token` of the `start` line), and
+a shutdown drains it. A body sent again with the `request_id` and `text` of an ended request (its
+client never learned the outcome) streams that request's journal instead of asking again. Each
+line is one frame rendered as `{"type", "seq", "data"}`:
 
-    start        request_id, session_id, user_message_id, model, queue_position, created_session
+    start        request_id, session_id, user_message_id, model, queue_position, created_session,
+                 resume_token
     token        text
     thinking     text (with options.show_thoughts)
     tool_call    id, name, arguments
@@ -67,6 +70,13 @@ async def chat_stream(request: Request) -> Response:
         await read_body(request, services.settings.limits.max_frame_bytes),
         max_text_chars=services.settings.limits.max_text_chars,
     )
+    answered = await services.runs.answered(frame.request_id, frame.text)
+    if answered:  # sent again after it ended: what became of it, as a resume would send
+        return StreamingResponse(
+            (ndjson_line(json.loads(text)) for text in answered),
+            media_type=NDJSON,
+            headers={"Cache-Control": "no-store", "X-Request-Id": frame.request_id},
+        )
     return await stream_turn(request, turn_from_frame(frame))
 
 
