@@ -6,13 +6,15 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from tether.chat import ChatService
 from tether.config import Settings
@@ -35,6 +37,8 @@ from tether.transports import ndjson, rest
 from tether.transports.ws import SocketHub, chat_endpoint
 
 log = structlog.get_logger("tether.app")
+
+WEB_DIR = Path(__file__).parent / "web"  # the browser UI: / and /ui/*
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,10 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
     return _error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _web_index(_request: Request) -> Response:
+    return FileResponse(WEB_DIR / "index.html")
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
@@ -162,7 +170,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             log.info("app.stopped")
 
     return Starlette(
-        routes=[*rest.routes, *ndjson.routes, WebSocketRoute("/ws/chat", chat_endpoint)],
+        routes=[
+            *rest.routes,
+            *ndjson.routes,
+            WebSocketRoute("/ws/chat", chat_endpoint),
+            Route("/", _web_index, methods=["GET"]),
+            Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
+        ],
         lifespan=lifespan,
         middleware=security_middleware(settings),
         exception_handlers={TetherError: _tether_error, HTTPException: _http_error},
