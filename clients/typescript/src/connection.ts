@@ -232,7 +232,7 @@ export class TetherConnection {
     const entry = this.running.get(requestId)
     if (entry === undefined) return
     entry.cancelWanted = true
-    if (entry.sent) this.sendFrame({ type: 'cancel', request_id: requestId })
+    if (entry.sent) this.sendCancel(entry)
   }
 
   /** Close for good: running requests reject with `closed`. */
@@ -247,11 +247,17 @@ export class TetherConnection {
     if (this.socket?.readyState === OPEN) {
       this.sendFrame(entry.frame)
       entry.sent = true
-      if (entry.cancelWanted) this.sendFrame({ type: 'cancel', request_id: entry.frame.request_id })
+      if (entry.cancelWanted) this.sendCancel(entry)
       return
     }
     // Not open: the (re)connection sends it. A lazy reopen after an idle drop starts here.
     if (this.connecting === undefined) void this.reconnect()
+  }
+
+  private sendCancel(entry: Running): void {
+    const frame: ClientFrame = { type: 'cancel', request_id: entry.frame.request_id }
+    if (entry.resumeToken !== undefined) frame.token = entry.resumeToken
+    this.sendFrame(frame)
   }
 
   private sendFrame(frame: ClientFrame): void {
@@ -324,7 +330,7 @@ export class TetherConnection {
     const frame: ClientFrame = { type: 'resume', request_id: entry.frame.request_id, after_seq: entry.lastSeq }
     if (entry.resumeToken !== undefined) frame.token = entry.resumeToken
     this.sendFrame(frame)
-    if (entry.cancelWanted) this.sendFrame({ type: 'cancel', request_id: entry.frame.request_id })
+    if (entry.cancelWanted) this.sendCancel(entry)
   }
 
   private dropped(socket: WebSocketLike, code: number): void {

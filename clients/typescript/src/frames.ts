@@ -30,6 +30,8 @@ export interface ChatFrame {
 export interface CancelFrame {
   type: 'cancel'
   request_id: string
+  /** The resume token of the request's `processing` frame (needed from another socket). */
+  token?: string
 }
 
 export interface ResumeFrame {

@@ -15,7 +15,7 @@ import {
   updateAgent,
   type ChatEvent,
 } from 'tether-client'
-import { TcpProxy, TetherServer, nodeSockets, waitFor } from './support.js'
+import { TcpProxy, TetherServer, nodeSockets } from './support.js'
 import { seedUsage } from './seed004.js'
 
 const words = (n: number, prefix = 'w'): string => Array.from({ length: n }, (_, i) => `${prefix}${i}`).join(' ')
@@ -174,11 +174,15 @@ describe('against a real tether serve', () => {
       },
     })
     const text = words(40)
-    const result = await chat.sendMessage({ message: text, options: { tokenDelayMs: 20 } })
-    // The socket is usable again for the next turn.
-    const next = await chat.sendMessage({ message: 'and again' })
-    chat.stop()
-    await proxy.close()
+    let result, next
+    try {
+      result = await chat.sendMessage({ message: text, options: { tokenDelayMs: 20 } })
+      // The socket is usable again for the next turn.
+      next = await chat.sendMessage({ message: 'and again' })
+    } finally {
+      chat.stop()
+      await proxy.close()
+    }
     assert.equal(tokens.join(''), text + 'and again')
     assert.equal(result.text, text)
     assert.equal(result.finishReason, 'stop')
@@ -235,7 +239,10 @@ describe('failures and restarts', () => {
     const server = await TetherServer.start()
     try {
       const tokens: string[] = []
-      let killed: Promise<void> | undefined
+      let resolveKilled!: () => void
+      const killed = new Promise<void>((resolve) => {
+        resolveKilled = resolve
+      })
       const chat = await streamChat({
         backendUrl: server.wsUrl,
         socketFactory: nodeSockets,
@@ -243,12 +250,12 @@ describe('failures and restarts', () => {
         onEvent: (e) => {
           if (e.type === 'token') {
             tokens.push(e.token)
-            if (tokens.length === 3) killed = server.kill('SIGKILL')
+            if (tokens.length === 3) void server.kill('SIGKILL').then(resolveKilled)
           }
         },
       })
       const turn = chat.sendMessage({ message: words(40), options: { tokenDelayMs: 50 } })
-      await waitFor<void>((listener) => { const check = (): void => { if (killed) void killed.then(() => listener()); else setTimeout(check, 10) }; check() }, () => true, 'the kill')
+      await killed
       await server.launch()
       const result = await turn
       chat.stop()

@@ -153,16 +153,3 @@ export class TcpProxy {
     await once(this.server, 'close')
   }
 }
-
-/** Resolves when `predicate` is true of an event; rejects after a scaled deadline. */
-export function waitFor<T>(subscribe: (listener: (value: T) => void) => void, predicate: (value: T) => boolean, what: string): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), scaled(20_000))
-    subscribe((value) => {
-      if (predicate(value)) {
-        clearTimeout(timer)
-        resolve(value)
-      }
-    })
-  })
-}

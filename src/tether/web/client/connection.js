@@ -128,7 +128,7 @@ export class TetherConnection {
             return;
         entry.cancelWanted = true;
         if (entry.sent)
-            this.sendFrame({ type: 'cancel', request_id: requestId });
+            this.sendCancel(entry);
     }
     /** Close for good: running requests reject with `closed`. */
     close() {
@@ -142,12 +142,18 @@ export class TetherConnection {
             this.sendFrame(entry.frame);
             entry.sent = true;
             if (entry.cancelWanted)
-                this.sendFrame({ type: 'cancel', request_id: entry.frame.request_id });
+                this.sendCancel(entry);
             return;
         }
         // Not open: the (re)connection sends it. A lazy reopen after an idle drop starts here.
         if (this.connecting === undefined)
             void this.reconnect();
+    }
+    sendCancel(entry) {
+        const frame = { type: 'cancel', request_id: entry.frame.request_id };
+        if (entry.resumeToken !== undefined)
+            frame.token = entry.resumeToken;
+        this.sendFrame(frame);
     }
     sendFrame(frame) {
         if (this.socket?.readyState === OPEN)
@@ -214,7 +220,7 @@ export class TetherConnection {
             frame.token = entry.resumeToken;
         this.sendFrame(frame);
         if (entry.cancelWanted)
-            this.sendFrame({ type: 'cancel', request_id: entry.frame.request_id });
+            this.sendCancel(entry);
     }
     dropped(socket, code) {
         if (this.socket !== socket)
