@@ -10,5 +10,5 @@ const target = path.join(here, '..', '..', '..', 'src', 'tether', 'web', 'client
 rmSync(target, { recursive: true, force: true })
 mkdirSync(target, { recursive: true })
 for (const name of readdirSync(dist)) {
-  if (name.endsWith('.js')) copyFileSync(path.join(dist, name), path.join(target, name))
+  if (name.endsWith('.js') && name !== 'ai.js') copyFileSync(path.join(dist, name), path.join(target, name))
 }

@@ -132,7 +132,9 @@ export function newRequestId(): string {
 }
 
 interface Running {
-  frame: ChatFrame
+  requestId: string
+  /** The chat frame to send (again); undefined for a request this connection only resumes. */
+  frame: ChatFrame | undefined
   lastSeq: number
   sent: boolean
   resent: boolean
@@ -200,6 +202,32 @@ export class TetherConnection {
     if (request.options !== undefined) frame.options = toWireOptions(request.options)
     const requestId = frame.request_id
     if (this.running.has(requestId)) throw new TetherError('conflict', `request ${requestId} is already running`)
+    return this.track(requestId, frame, -1, undefined, request)
+  }
+
+  /**
+   * Follow a request started elsewhere (another socket, a page before its reload): its frames
+   * after `afterSeq` (-1: all of them), then live ones while it runs. `resumeToken` is its
+   * `processing` frame's `resume_token`, which a server may want from another socket.
+   */
+  resume(request: {
+    requestId: string
+    afterSeq?: number
+    resumeToken?: string
+    signal?: AbortSignal
+    onEvent?: (event: ChatEvent) => void
+  }): ChatTurn {
+    if (this.running.has(request.requestId)) throw new TetherError('conflict', `request ${request.requestId} is already followed`)
+    return this.track(request.requestId, undefined, request.afterSeq ?? -1, request.resumeToken, request)
+  }
+
+  private track(
+    requestId: string,
+    frame: ChatFrame | undefined,
+    afterSeq: number,
+    resumeToken: string | undefined,
+    request: { signal?: AbortSignal; onEvent?: (event: ChatEvent) => void }
+  ): ChatTurn {
     let resolve!: (result: TurnResult) => void
     let reject!: (error: TetherError) => void
     const result = new Promise<TurnResult>((res, rej) => {
@@ -208,8 +236,9 @@ export class TetherConnection {
     })
     result.catch(() => undefined) // awaited by the caller, or its error went to onEvent already
     const entry: Running = {
-      frame, lastSeq: -1, sent: false, resent: false, resumeToken: undefined, sessionId: undefined,
-      userMessageId: undefined, text: '', cancelWanted: false, onEvent: request.onEvent, resolve, reject,
+      requestId, frame, lastSeq: afterSeq, sent: frame === undefined, resent: frame === undefined, resumeToken,
+      sessionId: undefined, userMessageId: undefined, text: '', cancelWanted: false, onEvent: request.onEvent,
+      resolve, reject,
     }
     if (this.closed) {
       reject(new TetherError('closed', 'the connection was closed'))
@@ -245,6 +274,10 @@ export class TetherConnection {
 
   private transmit(entry: Running): void {
     if (this.socket?.readyState === OPEN) {
+      if (entry.frame === undefined) {
+        this.restart(entry)
+        return
+      }
       this.sendFrame(entry.frame)
       entry.sent = true
       if (entry.cancelWanted) this.sendCancel(entry)
@@ -255,7 +288,7 @@ export class TetherConnection {
   }
 
   private sendCancel(entry: Running): void {
-    const frame: ClientFrame = { type: 'cancel', request_id: entry.frame.request_id }
+    const frame: ClientFrame = { type: 'cancel', request_id: entry.requestId }
     if (entry.resumeToken !== undefined) frame.token = entry.resumeToken
     this.sendFrame(frame)
   }
@@ -323,11 +356,11 @@ export class TetherConnection {
 
   /** After a (re)connection: resume what the server has, send what it never got. */
   private restart(entry: Running): void {
-    if (!entry.sent) {
+    if (!entry.sent && entry.frame !== undefined) {
       this.transmit(entry)
       return
     }
-    const frame: ClientFrame = { type: 'resume', request_id: entry.frame.request_id, after_seq: entry.lastSeq }
+    const frame: ClientFrame = { type: 'resume', request_id: entry.requestId, after_seq: entry.lastSeq }
     if (entry.resumeToken !== undefined) frame.token = entry.resumeToken
     this.sendFrame(frame)
     if (entry.cancelWanted) this.sendCancel(entry)
@@ -376,7 +409,7 @@ export class TetherConnection {
     const entries = [...this.running.values()]
     this.running.clear()
     for (const entry of entries) {
-      this.emit(entry, { type: 'error', requestId: entry.frame.request_id, code: error.code, message: error.message })
+      this.emit(entry, { type: 'error', requestId: entry.requestId, code: error.code, message: error.message })
       entry.reject(error)
     }
   }
@@ -396,7 +429,7 @@ export class TetherConnection {
       // seq), except a refusal of just the frame sent; a chat the server never received (it
       // dropped with the socket) is resumed into `not_found`: send it again, once.
       if (this.refusesOnlyThatFrame(entry, frame.error.code)) return
-      if (frame.error.code === 'not_found' && entry.lastSeq < 0 && !entry.resent) {
+      if (frame.error.code === 'not_found' && entry.lastSeq < 0 && !entry.resent && entry.frame !== undefined) {
         entry.resent = true
         this.sendFrame(entry.frame)
         return

@@ -92,6 +92,19 @@ export class TetherConnection {
         const requestId = frame.request_id;
         if (this.running.has(requestId))
             throw new TetherError('conflict', `request ${requestId} is already running`);
+        return this.track(requestId, frame, -1, undefined, request);
+    }
+    /**
+     * Follow a request started elsewhere (another socket, a page before its reload): its frames
+     * after `afterSeq` (-1: all of them), then live ones while it runs. `resumeToken` is its
+     * `processing` frame's `resume_token`, which a server may want from another socket.
+     */
+    resume(request) {
+        if (this.running.has(request.requestId))
+            throw new TetherError('conflict', `request ${request.requestId} is already followed`);
+        return this.track(request.requestId, undefined, request.afterSeq ?? -1, request.resumeToken, request);
+    }
+    track(requestId, frame, afterSeq, resumeToken, request) {
         let resolve;
         let reject;
         const result = new Promise((res, rej) => {
@@ -100,8 +113,9 @@ export class TetherConnection {
         });
         result.catch(() => undefined); // awaited by the caller, or its error went to onEvent already
         const entry = {
-            frame, lastSeq: -1, sent: false, resent: false, resumeToken: undefined, sessionId: undefined,
-            userMessageId: undefined, text: '', cancelWanted: false, onEvent: request.onEvent, resolve, reject,
+            requestId, frame, lastSeq: afterSeq, sent: frame === undefined, resent: frame === undefined, resumeToken,
+            sessionId: undefined, userMessageId: undefined, text: '', cancelWanted: false, onEvent: request.onEvent,
+            resolve, reject,
         };
         if (this.closed) {
             reject(new TetherError('closed', 'the connection was closed'));
@@ -139,6 +153,10 @@ export class TetherConnection {
     }
     transmit(entry) {
         if (this.socket?.readyState === OPEN) {
+            if (entry.frame === undefined) {
+                this.restart(entry);
+                return;
+            }
             this.sendFrame(entry.frame);
             entry.sent = true;
             if (entry.cancelWanted)
@@ -150,7 +168,7 @@ export class TetherConnection {
             void this.reconnect();
     }
     sendCancel(entry) {
-        const frame = { type: 'cancel', request_id: entry.frame.request_id };
+        const frame = { type: 'cancel', request_id: entry.requestId };
         if (entry.resumeToken !== undefined)
             frame.token = entry.resumeToken;
         this.sendFrame(frame);
@@ -211,11 +229,11 @@ export class TetherConnection {
     }
     /** After a (re)connection: resume what the server has, send what it never got. */
     restart(entry) {
-        if (!entry.sent) {
+        if (!entry.sent && entry.frame !== undefined) {
             this.transmit(entry);
             return;
         }
-        const frame = { type: 'resume', request_id: entry.frame.request_id, after_seq: entry.lastSeq };
+        const frame = { type: 'resume', request_id: entry.requestId, after_seq: entry.lastSeq };
         if (entry.resumeToken !== undefined)
             frame.token = entry.resumeToken;
         this.sendFrame(frame);
@@ -271,7 +289,7 @@ export class TetherConnection {
         const entries = [...this.running.values()];
         this.running.clear();
         for (const entry of entries) {
-            this.emit(entry, { type: 'error', requestId: entry.frame.request_id, code: error.code, message: error.message });
+            this.emit(entry, { type: 'error', requestId: entry.requestId, code: error.code, message: error.message });
             entry.reject(error);
         }
     }
@@ -292,7 +310,7 @@ export class TetherConnection {
             // dropped with the socket) is resumed into `not_found`: send it again, once.
             if (this.refusesOnlyThatFrame(entry, frame.error.code))
                 return;
-            if (frame.error.code === 'not_found' && entry.lastSeq < 0 && !entry.resent) {
+            if (frame.error.code === 'not_found' && entry.lastSeq < 0 && !entry.resent && entry.frame !== undefined) {
                 entry.resent = true;
                 this.sendFrame(entry.frame);
                 return;
