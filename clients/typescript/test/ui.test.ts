@@ -56,7 +56,8 @@ describe('the browser UI', { skip: haveChromium ? false : `no Chromium at ${exec
 
   test('a message streams in, markdown rendered safely, with its usage line', async () => {
     const page = await openPage(`${server.httpUrl}/?o.token_delay_ms=30`)
-    const text = '**bold** and <img src=x onerror="window.pwned=1"> `code` ' + words(20)
+    // Long enough (about 4 s) that the page is seen mid-stream even on a loaded machine.
+    const text = '**bold** and <img src=x onerror="window.pwned=1"> `code` ' + words(150)
     await sendMessage(page, text)
     const answer = lastAnswer(page)
     // Streaming: part of the answer is there while the rest is still coming.
