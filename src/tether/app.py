@@ -6,14 +6,16 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import WebSocketRoute
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.chat import ChatService
@@ -47,6 +49,8 @@ from tether.transports import history, ndjson, openai, rest
 from tether.transports.ws import SocketHub, chat_endpoint
 
 log = structlog.get_logger("tether.app")
+
+WEB_DIR = Path(__file__).parent / "web"  # the browser UI: / and /ui/*
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,10 @@ class QuietStartupRefusals:
         await self.app(scope, receive, report)
 
 
+async def _web_index(_request: Request) -> Response:
+    return FileResponse(WEB_DIR / "index.html")
+
+
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
     """The ASGI app. `engine` overrides the configured one (tests, embedding).
 
@@ -244,6 +252,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             *openai.routes,
             *(metrics_routes if settings.metrics.enabled else []),
             WebSocketRoute("/ws/chat", chat_endpoint),
+            Route("/", _web_index, methods=["GET"]),
+            Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
         ],
         lifespan=lifespan,
         middleware=[

@@ -254,8 +254,9 @@ class SecuritySettings(_Section):
     # Accepted Host header names ("*.example.com", "*"); None: localhost, 127.0.0.1, ::1 and the
     # bound host; any host when bound to 0.0.0.0 or :: with a token.
     allowed_hosts: list[str] | None = None
-    # Paths readable (GET, HEAD) without the token; "/prefix/*" covers a subtree.
-    public_paths: list[str] = Field(default_factory=lambda: ["/health"])
+    # Paths readable (GET, HEAD) without the token; "/prefix/*" covers a subtree. The browser
+    # UI's static files (/ and /ui/*) hold no data: the page asks for the token itself.
+    public_paths: list[str] = Field(default_factory=lambda: ["/health", "/", "/ui/*"])
     # Open WebSocket connections, per server and per client address.
     max_connections: int = Field(default=2000, ge=1)
     max_connections_per_client: int = Field(default=1000, ge=1)

@@ -303,7 +303,7 @@ def test_cors_regex_agrees_with_the_policy(parts: tuple[str, str, int | None]) -
 def test_security_defaults(tmp_path: Path) -> None:
     security = settings(tmp_path).security
     assert security.allowed_hosts is None
-    assert security.public_paths == ["/health"]
+    assert security.public_paths == ["/health", "/", "/ui/*"]
     assert security.max_connections == 2000
     assert security.max_connections_per_client == 1000
     assert "http://localhost:*" in security.allowed_origins
