@@ -164,7 +164,10 @@ export class TetherChatTransport<UI_MESSAGE extends UIMessage = UIMessage> imple
             case 'start':
               this.save(chatId, {
                 sessionId: event.sessionId,
-                running: { requestId: event.requestId, ...(this.tokenOf(chatId, event.requestId) ?? {}) },
+                running: {
+                  requestId: event.requestId,
+                  ...(event.resumeToken !== undefined ? { resumeToken: event.resumeToken } : (this.tokenOf(chatId, event.requestId) ?? {})),
+                },
               })
               controller.enqueue({ type: 'start' })
               controller.enqueue({ type: 'start-step' })

@@ -53,7 +53,7 @@ export interface ChatOptions extends ChatOptionsV1 {
 }
 
 export type ChatEvent =
-  | { type: 'start'; requestId: string; sessionId: string; userMessageId: string; model: string; queuePosition: number }
+  | { type: 'start'; requestId: string; sessionId: string; userMessageId: string; model: string; queuePosition: number; resumeToken?: string }
   | { type: 'token'; requestId: string; token: string }
   | { type: 'thinking'; requestId: string; token: string }
   | { type: 'tool'; requestId: string; name: string; phase: 'call'; payload: ToolCallData }
@@ -458,6 +458,7 @@ export class TetherConnection {
         this.emit(entry, {
           type: 'start', requestId, sessionId: metadata.session_id, userMessageId: metadata.user_message_id,
           model: metadata.model, queuePosition: metadata.queue_position,
+          ...(typeof token === 'string' && { resumeToken: token }),
         })
         return
       }

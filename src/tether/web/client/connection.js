@@ -339,6 +339,7 @@ export class TetherConnection {
                 this.emit(entry, {
                     type: 'start', requestId, sessionId: metadata.session_id, userMessageId: metadata.user_message_id,
                     model: metadata.model, queuePosition: metadata.queue_position,
+                    ...(typeof token === 'string' && { resumeToken: token }),
                 });
                 return;
             }
