@@ -80,9 +80,10 @@ from typing import Any, Protocol
 import structlog
 
 from tether.chat import ChatService, Turn, TurnControl
+from tether.coalesce import DeltaMerger
 from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
-from tether.events import Accepted, ChatEvent, Failed
+from tether.events import Accepted, ChatEvent, Failed, TextDelta, ThinkingDelta
 from tether.metrics import Metrics, Transport
 from tether.protocol import RequestFrames, event_body, processing_body
 from tether.store.base import JournalAppend, JournalStart, Store
@@ -96,6 +97,8 @@ EndHook = Callable[["Watcher"], None]  # the watcher has queued its run's final 
 PRUNE_INTERVAL_SEC = 60.0
 # After a drain or close cancelled the runs, how long they get to store their answers.
 CANCEL_GRACE_SEC = 10.0
+# How many frames a run may log ahead of the journal before its turn waits for the writer.
+MAX_FRAMES_AHEAD = 8
 
 
 class FrameSink(Protocol):
@@ -176,6 +179,8 @@ class Run:
         self.token = new_token()  # its `processing` frame's resume_token
         self.token_digest = digest(self.token)
         self._numbering = RequestFrames(request_id)
+        self._merging = DeltaMerger()  # text deltas waiting for the journal writer's next batch
+        self._caught_up = asyncio.Event()  # the journal is less than MAX_FRAMES_AHEAD behind
         self._grace: asyncio.TimerHandle | None = None
 
     # -- frames -------------------------------------------------------------------------------
@@ -188,15 +193,45 @@ class Run:
     def post(self, body: dict[str, Any]) -> str:
         """Render `body` with the next seq and add it to the log, to be journaled and then sent
         to the live watchers; never waits."""
+        self.logged()  # text deltas waiting go before it
         frame = self._numbering.render(body)
         self.frames.append(frame)
         self.registry.journal_later(self)
         return frame
 
+    def record(self, event: ChatEvent) -> None:
+        """Log the turn's `event` (as `post` does): text and thinking deltas wait to be joined
+        with the next ones until the journal writer takes them (`logged`), so that a stream
+        faster than the journal costs a frame per batch, not per delta."""
+        if not isinstance(event, TextDelta | ThinkingDelta):
+            self.post(event_body(event))
+            return
+        full = self._merging.add(event)
+        if full is not None:
+            self.frames.append(self._numbering.render(event_body(full)))
+        self.registry.journal_later(self)
+
+    def logged(self) -> int:
+        """Render the deltas waiting into a frame; how many frames the log holds."""
+        joined = self._merging.take()
+        if joined is not None:
+            self.frames.append(self._numbering.render(event_body(joined)))
+        return len(self.frames)
+
+    async def keep_pace(self) -> None:
+        """Let the other runs, the sockets' writers and the journal go first; wait while this
+        run is MAX_FRAMES_AHEAD frames ahead of the journal (so that a flood of frames cannot
+        run away from its journal, nor make every batch its own)."""
+        while len(self.frames) - self.durable >= MAX_FRAMES_AHEAD:
+            self._caught_up.clear()
+            await self._caught_up.wait()
+        await asyncio.sleep(0)
+
     def publish(self, durable: int, ended: bool) -> None:
         """The journal writer committed `frames[:durable]` (and, with `ended`, the end)."""
         self.durable = durable
         self.saved_ended = ended
+        self._caught_up.set()
         for watcher in self.watchers:
             if watcher.live:
                 watcher.push()
@@ -261,10 +296,8 @@ class Run:
                 self.post(processing_body(event, self.token))
             else:
                 self.waiting = False
-                self.post(event_body(event))
-            # Let the sockets' writers take the frame before the next one (an engine that
-            # never awaits would otherwise fill their buffers in one go).
-            await asyncio.sleep(0)
+                self.record(event)
+            await self.keep_pace()  # an engine that never awaits must not hog the loop
 
         observed = self.registry.metrics.observe_turn(transport, emit)
         try:
@@ -400,7 +433,7 @@ class RunRegistry:
 
     async def _write_journals(self) -> None:
         while self._dirty:
-            batch = [(run, len(run.frames), run.ended) for run in self._dirty]
+            batch = [(run, run.logged(), run.ended) for run in self._dirty]
             self._dirty.clear()
             appends = [
                 JournalAppend(

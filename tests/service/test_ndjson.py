@@ -41,7 +41,8 @@ async def test_a_turn_streams_as_ndjson_and_is_stored(
 ) -> None:
     lines = await stream(http, {"text": "hello over http"})
     assert [line["seq"] for line in lines] == list(range(len(lines)))
-    assert [line["type"] for line in lines] == ["start", "token", "token", "token", "done"]
+    types = [line["type"] for line in lines]
+    assert (types[0], set(types[1:-1]), types[-1]) == ("start", {"token"}, "done")
     start, done = lines[0]["data"], lines[-1]["data"]
     assert start["model"] == "echo"
     assert start["created_session"] is True

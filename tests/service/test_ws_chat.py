@@ -31,8 +31,11 @@ def statuses(frames: list[dict[str, object]]) -> list[object]:
 
 async def test_a_chat_turn(client: ProtocolClient) -> None:
     frames = await client.chat("r1", "hello there world")
-    assert statuses(frames) == ["processing", "chunk", "chunk", "chunk", "complete"]
-    assert [f["seq"] for f in frames] == [0, 1, 2, 3, 4]
+    # Text deltas that come while the journal commits share a frame: one chunk or more.
+    assert statuses(frames)[0] == "processing"
+    assert set(statuses(frames)[1:-1]) == {"chunk"}
+    assert statuses(frames)[-1] == "complete"
+    assert [f["seq"] for f in frames] == list(range(len(frames)))
     meta = frames[0]["chunk"]["metadata"]
     assert meta["model"] == "echo"
     assert meta["queue_position"] == 0

@@ -212,7 +212,7 @@ async def test_old_journals_are_pruned(tmp_path: Path) -> None:
         client = ProtocolClient(ws)
         for request_id in ("j0", "j1", "j2"):
             frames = await client.chat(request_id, "two words")
-            assert len(frames) == 4
+            assert 3 <= len(frames) <= 4  # processing, the text in one chunk or two, complete
             tokens[request_id] = resume_token(frames)
     async with serve_app(settings) as server, connect(server.ws_url) as ws:  # prunes at start
         client = ProtocolClient(ws)
@@ -254,7 +254,8 @@ async def test_every_frame_is_in_sqlite_before_a_socket_gets_it(tmp_path: Path) 
                 assert journaled(frame) == frame, f"sent before it was journaled: {frame}"
                 checked += 1
     assert {f["status"] for f in client.order} >= {"processing", "chunk", "tool", "pong"}
-    assert checked == len(client.order) - 1 > 40
+    # words: processing, chunks, complete; tool: processing, call, result, chunks, complete
+    assert checked == len(client.order) - 1 >= 8
 
 
 async def test_a_chat_sent_again_gets_the_outcome_not_a_second_turn(server: RunningServer) -> None:
