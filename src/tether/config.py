@@ -94,8 +94,8 @@ class OpenAISettings(_Section):
     # whose upstream refuses them with a 400; true: always (a 400 is the turn's error); false:
     # never (calls then come only as text in the answer).
     native_tools: bool | Literal["auto"] = "auto"
-    # The `tool_choice` sent with them: auto, required, none, or the one function to call. On a
-    # round that answers tool results it is always "auto".
+    # The `tool_choice` sent with them: auto, required, none, or the one function to call. A
+    # round that answers tool results sends none (the upstream's default, auto).
     tool_choice: str = Field(default="auto", min_length=1)
 
 

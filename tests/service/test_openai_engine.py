@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -18,6 +20,8 @@ import pytest
 from tests.contract.engine_contract import EngineContract
 from tests.support.servers import free_port
 from tests.support.timeouts import scaled
+from tether.chat import ChatService, Turn
+from tether.detector import ToolCallDetector
 from tether.engines.base import (
     ChatMessage,
     Delta,
@@ -27,8 +31,16 @@ from tether.engines.base import (
     GenerationRequest,
     ModelInfo,
     ToolCall,
+    ToolSpec,
 )
 from tether.engines.openai_compat import OpenAIEngine
+from tether.engines.router import EngineRouter
+from tether.events import ChatEvent, Completed, ToolCallFinished, ToolCallStarted
+from tether.protocol import ChatOptions
+from tether.store.sqlite import SQLiteStore
+from tether.tools.executor import ToolExecutor
+from tether.tools.prompt import tools_prompt
+from tether.tools.registry import Registry
 
 SCALE = scaled(1)
 TIMEOUT = 30 * SCALE
@@ -44,18 +56,16 @@ class Server:
         return self.log.read_text(errors="replace").count("Disconnected from client")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
-    """A llama_cpp.server process serving the tiny GGUF."""
-    folder = tmp_path_factory.mktemp("llama")
-    model = tiny_gguf
+@contextlib.contextmanager
+def serve(folder: Path, model: Path, *extra: str) -> Iterator[Server]:
+    """A llama_cpp.server process serving `model`, with `extra` command-line options."""
     port = free_port()
     log = (folder / "server.log").open("wb")
     command = [
         sys.executable, "-m", "llama_cpp.server",
         "--host", "127.0.0.1", "--port", str(port),
         "--model", str(model), "--model_alias", ALIAS,
-        "--n_ctx", "512", "--n_threads", "1", "--verbose", "false",
+        "--n_ctx", "512", "--n_threads", "1", "--verbose", "false", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its disconnect notice must reach the log
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -82,6 +92,25 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterato
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
+    """A llama_cpp.server process serving the tiny GGUF."""
+    with serve(tmp_path_factory.mktemp("llama"), tiny_gguf) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def calling_server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
+    """llama_cpp.server with a function-calling chat format: native `tool_calls` in the stream.
+
+    With `tool_choice` naming a function it writes the call under a grammar made from the
+    function's schema, so even the tiny model's call is well formed.
+    """
+    folder = tmp_path_factory.mktemp("llama_tools")
+    with serve(folder, tiny_gguf, "--chat_format", "chatml-function-calling") as running:
+        yield running
 
 
 @pytest.fixture
@@ -197,3 +226,84 @@ class TestOpenAIContract(EngineContract):
     """The Engine contract every engine passes, on the real engine."""
 
     refuses_unknown_models = False
+
+
+def unit(unit: Literal["c", "f"]) -> str:
+    """Say which temperature unit is in use."""
+    return f"unit {unit}"
+
+
+UNIT = ToolSpec(
+    "unit",
+    "Say which temperature unit is in use.",
+    {"type": "object", "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"]},
+)
+
+
+async def test_native_tool_calls_come_on_the_final_delta(calling_server: Server) -> None:
+    engine = OpenAIEngine(calling_server.base_url, default_model=ALIAS, tool_choice="unit")
+    asking = GenerationRequest(
+        request_id="t1",
+        messages=(ChatMessage("user", "Which unit?"),),
+        options=GenerationOptions(temperature=0.0, seed=1, max_tokens=32),
+        tools=(UNIT,),
+    )
+    try:
+        deltas = await collect(engine.stream(asking))
+    finally:
+        await engine.aclose()
+    *text, final = deltas
+    assert all(not d.tool_calls for d in text)
+    [call] = final.tool_calls
+    assert isinstance(call, ToolCall)
+    assert call.name == "unit"
+    assert call.arguments["unit"] in ("c", "f")
+    assert call.id
+    assert final.finish_reason == "stop"
+
+
+async def test_the_chat_core_runs_native_calls_and_the_model_answers(
+    calling_server: Server, store: SQLiteStore
+) -> None:
+    engine = OpenAIEngine(
+        calling_server.base_url, default_model=ALIAS, tool_choice="unit", read_timeout=TIMEOUT
+    )
+    registry = Registry()
+    registry.add(unit)
+    service = ChatService(
+        store=store,
+        engine=EngineRouter([engine]),
+        system_prompt="You are a test.",
+        tools=ToolExecutor(registry, timeout_s=5),
+        tool_prompt=tools_prompt,
+        detector_factory=lambda offer: ToolCallDetector(detect_calls=offer),
+    )
+    events: list[ChatEvent] = []
+
+    async def emit(event: ChatEvent) -> None:
+        events.append(event)
+
+    options = ChatOptions(temperature=0.0, seed=1, max_tokens=24)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await service.run_turn(Turn("t2", "Which unit?", options=options), emit)
+    finally:
+        await engine.aclose()
+    [started] = [e for e in events if isinstance(e, ToolCallStarted)]
+    [finished] = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert started.name == "unit"
+    assert finished.error is None
+    assert finished.result == f"unit {started.arguments['unit']}"
+    completed = events[-1]
+    assert isinstance(completed, Completed), events
+    assert completed.finish_reason in ("stop", "length")
+    assert completed.usage.completion_tokens > 0  # both rounds answered
+    history = await store.branch(completed.message_id)
+    roles = [(m.role, m.tool_call_id, bool(m.tool_calls)) for m in history]
+    assert roles == [
+        ("user", None, False),
+        ("assistant", None, True),
+        ("tool", started.call_id, False),
+        ("assistant", None, False),
+    ]
+    assert history[1].tool_calls[0].id == started.call_id

@@ -277,7 +277,9 @@ async def test_payload_offers_tools_and_forces_no_choice_after_results() -> None
         ),
         tools=(ADD,),
     )
-    assert engine.payload(answering, "m")["tool_choice"] == "auto"
+    answer_body = engine.payload(answering, "m")
+    assert answer_body["tools"] == openai_tools([ADD])
+    assert "tool_choice" not in answer_body  # the server's default: no forced call loop
     await engine.aclose()
     never = OpenAIEngine("http://127.0.0.1:9", native_tools=False)
     assert "tools" not in never.payload(asking, "m")

@@ -7,8 +7,10 @@ its estimate flagged `usage_estimated`; finish reasons; native tool calls). Upst
 invisible from here, so `queue_position` is always 0.
 
 Tools: with `native_tools` "auto" (the default) or True, a turn's tools go to the upstream as
-`tools` with a `tool_choice` (`tool_choice`, default "auto", on a round that does not answer tool
-results; "auto" on those, so a forcing choice cannot loop), and the upstream's native
+`tools` with the configured `tool_choice` (default "auto"; sent explicitly, as llama_cpp.server
+ignores tools without it), except on a round that answers tool results: that one leaves
+`tool_choice` out (OpenAI's default, "auto"; llama_cpp.server answers in text), so a forcing
+choice cannot loop. Then the upstream's native
 `tool_calls` come back on the final delta for the chat core's tool loop. "auto" falls back to
 no `tools` for a model whose upstream refuses them with a 400 (Ollama for models without tool
 support, vLLM without `--enable-auto-tool-choice`), remembered per model until restart; True
@@ -109,7 +111,7 @@ class OpenAIEngine:
         }
         if self.native_tools is not False and model not in self._refuse_tools:
             answers_results = bool(request.messages) and request.messages[-1].role == "tool"
-            body |= tool_fields(request.tools, "auto" if answers_results else self.tool_choice)
+            body |= tool_fields(request.tools, None if answers_results else self.tool_choice)
         return body
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:

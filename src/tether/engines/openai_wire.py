@@ -112,11 +112,15 @@ def tool_choice(choice: str) -> str | dict[str, Any]:
     return {"type": "function", "function": {"name": choice}}
 
 
-def tool_fields(specs: Sequence[ToolSpec], choice: str) -> dict[str, Any]:
-    """`tools` and `tool_choice` for a request offering `specs` (nothing when there are none)."""
+def tool_fields(specs: Sequence[ToolSpec], choice: str | None) -> dict[str, Any]:
+    """`tools`, and `tool_choice` unless None (the server's default, "auto" in OpenAI's API),
+    for a request offering `specs` (nothing when there are none)."""
     if not specs:
         return {}
-    return {"tools": openai_tools(specs), "tool_choice": tool_choice(choice)}
+    fields: dict[str, Any] = {"tools": openai_tools(specs)}
+    if choice is not None:
+        fields["tool_choice"] = tool_choice(choice)
+    return fields
 
 
 def map_finish_reason(reason: str | None) -> FinishReason:
