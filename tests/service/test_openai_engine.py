@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from tests.contract.engine_contract import EngineContract
 from tests.support.servers import free_port
@@ -307,3 +314,68 @@ async def test_the_chat_core_runs_native_calls_and_the_model_answers(
         ("assistant", None, False),
     ]
     assert history[1].tool_calls[0].id == started.call_id
+
+
+@contextlib.asynccontextmanager
+async def refusing_upstream(bodies: list[dict[str, Any]]) -> AsyncIterator[str]:
+    """An upstream that answers like Ollama for a model without tool support: 400 to any request
+    with `tools`, else a one-chunk event stream. Every request body lands in `bodies`."""
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        bodies.append(body)
+        if "tools" in body:
+            error = {"error": {"message": f"{body['model']} does not support tools"}}
+            return JSONResponse(error, status_code=400)
+        chunk = {"choices": [{"index": 0, "delta": {"content": "plain"}, "finish_reason": "stop"}]}
+        events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
+        return Response(events, media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:
+                if task.done():
+                    task.result()  # start-up failed: raise its error here
+                    raise RuntimeError("uvicorn exited during start-up")
+                await asyncio.sleep(0.01)  # polling a flag uvicorn sets; bounded by the timeout
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, TIMEOUT)
+        sock.close()
+
+
+def asking_for(model: str) -> GenerationRequest:
+    return GenerationRequest(
+        request_id="t3", messages=(ChatMessage("user", "Which unit?"),), model=model, tools=(UNIT,)
+    )
+
+
+async def test_auto_drops_tools_for_a_model_whose_upstream_refuses_them() -> None:
+    bodies: list[dict[str, Any]] = []
+    async with refusing_upstream(bodies) as url:
+        engine = OpenAIEngine(url)
+        try:
+            first = await collect(engine.stream(asking_for("m")))
+            second = await collect(engine.stream(asking_for("m")))
+        finally:
+            await engine.aclose()
+    assert "".join(d.text for d in first) == "plain"
+    assert "".join(d.text for d in second) == "plain"
+    # Refused once, retried without tools, then remembered: the second turn asks without them.
+    assert ["tools" in body for body in bodies] == [True, False, False]
+
+
+async def test_native_tools_true_makes_the_refusal_the_error() -> None:
+    async with refusing_upstream([]) as url:
+        engine = OpenAIEngine(url, native_tools=True)
+        try:
+            with pytest.raises(EngineError, match="upstream 400: m does not support tools"):
+                await collect(engine.stream(asking_for("m")))
+        finally:
+            await engine.aclose()
