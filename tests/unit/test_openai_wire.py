@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tether.config import EngineSettings, OpenAISettings, Settings
 from tether.detector import MalformedCall
 from tether.engines.base import (
     ChatMessage,
@@ -19,6 +20,7 @@ from tether.engines.base import (
     UnknownModelError,
     Usage,
 )
+from tether.engines.factory import build_engine
 from tether.engines.openai_compat import OpenAIEngine, normalise_base_url, upstream_error
 from tether.engines.openai_wire import (
     ChunkReader,
@@ -284,3 +286,12 @@ async def test_payload_offers_tools_and_forces_no_choice_after_results() -> None
     never = OpenAIEngine("http://127.0.0.1:9", native_tools=False)
     assert "tools" not in never.payload(asking, "m")
     await never.aclose()
+
+
+async def test_the_upstream_tool_settings_reach_the_engine() -> None:
+    openai = OpenAISettings(base_url="http://127.0.0.1:9/v1", native_tools=False, tool_choice="add")
+    settings = Settings(engine=EngineSettings(name="openai", openai=openai))
+    engine = build_engine("openai", settings)
+    assert isinstance(engine, OpenAIEngine)
+    assert (engine.native_tools, engine.tool_choice) == (False, "add")
+    await engine.aclose()
