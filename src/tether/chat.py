@@ -369,6 +369,7 @@ class ChatService:
                     messages=tuple(messages),
                     model=model,
                     options=turn.options.generation_options(),
+                    tools=tuple(self.tools.specs()) if offer_tools and self.tools else (),
                     usage_sink=current.record_usage,
                 )
                 release()  # from here the engine's own line counts this turn
@@ -509,6 +510,11 @@ class ChatService:
                 if delta.text:
                     clock.token()
                     await dispatch(detector.feed(delta.text))
+                for call in delta.tool_calls:  # parsed by the engine's runtime
+                    if isinstance(call, ToolCall):
+                        out.calls.append(call)
+                    else:
+                        out.malformed.append(call)
                 if delta.finish_reason is not None:
                     out.finish_reason = delta.finish_reason
                     if delta.usage is not None:

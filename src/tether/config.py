@@ -90,6 +90,13 @@ class OpenAISettings(_Section):
     api_key: SecretStr | None = None
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0)
+    # A turn's tools as `tools` in the request: "auto" sends them and drops them for a model
+    # whose upstream refuses them with a 400; true: always (a 400 is the turn's error); false:
+    # never (calls then come only as text in the answer).
+    native_tools: bool | Literal["auto"] = "auto"
+    # The `tool_choice` sent with them: auto, required, none, or the one function to call. A
+    # round that answers tool results sends none (the upstream's default, auto).
+    tool_choice: str = Field(default="auto", min_length=1)
 
 
 class MLCSettings(_Section):

@@ -8,10 +8,10 @@ from typing import Any, Literal
 import pytest
 
 from tether.engines.base import ToolCall
+from tether.engines.openai_wire import openai_tools
 from tether.tools.base import ToolResult, ToolSpec
 from tether.tools.loader import build_registry
 from tether.tools.prompt import (
-    openai_tools,
     render_tools_prompt,
     signature,
     tools_prompt,

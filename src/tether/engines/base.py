@@ -26,6 +26,8 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from tether.detector import MalformedCall
+
 log = logging.getLogger(__name__)
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -41,6 +43,15 @@ class ToolCall:
     id: str
     name: str
     arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What the model (and `GET /tools`) is told about a tool."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +96,9 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...]
     model: str | None = None
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    # The tools offered this turn, for engines whose runtime takes them as data (the `openai`
+    # engine's upstream); every engine also gets them described in the system message.
+    tools: tuple[ToolSpec, ...] = ()
     # Told the final usage once, also when the consumer leaves early (see the module docstring).
     usage_sink: UsageSink | None = field(default=None, compare=False, repr=False)
 
@@ -125,6 +139,9 @@ class Delta:
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    # Calls the runtime parsed itself (an upstream's native `tool_calls`), on the final delta;
+    # a call whose arguments are not a JSON object comes as a MalformedCall.
+    tool_calls: tuple[ToolCall | MalformedCall, ...] = ()
     # Engine-specific facts for `complete` metadata (e.g. trimmed turns).
     metadata: dict[str, Any] | None = None
 

@@ -59,6 +59,8 @@ def build_engine(name: str, settings: Settings) -> Engine:
             default_model=config.model if config.name == "openai" else None,
             connect_timeout=upstream.connect_timeout,
             read_timeout=upstream.read_timeout,
+            native_tools=upstream.native_tools,
+            tool_choice=upstream.tool_choice,
         )
     if name == "mlc":
         from tether.engines.mlc import MLCEngine
