@@ -46,6 +46,7 @@ from tether.events import (
     ChatEvent,
     Completed,
     Failed,
+    Queued,
     TextDelta,
     ThinkingDelta,
     Timings,
@@ -53,6 +54,7 @@ from tether.events import (
     ToolCallStarted,
 )
 from tether.protocol import ChatOptions, ProtocolError, parse_options
+from tether.session_turns import SessionPlace, SessionTurns
 from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store, TurnStart
 from tether.tools.base import ToolResult, ToolRunner
 
@@ -237,6 +239,8 @@ class ChatService:
             lambda _tools: PassthroughDetector()
         )
         self.max_tool_loops = max_tool_loops
+        # Turns that continue a session's active branch go one at a time (tether.session_turns).
+        self.sessions = SessionTurns()
         # Turns accepted for a model whose first round has not reached the engine's line yet:
         # counted into `queue_position`, so turns arriving together are told distinct places.
         self._admitted: Counter[str] = Counter()
@@ -271,16 +275,51 @@ class ChatService:
             agent = await self._agent_for(turn)
             turn = replace(turn, options=_with_defaults(turn.options, agent))
             engine, model_info = await self.engine.resolve(turn.options.model)
-            position, release = self._admit(engine, model_info.id)
         except (TetherError, EngineError) as exc:
             await emit(_error_event(exc))
             return
+        place = self._session_place(turn)
         try:
-            await self._run_admitted(
-                turn, agent, emit, control, clock, engine, model_info, position, release
-            )
+            if place is not None and not await self._wait_for_session(place, emit, control):
+                return
+            try:
+                position, release = self._admit(engine, model_info.id)
+            except EngineError as exc:
+                await emit(_error_event(exc))
+                return
+            try:
+                await self._run_admitted(
+                    turn, agent, emit, control, clock, engine, model_info, position, release
+                )
+            finally:
+                release()
         finally:
-            release()
+            if place is not None:
+                self.sessions.leave(place)
+
+    def _session_place(self, turn: Turn) -> SessionPlace | None:
+        """The turn's place in its session's line, when it continues the active branch (a
+        session named, no parent_id of its own, not an edit or regeneration)."""
+        if turn.session_id is None or turn.parent_id is not None or turn.redo is not None:
+            return None
+        return self.sessions.join(turn.session_id)
+
+    async def _wait_for_session(
+        self, place: SessionPlace, emit: EventSink, control: TurnControl
+    ) -> bool:
+        """Wait (saying so with `Queued`) until the session's earlier turns are answered;
+        False when the turn was cancelled meanwhile (nothing of it is stored)."""
+        if place.ahead == 0:
+            return True
+        await emit(Queued(queue_position=place.ahead, waiting_for="session"))
+        try:
+            await control.run(place.wait())
+        except TurnCancelled:
+            await emit(
+                Failed("cancelled", "cancelled while waiting for the session; nothing was stored")
+            )
+            return False
+        return True
 
     async def _run_admitted(
         self,

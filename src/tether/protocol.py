@@ -34,6 +34,7 @@ from tether.events import (
     ChatEvent,
     Completed,
     Failed,
+    Queued,
     TextDelta,
     ThinkingDelta,
     ToolCallFinished,
@@ -275,7 +276,7 @@ def parse_client_frame(raw: str | bytes, *, max_text_chars: int) -> AnyClientFra
 
 # -- server frames --------------------------------------------------------------------------
 
-Status = Literal["processing", "chunk", "tool", "complete", "error", "pong"]
+Status = Literal["queued", "processing", "chunk", "tool", "complete", "error", "pong"]
 
 
 def _usage(usage: Usage) -> dict[str, int]:
@@ -285,6 +286,16 @@ def _usage(usage: Usage) -> dict[str, int]:
 def event_body(event: ChatEvent) -> dict[str, Any]:
     """The status-specific part of the frame for `event` (everything but request_id and seq)."""
     match event:
+        case Queued():
+            return {
+                "status": "queued",
+                "chunk": {
+                    "metadata": {
+                        "queue_position": event.queue_position,
+                        "waiting_for": event.waiting_for,
+                    }
+                },
+            }
         case TextDelta(text=text):
             return {"status": "chunk", "chunk": {"type": "text", "data": text}}
         case ThinkingDelta(text=text):

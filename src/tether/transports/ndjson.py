@@ -9,6 +9,7 @@ before they are written, a client that goes away leaves the answer to the discon
 `resume` on /ws/chat picks it up by the `request_id` of the `start` line), and a shutdown drains
 it. Each line is one frame rendered as `{"type", "seq", "data"}`:
 
+    queued       queue_position, waiting_for (only a turn that waits for its session)
     start        request_id, session_id, user_message_id, model, queue_position, created_session
     token        text
     thinking     text (with options.show_thoughts)
@@ -181,7 +182,9 @@ def ndjson_event(frame: dict[str, Any]) -> dict[str, Any]:
     chunk = frame.get("chunk") or {}
     kind: str
     data: dict[str, Any]
-    if status == "processing":
+    if status == "queued":
+        kind, data = "queued", chunk["metadata"]
+    elif status == "processing":
         kind, data = "start", {"request_id": frame["request_id"], **chunk["metadata"]}
     elif status == "chunk":
         kind = "token" if chunk["type"] == "text" else chunk["type"]
