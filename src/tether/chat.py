@@ -371,6 +371,7 @@ class ChatService:
                     messages=tuple(messages),
                     model=model,
                     options=turn.options.generation_options(),
+                    client=session_id,
                     usage_sink=current.record_usage,
                 )
                 release()  # from here the engine's own line counts this turn

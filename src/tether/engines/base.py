@@ -81,6 +81,8 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...]
     model: str | None = None
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    # Who asks (the chat core: the session): a local model's line serves clients in turn.
+    client: str | None = None
     # Told the final usage once, also when the consumer leaves early (see the module docstring).
     usage_sink: UsageSink | None = field(default=None, compare=False, repr=False)
 
