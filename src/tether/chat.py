@@ -311,9 +311,11 @@ class ChatService:
         False when the turn was cancelled meanwhile (nothing of it is stored)."""
         if place.ahead == 0:
             return True
-        await emit(Queued(queue_position=place.ahead, waiting_for="session"))
         try:
-            await control.run(place.wait())
+            ready = False
+            while not ready:  # told again each time it moves up
+                await emit(Queued(queue_position=place.ahead, waiting_for="session"))
+                ready = await control.run(place.wait())
         except TurnCancelled:
             await emit(
                 Failed("cancelled", "cancelled while waiting for the session; nothing was stored")

@@ -28,9 +28,17 @@ class SessionPlace:
     ready: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    moved: asyncio.Event = field(default_factory=asyncio.Event)  # `ahead` went down
 
-    async def wait(self) -> None:
-        await asyncio.shield(self.ready)  # a cancelled waiter leaves by `leave`, not by this
+    async def wait(self) -> bool:
+        """Until the place is first (True) or moves up the line (False: `ahead` is new)."""
+        moved = asyncio.ensure_future(self.moved.wait())
+        try:
+            await asyncio.wait((self.ready, moved), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+        self.moved.clear()
+        return self.ready.done()
 
 
 class SessionTurns:
@@ -59,5 +67,9 @@ class SessionTurns:
         place.ready.cancel()  # no-op when it was its turn already
         if first and line:
             line[0].ready.set_result(None)
+        for ahead, waiting in enumerate(line):
+            if ahead < waiting.ahead:
+                waiting.ahead = ahead
+                waiting.moved.set()
         if not line:
             del self._lines[place.session_id]

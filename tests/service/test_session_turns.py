@@ -125,3 +125,24 @@ async def test_a_turn_cancelled_while_waiting_stores_nothing(
     await client.chat("c", "after", session_id=session_id)  # the line is free again
     contents = [m["content"] for m in await tree(server, session_id) if m["role"] == "user"]
     assert contents == ["one two three four five six", "after"]
+
+
+async def test_a_waiting_turn_is_told_its_place_again_as_it_moves_up(
+    server: RunningServer, client: ProtocolClient
+) -> None:
+    session_id = await new_session(server)
+    for request_id in ("a", "b", "c"):
+        await client.send(
+            {
+                "type": "chat",
+                "request_id": request_id,
+                "text": "one two three four",
+                "session_id": session_id,
+                "options": SLOW,
+            }
+        )
+    third = await client.until("c")
+    places = [f["chunk"]["metadata"]["queue_position"] for f in third if f["status"] == "queued"]
+    assert places == [2, 1]
+    assert third[len(places)]["status"] == "processing"
+    assert len(await tree(server, session_id)) == 6
