@@ -118,6 +118,14 @@ class StartupRefused(Exception):
     """The configuration asks for something that is not there; the message says what."""
 
 
+def _no_model_hint(settings: Settings) -> str:
+    if settings.engine.name == "openai":
+        return "start the upstream server at engine.openai.base_url, or fix that URL"
+    if settings.engine.name == "llamacpp":
+        return "run ./setup.sh to put the default model in dist/, or use --engine echo"
+    return f"put a model in {settings.engine.dist_path}, or use --engine echo"
+
+
 async def _check_default_model(router: EngineRouter, settings: Settings) -> str | None:
     """Log the default model; why start-up must stop (a model named but not found), or None."""
     try:
@@ -132,7 +140,7 @@ async def _check_default_model(router: EngineRouter, settings: Settings) -> str 
             engine=router.name,
             dist=str(settings.engine.dist_path),
             error=str(exc),
-            hint="run ./setup.sh to put the default model in dist/, or use --engine echo",
+            hint=_no_model_hint(settings),
         )
         return None
     log.info("app.default_model", engine=router.name, model=default_model.id)

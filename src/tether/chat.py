@@ -48,6 +48,7 @@ from tether.events import (
     ChatEvent,
     Completed,
     Failed,
+    Queued,
     Started,
     StatelessEvent,
     TextDelta,
@@ -58,6 +59,7 @@ from tether.events import (
     ToolCallStarted,
 )
 from tether.protocol import ChatOptions, ProtocolError, parse_options
+from tether.session_turns import SessionPlace, SessionTurns
 from tether.store.base import (
     Agent,
     JournalStart,
@@ -274,6 +276,8 @@ class ChatService:
             lambda _tools: PassthroughDetector()
         )
         self.max_tool_loops = max_tool_loops
+        # Turns that continue a session's active branch go one at a time (tether.session_turns).
+        self.sessions = SessionTurns()
         # Turns accepted for a model whose first round has not reached the engine's line yet:
         # counted into `queue_position`, so turns arriving together are told distinct places.
         self._admitted: Counter[str] = Counter()
@@ -308,16 +312,53 @@ class ChatService:
             agent = await self._agent_for(turn)
             turn = replace(turn, options=_with_defaults(turn.options, agent))
             engine, model_info = await self.engine.resolve(turn.options.model)
-            position, release = self._admit(engine, model_info.id)
         except (TetherError, EngineError) as exc:
             await emit(_error_event(exc))
             return
+        place = self._session_place(turn)
         try:
-            await self._run_admitted(
-                turn, agent, emit, control, clock, engine, model_info, position, release
-            )
+            if place is not None and not await self._wait_for_session(place, emit, control):
+                return
+            try:
+                position, release = self._admit(engine, model_info.id)
+            except EngineError as exc:
+                await emit(_error_event(exc))
+                return
+            try:
+                await self._run_admitted(
+                    turn, agent, emit, control, clock, engine, model_info, position, release
+                )
+            finally:
+                release()
         finally:
-            release()
+            if place is not None:
+                self.sessions.leave(place)
+
+    def _session_place(self, turn: Turn) -> SessionPlace | None:
+        """The turn's place in its session's line, when it continues the active branch (a
+        session named, no parent_id of its own, not an edit or regeneration)."""
+        if turn.session_id is None or turn.parent_id is not None or turn.redo is not None:
+            return None
+        return self.sessions.join(turn.session_id)
+
+    async def _wait_for_session(
+        self, place: SessionPlace, emit: EventSink, control: TurnControl
+    ) -> bool:
+        """Wait (saying so with `Queued`) until the session's earlier turns are answered;
+        False when the turn was cancelled meanwhile (nothing of it is stored)."""
+        if place.ahead == 0:
+            return True
+        try:
+            ready = False
+            while not ready:  # told again each time it moves up
+                await emit(Queued(queue_position=place.ahead, waiting_for="session"))
+                ready = await control.run(place.wait())
+        except TurnCancelled:
+            await emit(
+                Failed("cancelled", "cancelled while waiting for the session; nothing was stored")
+            )
+            return False
+        return True
 
     async def _run_admitted(
         self,
@@ -370,6 +411,7 @@ class ChatService:
                     model=model,
                     options=turn.options.generation_options(),
                     tools=tuple(self.tools.specs()) if offer_tools and self.tools else (),
+                    client=session_id,
                     usage_sink=current.record_usage,
                 )
                 release()  # from here the engine's own line counts this turn

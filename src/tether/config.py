@@ -9,8 +9,10 @@ The models folder, when no setting names it, is found as `default_dist_path` say
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +83,24 @@ class ServerSettings(_Section):
 class StorageSettings(_Section):
     path: Path = Field(default_factory=lambda: default_data_dir() / "tether.db")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # A database URL, as the seeds configured it: `sqlite:///file.db` sets `path`; any other
+    # scheme is refused at start-up (PostgreSQL is planned, not served yet).
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _served_scheme(cls, url: str | None) -> str | None:
+        if url is not None:
+            sqlite_url_path(url)  # raises for a scheme other than sqlite
+        return url
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_gives_the_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("url"), str):
+            with contextlib.suppress(ValueError):  # refused by _served_scheme, by key
+                return {**data, "path": sqlite_url_path(data["url"])}
+        return data
 
 
 class OpenAISettings(_Section):
@@ -321,7 +341,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "security.allowed_origins": ("TETHER_ALLOWED_ORIGINS",),
     "security.allowed_hosts": ("TETHER_ALLOWED_HOSTS",),
 }
-SECRET_KEYS = frozenset({"server.token", "engine.openai.api_key"})  # never echoed in errors
+SECRET_KEYS = frozenset({"server.token", "engine.openai.api_key", "storage.url"})  # never echoed
 PATH_KEYS = ("storage.path", "engine.dist_path", "tools.files_root")
 _NESTED_PREFIX = "TETHER_"
 _NESTED_SEP = "__"
@@ -367,11 +387,25 @@ def _env_value(raw: str) -> Any:
     return raw
 
 
-def _sqlite_url_path(value: str) -> str:
-    """`sqlite:///rel.db`, `sqlite:////abs.db` (SQLAlchemy style, as the seeds used) or a path."""
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def sqlite_url_path(value: str) -> str:
+    """`sqlite:///rel.db`, `sqlite:////abs.db` (SQLAlchemy style, as the seeds used) or a path.
+
+    Raises ValueError for a URL of another scheme (`postgresql://...` is no file name); the
+    message names the scheme only, never the rest (it may hold a password)."""
     for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
         if value.startswith(prefix):
             return value[len(prefix) :]
+    scheme = _URL_SCHEME.match(value)
+    if scheme is not None:
+        name = scheme.group(1).lower()
+        planned = " (PostgreSQL is planned, not supported yet)" if "postgres" in name else ""
+        raise ValueError(
+            f"{name}:// databases are not served{planned}; Tether stores in SQLite: "
+            "give sqlite:///path/to/file.db or a file path"
+        )
     return value
 
 
@@ -394,7 +428,10 @@ def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
             if name in environ:
                 value = environ[name]
                 if name == "MLC_SQLITE_URL":
-                    value = _sqlite_url_path(value)
+                    try:
+                        value = sqlite_url_path(value)
+                    except ValueError as exc:
+                        raise ConfigError(f"{name}: {exc}") from None
                 _set_dotted(layer, dotted, value)
                 sources[dotted] = name
                 break
@@ -411,13 +448,22 @@ def _absolutize(layer: dict[str, Any], base: Path) -> dict[str, Any]:
     return layer
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what: `, line 3, column 9: is not valid YAML: expected ',' or ']' ...`."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    where = "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
+    return f"{where}: is not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config: {path}{_yaml_problem(exc)}") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

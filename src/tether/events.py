@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tether.engines.base import FinishReason, ToolCall, Usage
 
@@ -17,6 +17,16 @@ class Accepted:
     model: str
     queue_position: int
     created_session: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The turn waits before anything of it is stored: `queue_position` turns are ahead of it
+    on the line `waiting_for` names ("session": earlier turns continuing the same session).
+    Sent only when the turn waits; `Accepted` follows once its message is stored."""
+
+    queue_position: int
+    waiting_for: Literal["session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +82,14 @@ class Failed:
 
 
 ChatEvent = (
-    Accepted | TextDelta | ThinkingDelta | ToolCallStarted | ToolCallFinished | Completed | Failed
+    Queued
+    | Accepted
+    | TextDelta
+    | ThinkingDelta
+    | ToolCallStarted
+    | ToolCallFinished
+    | Completed
+    | Failed
 )
 
 

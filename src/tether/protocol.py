@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,6 +34,7 @@ from tether.events import (
     ChatEvent,
     Completed,
     Failed,
+    Queued,
     TextDelta,
     ThinkingDelta,
     ToolCallFinished,
@@ -80,12 +82,20 @@ class _Frame(BaseModel):
 
 class ChatOptions(BaseModel):
     # Unknown options are refused: a misspelt `temprature` should not be silently ignored.
+    # The seeds' names are aliases of ours, here for every way options arrive (socket frames,
+    # NDJSON bodies, agents' default_options): seed 004's `maxNewTokens` (and the
+    # `max_new_tokens` of Hugging Face) for `max_tokens`. Giving both is refused (extra key).
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Id | None = None
     temperature: float | None = Field(default=None, ge=0, le=5)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TOKENS,
+        validation_alias=AliasChoices("max_tokens", "maxNewTokens", "max_new_tokens"),
+    )
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: list[str] | str | None = None
     tools: bool | None = None  # None: offer tools if the model's template supports them
@@ -273,7 +283,7 @@ def parse_client_frame(raw: str | bytes, *, max_text_chars: int) -> AnyClientFra
 
 # -- server frames --------------------------------------------------------------------------
 
-Status = Literal["processing", "chunk", "tool", "complete", "error", "pong"]
+Status = Literal["queued", "processing", "chunk", "tool", "complete", "error", "pong"]
 
 
 def _usage(usage: Usage) -> dict[str, int]:
@@ -283,6 +293,16 @@ def _usage(usage: Usage) -> dict[str, int]:
 def event_body(event: ChatEvent) -> dict[str, Any]:
     """The status-specific part of the frame for `event` (everything but request_id and seq)."""
     match event:
+        case Queued():
+            return {
+                "status": "queued",
+                "chunk": {
+                    "metadata": {
+                        "queue_position": event.queue_position,
+                        "waiting_for": event.waiting_for,
+                    }
+                },
+            }
         case TextDelta(text=text):
             return {"status": "chunk", "chunk": {"type": "text", "data": text}}
         case ThinkingDelta(text=text):

@@ -25,6 +25,28 @@ from websockets.asyncio.client import ClientConnection
 RECONNECT_DELAYS_SEC: Sequence[float] = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15)
 
 Log = Callable[[str], None]
+# Close codes after which connecting again cannot help: the server refuses this client.
+REFUSALS = {4401: "the server refused the token (unauthorized); give the right one with --token"}
+REFUSED_STATUSES = {
+    401: "the server refused the token (unauthorized); give the right one with --token",
+    403: "the server refused the connection (forbidden: Origin or Host not allowed)",
+}
+
+
+class Refused(Exception):
+    """The server will not talk to this client: reconnecting would only loop."""
+
+
+def _refusal(exc: Exception) -> Refused | None:
+    """A Refused for a close or a handshake status that says so (else None: a drop)."""
+    if isinstance(exc, websockets.exceptions.ConnectionClosed) and exc.rcvd is not None:
+        reason = REFUSALS.get(exc.rcvd.code)
+        return None if reason is None else Refused(f"{reason} (close code {exc.rcvd.code})")
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        status = exc.response.status_code
+        reason = REFUSED_STATUSES.get(status)
+        return None if reason is None else Refused(f"{reason} (HTTP {status})")
+    return None
 
 
 def _stderr(line: str) -> None:
@@ -70,6 +92,8 @@ class Link:
             try:
                 await self.open()
             except (OSError, websockets.exceptions.WebSocketException) as exc:
+                if (refused := _refusal(exc)) is not None:
+                    raise refused from None
                 error = exc
                 continue
             self.log("[reconnected]")
@@ -85,17 +109,22 @@ class Link:
         assert self._ws is not None
         try:
             await self._ws.send(text)
-        except websockets.exceptions.ConnectionClosed:
+        except websockets.exceptions.ConnectionClosed as exc:
+            if (refused := _refusal(exc)) is not None:
+                raise refused from None
             await self.reconnect()
             assert self._ws is not None
             await self._ws.send(text)
 
     async def recv(self) -> dict[str, Any] | None:
-        """The next frame, or None when the socket dropped (the caller decides what next)."""
+        """The next frame, or None when the socket dropped (the caller decides what next);
+        raises Refused when the server closed it for good (a refused token)."""
         assert self._ws is not None
         try:
             frame: dict[str, Any] = json.loads(await self._ws.recv())
-        except websockets.exceptions.ConnectionClosed:
+        except websockets.exceptions.ConnectionClosed as exc:
+            if (refused := _refusal(exc)) is not None:
+                raise refused from None
             return None
         return frame
 
@@ -213,6 +242,12 @@ async def chat(
                     session_id, _ = await Turn(link, sys.stdout).run(line, session_id, options)
         finally:
             await link.close()
+    except Refused as exc:
+        _stderr(f"tether chat: {url}: {exc}")
+        return 1
     except (OSError, websockets.exceptions.WebSocketException) as exc:
-        _stderr(f"tether chat: cannot talk to {url}: {exc}")
+        if (refused := _refusal(exc)) is not None:
+            _stderr(f"tether chat: {url}: {refused}")
+        else:
+            _stderr(f"tether chat: cannot talk to {url}: {exc}")
         return 1

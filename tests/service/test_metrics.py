@@ -125,8 +125,7 @@ async def test_turns_move_the_counters(server: RunningServer, http: httpx.AsyncC
     assert moved("tether_e2e_request_latency_seconds_count", model="echo") == len(answers)
     ndjson_gaps = sum(line["type"] == "token" for line in lines) - 1
     gaps = sum(map(inter_token_gaps, (plain, calc, teleport, slow))) + ndjson_gaps
-    assert gaps > 0
-    assert moved("tether_inter_token_latency_seconds_count", model="echo") >= gaps
+    assert moved("tether_inter_token_latency_seconds_count", model="echo") >= max(gaps, 1)
     assert moved("tether_inter_token_latency_seconds_sum", model="echo") > 0
 
     # Tool calls and failures by tool; a name the server does not know is `unknown`.

@@ -39,6 +39,7 @@ from tether.engines.base import (
     ModelInfo,
     ToolCall,
     ToolSpec,
+    UnknownModelError,
 )
 from tether.engines.openai_compat import OpenAIEngine
 from tether.engines.router import EngineRouter
@@ -230,9 +231,25 @@ async def test_nothing_listening_is_a_clear_error() -> None:
     try:
         with pytest.raises(EngineError, match=re.escape(f"at {url}/chat/completions")):
             await collect(engine.stream(request()))
-        assert await engine.models() == []
+        with pytest.raises(EngineError, match=re.escape(f"at {url}/models: ")):
+            await engine.models()
     finally:
         await engine.aclose()
+
+
+async def test_an_unreachable_upstream_says_which_url_and_why() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    router = EngineRouter([OpenAIEngine(url, connect_timeout=2)])
+    try:
+        with pytest.raises(UnknownModelError) as caught:
+            await router.resolve(None)
+        message = str(caught.value)
+        assert f"{url}/models" in message
+        assert "connect" in message.lower()  # httpx's reason: nothing accepts the connection
+        health = await router.health()
+        assert health.engines["openai"].state == "unavailable"
+    finally:
+        await router.aclose()
 
 
 async def test_a_wrong_path_is_an_upstream_404(server: Server) -> None:

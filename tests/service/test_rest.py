@@ -182,4 +182,4 @@ async def test_agent_default_options_apply_to_its_chats(
         ).text.splitlines()
     ]
     assert lines[-1]["data"]["finish_reason"] == "length"
-    assert [line["data"]["text"] for line in lines if line["type"] == "token"] == ["a ", "b "]
+    assert "".join(line["data"]["text"] for line in lines if line["type"] == "token") == "a b "

@@ -99,6 +99,8 @@ class GenerationRequest:
     # The tools offered this turn, for engines whose runtime takes them as data (the `openai`
     # engine's upstream); every engine also gets them described in the system message.
     tools: tuple[ToolSpec, ...] = ()
+    # Who asks (the chat core: the session): a local model's line serves clients in turn.
+    client: str | None = None
     # Told the final usage once, also when the consumer leaves early (see the module docstring).
     usage_sink: UsageSink | None = field(default=None, compare=False, repr=False)
 

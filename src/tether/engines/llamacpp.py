@@ -1,8 +1,9 @@
 """The `llamacpp` engine: GGUF models from the dist folder, in-process through llama-cpp-python.
 
-A llama.cpp context serves one stream at a time, so each model has a FIFO line: requests wait
-their turn (`asyncio.Lock` wakes waiters in arrival order), a bounded number may wait
-(`EngineBusyError` past that), and `queue_position` says how many are ahead. Generation runs in a
+A llama.cpp context serves one stream at a time, so each model has a line: requests wait their
+turn (a `FairLine`: clients in turn by the request's `client`, the chat core's session, each
+client's own in arrival order), a bounded number may wait (`EngineBusyError` past that), and
+`queue_position` says how many are ahead. Generation runs in a
 thread of the model's own (`ThreadStream`; loading and closing run there too); the model's turn
 passes on only when the work there has ended, not when the consumer leaves, so a cancelled
 generation can never overlap the next one. A consumer that leaves early and gave a `usage_sink`
@@ -33,6 +34,7 @@ from tether.engines.base import (
     UnknownModelError,
     UsageReport,
 )
+from tether.engines.fair_line import FairLine
 from tether.engines.gguf_models import (
     discover_gguf,
     normalize_model_name,
@@ -70,7 +72,7 @@ class _Slot:
 
     name: str
     path: Path
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: FairLine = field(default_factory=FairLine)
     in_line: int = 0  # running + waiting
     resident: _Resident | None = None
     worker: ThreadStream[Delta] | None = None  # the generation running now
@@ -244,7 +246,7 @@ class LlamaCppEngine:
         self._check_room(slot)
         slot.in_line += 1
         try:
-            await slot.lock.acquire()
+            await slot.lock.acquire(request.client)
         except BaseException:
             slot.in_line -= 1
             raise

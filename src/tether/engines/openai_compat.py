@@ -187,8 +187,10 @@ class OpenAIEngine:
                 if isinstance(item, dict) and "id" in item
             ]
         except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
-            log.warning("openai_models_failed", url=f"{self.base_url}/models", error=repr(exc))
-            return []
+            # Which URL and why: the router shows it (/health, a chat's error, start-up's log).
+            reason = str(exc) or type(exc).__name__
+            url = f"{self.base_url}/models"
+            raise EngineError(f"cannot list the models at {url}: {reason}") from exc
 
     async def _first_model(self) -> str:
         models = await self.models()

@@ -264,6 +264,16 @@ class SQLiteStore:
             await self._check_agent(conn, agent_id)
             return await self._insert_session(conn, title, agent_id)
 
+    async def ensure_session(self, session_id: str) -> bool:
+        stamp = now_iso()
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO sessions (id, title, agent_id, created_at, updated_at) "
+                "VALUES (?, '', NULL, ?, ?)",
+                (session_id, stamp, stamp),
+            )
+            return cursor.rowcount == 1
+
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
         return _session(row) if row else None

@@ -33,7 +33,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def session_json(session: Session) -> dict[str, Any]:
-    return asdict(session)
+    # `session_id` beside `id`: seed 002's clients read `session["session_id"]`.
+    return {**asdict(session), "session_id": session.id}
 
 
 def message_json(message: Message) -> dict[str, Any]:
@@ -75,6 +76,8 @@ class NewSessionBody(BaseModel):
 
 class AgentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Seed 004's `updateAgent({id, ...})` repeats the path's id in the body: taken when equal.
+    id: Id | None = None
     name: str = Field(min_length=1, max_length=200)
     system_prompt: str = ""
     markdown_context: str = ""
@@ -204,6 +207,8 @@ async def get_agent(request: Request) -> Response:
 async def put_agent(request: Request) -> Response:
     agent_id = path_id(request, "agent_id")
     body = await _json_body(request, AgentBody)
+    if body.id is not None and body.id != agent_id:
+        raise BadRequest(f"id: {body.id!r} in the body differs from {agent_id!r} in the path")
     _check_agent_texts(request, body)
     agent = Agent(
         id=agent_id,
