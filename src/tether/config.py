@@ -273,7 +273,7 @@ class SecuritySettings(_Section):
     @field_validator("allowed_origins")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
-        from tether.security_origins import parse_origin_pattern
+        from tether.security.origins import parse_origin_pattern
 
         for pattern in value:
             parse_origin_pattern(pattern)  # raises ValueError naming the bad entry
