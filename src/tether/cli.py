@@ -33,7 +33,7 @@ def _secrets(settings: Settings) -> list[str]:
 
 def _listen(host: str, port: int) -> socket.socket | None:
     """The bound listening socket; None once it has said in one line why it cannot be."""
-    from tether.server import listen_socket
+    from tether.serving.config import listen_socket
 
     try:
         return listen_socket(host, port)
@@ -52,10 +52,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from tether.app import create_app, drain_app
     from tether.engines.factory import EngineUnavailable
-    from tether.graceful import TetherServer
     from tether.log import configure_logging
     from tether.security import check_bind
-    from tether.server import raise_open_file_limit, uvicorn_config
+    from tether.serving.config import raise_open_file_limit, uvicorn_config
+    from tether.serving.graceful import TetherServer
     from tether.tools.registry import ToolConfigError
 
     try:
