@@ -25,6 +25,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
+
+from tether.engines.registry import ENGINES
 
 DEFAULT_SYSTEM_PROMPT = "You are Tether, a helpful assistant running locally."
 
@@ -114,13 +117,25 @@ class LlamaCppSettings(_Section):
 
 
 class EngineSettings(_Section):
-    name: Literal["echo", "llamacpp", "mlc", "openai"] = "llamacpp"
+    name: str = "llamacpp"  # a name in tether.engines.registry.ENGINES
     model: str | None = None  # the default model; None: the engine's first
     dist_path: Path = Path("dist")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     llamacpp: LlamaCppSettings = LlamaCppSettings()
     openai: OpenAISettings = OpenAISettings()
     mlc: MLCSettings = MLCSettings()
+
+    @field_validator("name")
+    @classmethod
+    def _a_registered_engine(cls, name: str) -> str:
+        if name not in ENGINES:  # worded as pydantic words a Literal's error
+            *others, last = (repr(known) for known in ENGINES)
+            raise PydanticCustomError(
+                "engine_name",
+                "Input should be {names}",
+                {"names": f"{', '.join(others)} or {last}"},
+            )
+        return name
 
     @model_validator(mode="after")
     def _upstream_needs_a_url(self) -> EngineSettings:
