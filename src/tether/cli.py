@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -358,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     def client_flags(sub: argparse.ArgumentParser, url: str = DEFAULT_HTTP_URL) -> None:
         what = "server socket" if url == DEFAULT_URL else "server address (its ws:// URL works too)"
         sub.add_argument("--url", default=url, help=f"{what} (default {url})")
-        sub.add_argument("--token", help="bearer token, when the server asks for one")
+        sub.add_argument(
+            "--token",
+            default=os.environ.get("TETHER_TOKEN") or None,  # the server reads it there too
+            help="bearer token, when the server asks for one (default $TETHER_TOKEN)",
+        )
 
     chat = commands.add_parser("chat", help="chat in the terminal, or send one prompt")
     client_flags(chat, DEFAULT_URL)
