@@ -91,18 +91,3 @@ def _short(description: str) -> str:
     if len(first) > MAX_DESCRIPTION_CHARS:
         first = first[: MAX_DESCRIPTION_CHARS - 1].rstrip() + "…"
     return f": {first}" if first else ""
-
-
-def openai_tools(specs: Sequence[ToolSpec]) -> list[dict[str, Any]]:
-    """Specs as OpenAI `tools` entries (what llama.cpp's tool-aware chat templates take)."""
-    return [
-        {
-            "type": "function",
-            "function": {
-                "name": spec.name,
-                "description": spec.description,
-                "parameters": spec.parameters,
-            },
-        }
-        for spec in specs
-    ]
