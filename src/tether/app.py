@@ -69,7 +69,7 @@ class Services:
 
 
 async def drain_app(app: Starlette) -> None:
-    """Graceful shutdown, run by `tether.graceful.TetherServer` after it stops accepting
+    """Graceful shutdown, run by `tether.serving.graceful.TetherServer` after it stops accepting
     connections and before uvicorn closes them: running answers may finish for
     `reliability.drain_timeout_sec`, the rest are cancelled and stored, then every chat socket
     is closed with 1001 (going away)."""

@@ -283,8 +283,6 @@ def parse_client_frame(raw: str | bytes, *, max_text_chars: int) -> AnyClientFra
 
 # -- server frames --------------------------------------------------------------------------
 
-Status = Literal["queued", "processing", "chunk", "tool", "complete", "error", "pong"]
-
 
 def _usage(usage: Usage) -> dict[str, int]:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}

@@ -15,7 +15,7 @@ import pytest
 
 from tests.contract.engine_contract import EngineContract
 from tests.support.timeouts import scaled
-from tether.devtools.tiny_gguf import ensure_tiny_gguf
+from tests.support.tiny_gguf import ensure_tiny_gguf
 from tether.engines.base import (
     ChatMessage,
     Delta,

@@ -161,7 +161,7 @@ def test_the_models_folder_beside_the_config_then_the_checkout_then_per_user(
 def test_this_checkout_is_found() -> None:
     checkout = source_checkout()
     assert checkout is not None
-    assert (checkout / "src" / "tether" / "config.py").is_file()
+    assert (checkout / "src" / "tether" / "config" / "loader.py").is_file()
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:

@@ -15,16 +15,16 @@ from starlette.types import Message, Receive, Scope, Send
 from tether.cli import main
 from tether.config import ConfigError, Settings, load_settings
 from tether.security import check_bind, configured_token, is_loopback_host
-from tether.security_auth import (
+from tether.security.auth import (
     BearerAuthMiddleware,
     bearer_from_header,
     path_is_public,
     split_token_param,
     token_matches,
 )
-from tether.security_hosts import default_allowed_hosts, host_allowed, parse_host_header
-from tether.security_limits import ConnectionCounter, ConnectionLimitMiddleware
-from tether.security_origins import (
+from tether.security.hosts import default_allowed_hosts, host_allowed, parse_host_header
+from tether.security.limits import ConnectionCounter, ConnectionLimitMiddleware
+from tether.security.origins import (
     Origin,
     OriginPattern,
     OriginPolicy,
@@ -32,7 +32,7 @@ from tether.security_origins import (
     parse_origin_pattern,
     same_origin,
 )
-from tether.security_responses import refuse_handshake
+from tether.security.responses import refuse_handshake
 
 
 def settings(

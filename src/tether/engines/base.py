@@ -21,14 +21,15 @@ before any work started (e.g. while it waits in a model's line): zero usage is t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import structlog
+
 from tether.detector import MalformedCall
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 Role = Literal["system", "user", "assistant", "tool"]
 # "interrupted": the server stopped the turn (a shutdown that outlasted its grace, or a crash
@@ -131,7 +132,7 @@ class UsageReport:
             try:
                 self._sink(usage)
             except Exception:
-                log.exception("usage sink failed")
+                log.exception("engine.usage_sink_failed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -24,6 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+
+import structlog
 
 from tether.engines.base import (
     Delta,
@@ -44,7 +45,7 @@ from tether.engines.gguf_models import (
 from tether.engines.llama_model import LoadedModel, RunProgress, RunStats, Sampling
 from tether.engines.thread_stream import ThreadStream
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 DEFAULT_N_CTX = 4096
 DEFAULT_MAX_QUEUE = 16
@@ -314,7 +315,7 @@ class LlamaCppEngine:
             try:
                 self.on_run(stats)
             except Exception:  # a broken hook must not fail a finished answer
-                log.exception("llamacpp on_run hook failed")
+                log.exception("llamacpp.on_run_failed")
 
     async def aclose(self) -> None:
         """Stop running generations and close every loaded model; return when both are done.

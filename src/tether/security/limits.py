@@ -16,7 +16,7 @@ from typing import Literal
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tether.security_responses import refuse_handshake
+from tether.security.responses import refuse_handshake
 
 log = structlog.get_logger("tether.security")
 

@@ -3,12 +3,12 @@
 Each idea has its own module, all pure ASGI middleware whose state lives in the instance that
 `create_app` builds:
 
-- `security_hosts`: `Host` must name this server (DNS rebinding) -> 400 `invalid_host`.
+- `security.hosts`: `Host` must name this server (DNS rebinding) -> 400 `invalid_host`.
 - CORS for the REST API (starlette's CORSMiddleware), from the `Origin` allowlist.
-- `security_origins`: WebSocket handshakes and unsafe HTTP methods from foreign pages
+- `security.origins`: WebSocket handshakes and unsafe HTTP methods from foreign pages
   -> 403 `forbidden_origin`.
-- `security_auth`: the bearer token, when one is set -> 401 `unauthorized`, WebSocket close 4401.
-- `security_limits`: open WebSocket connections per server and per client address
+- `security.auth`: the bearer token, when one is set -> 401 `unauthorized`, WebSocket close 4401.
+- `security.limits`: open WebSocket connections per server and per client address
   -> 503 `server_busy`, 429 `too_many_connections`.
 
 They run in that order, outermost first: a request from a wrong host learns nothing else; CORS
@@ -24,10 +24,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from tether.config import Settings
-from tether.security_auth import BearerAuthMiddleware
-from tether.security_hosts import HostMiddleware, default_allowed_hosts, normalize_hostname
-from tether.security_limits import ConnectionLimitMiddleware
-from tether.security_origins import OriginMiddleware, OriginPolicy
+from tether.security.auth import BearerAuthMiddleware
+from tether.security.hosts import HostMiddleware, default_allowed_hosts, normalize_hostname
+from tether.security.limits import ConnectionLimitMiddleware
+from tether.security.origins import OriginMiddleware, OriginPolicy
 
 CORS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CORS_HEADERS = ("Authorization", "Content-Type")

@@ -10,6 +10,11 @@ once (a client that reads again soon still finds the close code) and the app is 
 is disconnected. Whenever a close (the app's, or a server shutdown's) has not been answered
 within `close_timeout`, the transport is aborted, dropping what is still buffered for the peer:
 uvicorn would `transport.close()`, which waits for a flush that never comes.
+
+uvicorn internals used (checked by tests/unit/test_serving_fence.py): `uvicorn._types`'s
+`ASGISendEvent`; `WebSocketsSansIOProtocol` and its `send`, `shutdown`, `close_timeout`,
+`close_timer`, `writable`, `handshake_complete`, `initial_response`, `close_sent`,
+`disconnected`, `transport`, `loop`, `queue`, `conn`, `read_paused`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import structlog
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tether.security_responses import refuse_handshake, send_http_error
+from tether.security.responses import refuse_handshake, send_http_error
 
 log = structlog.get_logger("tether.security")
 

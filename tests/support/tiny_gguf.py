@@ -9,7 +9,7 @@ template, tokenizer, sampler, KV cache and cancellation without a real model's c
 Reading the source tokenizer takes seconds, so `ensure_tiny_gguf` keeps the result in a cache
 folder under a name derived from the source file's path, size and modification time.
 
-    python -m tether.devtools.tiny_gguf OUT.gguf --from dist/SmolLM2-135M-Instruct.Q4_1.gguf
+    python -m tests.support.tiny_gguf OUT.gguf --from dist/SmolLM2-135M-Instruct.Q4_1.gguf
 """
 
 from __future__ import annotations
