@@ -104,4 +104,31 @@ EOF
     mv "dist/$MODEL_FILE.part" "dist/$MODEL_FILE"
 fi
 
+# The TypeScript client (clients/typescript), when node is here: installed from its lock file and
+# built (into dist/ and the web UI's src/tether/web/client/); skipped when already up to date.
+TS=clients/typescript
+if command -v npm >/dev/null 2>&1; then
+    if [ ! -f "$TS/node_modules/.package-lock.json" ] || [ "$TS/package-lock.json" -nt "$TS/node_modules/.package-lock.json" ]; then
+        echo "setup: npm ci in $TS" >&2
+        (cd "$TS" && npm ci --no-audit --no-fund --prefer-offline --loglevel=error)
+    fi
+    if [ ! -f "$TS/dist/index.js" ] || [ -n "$(find "$TS/src" "$TS/package.json" "$TS/tsconfig.json" -newer "$TS/dist/index.js" | head -1)" ]; then
+        echo "setup: building $TS" >&2
+        (cd "$TS" && npm run build --silent)
+    fi
+else
+    echo "setup: no node/npm: skipping the TypeScript client ($TS); its tests will be skipped" >&2
+fi
+
+# Chromium for the browser UI's tests (Debian's package), installed only when missing.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing chromium (apt-get) for the browser UI tests" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "setup: chromium is missing and cannot be installed here (needs root and apt-get):" \
+            "the browser UI tests will be skipped" >&2
+    fi
+fi
+
 echo "setup: done. Start the server with: .venv/bin/tether serve" >&2

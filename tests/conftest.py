@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import RunningServer, make_settings, serve_app
+from tests.support.tiny_gguf import ensure_tiny_gguf
 from tether.config import Settings
-from tether.devtools.tiny_gguf import ensure_tiny_gguf
 from tether.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]

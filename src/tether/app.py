@@ -6,14 +6,16 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import WebSocketRoute
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.chat import ChatService
@@ -44,10 +46,12 @@ from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
 from tether.tools.mcp import McpManager
 from tether.tools.prompt import tools_prompt
-from tether.transports import api_docs, history, ndjson, rest
+from tether.transports import api_docs, history, ndjson, openai, openai_docs, rest
 from tether.transports.ws import SocketHub, chat_endpoint
 
 log = structlog.get_logger("tether.app")
+
+WEB_DIR = Path(__file__).parent / "web"  # the browser UI: / and /ui/*
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +70,7 @@ class Services:
 
 
 async def drain_app(app: Starlette) -> None:
-    """Graceful shutdown, run by `tether.graceful.TetherServer` after it stops accepting
+    """Graceful shutdown, run by `tether.serving.graceful.TetherServer` after it stops accepting
     connections and before uvicorn closes them: running answers may finish for
     `reliability.drain_timeout_sec`, the rest are cancelled and stored, then every chat socket
     is closed with 1001 (going away)."""
@@ -115,6 +119,14 @@ class StartupRefused(Exception):
     """The configuration asks for something that is not there; the message says what."""
 
 
+def _no_model_hint(settings: Settings) -> str:
+    if settings.engine.name == "openai":
+        return "start the upstream server at engine.openai.base_url, or fix that URL"
+    if settings.engine.name == "llamacpp":
+        return "run ./setup.sh to put the default model in dist/, or use --engine echo"
+    return f"put a model in {settings.engine.dist_path}, or use --engine echo"
+
+
 async def _check_default_model(router: EngineRouter, settings: Settings) -> str | None:
     """Log the default model; why start-up must stop (a model named but not found), or None."""
     try:
@@ -129,7 +141,7 @@ async def _check_default_model(router: EngineRouter, settings: Settings) -> str 
             engine=router.name,
             dist=str(settings.engine.dist_path),
             error=str(exc),
-            hint="run ./setup.sh to put the default model in dist/, or use --engine echo",
+            hint=_no_model_hint(settings),
         )
         return None
     log.info("app.default_model", engine=router.name, model=default_model.id)
@@ -169,6 +181,10 @@ def _security(settings: Settings) -> Security:
     return Security(
         token=settings.server.token is not None, public_paths=settings.security.public_paths
     )
+
+
+async def _web_index(_request: Request) -> Response:
+    return FileResponse(WEB_DIR / "index.html")
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
@@ -254,11 +270,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             *rest.routes,
             *history.routes,
             *ndjson.routes,
+            *openai.routes,
             *(metrics_routes if settings.metrics.enabled else []),
             # Every HTTP route above has its entry in the operations given here (a route family
             # with schemas of its own, e.g. /v1, adds `**its.operations`).
-            openapi_route(_documented(settings, api_docs.operations), _security(settings)),
+            openapi_route(
+                _documented(settings, {**api_docs.operations, **openai_docs.operations}),
+                _security(settings),
+            ),
             WebSocketRoute("/ws/chat", chat_endpoint),
+            Route("/", _web_index, methods=["GET"]),
+            Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
         ],
         lifespan=lifespan,
         middleware=[

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections import Counter
@@ -33,6 +34,7 @@ from tether.engines.base import (
     EngineBusyError,
     EngineError,
     FinishReason,
+    GenerationOptions,
     GenerationRequest,
     ModelInfo,
     ToolCall,
@@ -46,17 +48,33 @@ from tether.events import (
     ChatEvent,
     Completed,
     Failed,
+    Queued,
+    Started,
+    StatelessEvent,
     TextDelta,
     ThinkingDelta,
     Timings,
     ToolCallFinished,
+    ToolCallsRequested,
     ToolCallStarted,
 )
 from tether.protocol import ChatOptions, ProtocolError, parse_options
-from tether.store.base import Agent, Message, MessageStatus, NewMessage, Store, TurnStart
-from tether.tools.base import ToolResult, ToolRunner
+from tether.session_turns import SessionPlace, SessionTurns
+from tether.store.base import (
+    Agent,
+    JournalStart,
+    Message,
+    MessageStatus,
+    NewMessage,
+    Store,
+    TurnStart,
+)
+from tether.tools.base import ToolResult, ToolRunner, ToolSpec
+from tether.tools.prompt import render_tools_prompt
 
 EventSink = Callable[[ChatEvent], Awaitable[None]]
+StatelessSink = Callable[[StatelessEvent], Awaitable[None]]
+DeltaSink = Callable[[TextDelta | ThinkingDelta], Awaitable[None]]  # what both sinks take
 DetectorFactory = Callable[[bool], StreamDetector]  # argument: whether tools are offered
 T = TypeVar("T")
 
@@ -93,6 +111,27 @@ class Turn:
     options: ChatOptions = field(default_factory=ChatOptions)
     # A turn that branches from a stored message (needs `session_id`); None: a new message.
     redo: Edit | Regenerate | None = None
+    journal: JournalStart | None = None  # opened with the user's message (tether.runs sets it)
+
+
+@dataclass(frozen=True, slots=True)
+class StatelessTurn:
+    """A turn that carries its whole conversation (what an OpenAI request sends) and stores
+    nothing: one engine round over `messages`. `tools` are offered to the model (rendered into
+    the system prompt as Tether's own are) but never run: the calls the model makes come back
+    as `ToolCallsRequested` for the client to run. `options.tools` is not used (Tether's tools
+    are not offered). The server's system prompt leads `messages` that have no system message.
+    `Completed.message_id` is the `request_id` (no message is stored)."""
+
+    request_id: str
+    messages: tuple[ChatMessage, ...]
+    options: ChatOptions = field(default_factory=ChatOptions)
+    tools: tuple[ToolSpec, ...] = ()
+    # The JSON schema the answer must follow (OpenAI's `response_format`); None: free text.
+    json_schema: dict[str, Any] | None = None
+
+    def generation(self) -> GenerationOptions:
+        return dataclasses.replace(self.options.generation_options(), json_schema=self.json_schema)
 
 
 class TurnCancelled(Exception):
@@ -237,6 +276,8 @@ class ChatService:
             lambda _tools: PassthroughDetector()
         )
         self.max_tool_loops = max_tool_loops
+        # Turns that continue a session's active branch go one at a time (tether.session_turns).
+        self.sessions = SessionTurns()
         # Turns accepted for a model whose first round has not reached the engine's line yet:
         # counted into `queue_position`, so turns arriving together are told distinct places.
         self._admitted: Counter[str] = Counter()
@@ -271,16 +312,53 @@ class ChatService:
             agent = await self._agent_for(turn)
             turn = replace(turn, options=_with_defaults(turn.options, agent))
             engine, model_info = await self.engine.resolve(turn.options.model)
-            position, release = self._admit(engine, model_info.id)
         except (TetherError, EngineError) as exc:
             await emit(_error_event(exc))
             return
+        place = self._session_place(turn)
         try:
-            await self._run_admitted(
-                turn, agent, emit, control, clock, engine, model_info, position, release
-            )
+            if place is not None and not await self._wait_for_session(place, emit, control):
+                return
+            try:
+                position, release = self._admit(engine, model_info.id)
+            except EngineError as exc:
+                await emit(_error_event(exc))
+                return
+            try:
+                await self._run_admitted(
+                    turn, agent, emit, control, clock, engine, model_info, position, release
+                )
+            finally:
+                release()
         finally:
-            release()
+            if place is not None:
+                self.sessions.leave(place)
+
+    def _session_place(self, turn: Turn) -> SessionPlace | None:
+        """The turn's place in its session's line, when it continues the active branch (a
+        session named, no parent_id of its own, not an edit or regeneration)."""
+        if turn.session_id is None or turn.parent_id is not None or turn.redo is not None:
+            return None
+        return self.sessions.join(turn.session_id)
+
+    async def _wait_for_session(
+        self, place: SessionPlace, emit: EventSink, control: TurnControl
+    ) -> bool:
+        """Wait (saying so with `Queued`) until the session's earlier turns are answered;
+        False when the turn was cancelled meanwhile (nothing of it is stored)."""
+        if place.ahead == 0:
+            return True
+        try:
+            ready = False
+            while not ready:  # told again each time it moves up
+                await emit(Queued(queue_position=place.ahead, waiting_for="session"))
+                ready = await control.run(place.wait())
+        except TurnCancelled:
+            await emit(
+                Failed("cancelled", "cancelled while waiting for the session; nothing was stored")
+            )
+            return False
+        return True
 
     async def _run_admitted(
         self,
@@ -332,6 +410,8 @@ class ChatService:
                     messages=tuple(messages),
                     model=model,
                     options=turn.options.generation_options(),
+                    tools=tuple(self.tools.specs()) if offer_tools and self.tools else (),
+                    client=session_id,
                     usage_sink=current.record_usage,
                 )
                 release()  # from here the engine's own line counts this turn
@@ -405,7 +485,7 @@ class ChatService:
             if turn.session_id is None:
                 raise BadRequest("a regeneration needs the session_id of its message")
             return await self.store.begin_regeneration(
-                turn.redo.message_id, session_id=turn.session_id
+                turn.redo.message_id, session_id=turn.session_id, journal=turn.journal
             )
         return await self.store.begin_turn(
             session_id=turn.session_id,
@@ -414,6 +494,7 @@ class ChatService:
             agent_id=turn.agent_id,
             title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
             sibling_of=turn.redo.message_id if isinstance(turn.redo, Edit) else None,
+            journal=turn.journal,
         )
 
     async def _agent_for(self, turn: Turn) -> Agent | None:
@@ -446,9 +527,9 @@ class ChatService:
         engine: Engine,
         request: GenerationRequest,
         out: _Round,
-        emit: EventSink,
+        emit: DeltaSink,
         clock: _Clock,
-        turn: Turn,
+        turn: Turn | StatelessTurn,
         offer_tools: bool,
     ) -> None:
         detector = self.detector_factory(offer_tools)
@@ -471,6 +552,11 @@ class ChatService:
                 if delta.text:
                     clock.token()
                     await dispatch(detector.feed(delta.text))
+                for call in delta.tool_calls:  # parsed by the engine's runtime
+                    if isinstance(call, ToolCall):
+                        out.calls.append(call)
+                    else:
+                        out.malformed.append(call)
                 if delta.finish_reason is not None:
                     out.finish_reason = delta.finish_reason
                     if delta.usage is not None:
@@ -591,3 +677,97 @@ class ChatService:
             turn_id=turn_id,
             ends_turn=True,
         )
+
+    # -- stateless turns (the OpenAI-compatible route) -----------------------------------------
+
+    async def run_stateless_turn(
+        self, turn: StatelessTurn, emit: StatelessSink, control: TurnControl | None = None
+    ) -> None:
+        """Run one stateless turn, telling `emit` every event: `Started` (or `Failed` when it is
+        refused: unknown model, a full queue, a `json_schema` the model cannot enforce), the
+        deltas, `ToolCallsRequested` if the model called tools, then `Completed` (or `Failed`).
+        The same admission, engine line and detector as `run_turn`; nothing is stored, so a
+        cancelled turn just ends (`finish_reason: cancelled`). Never raises TetherErrors."""
+        control = control or TurnControl()
+        clock = _Clock()
+        structlog.contextvars.bind_contextvars(request_id=turn.request_id)
+        try:
+            engine, model_info = await self.engine.resolve(turn.options.model)
+            if turn.json_schema is not None and not model_info.structured_output:
+                raise BadRequest(
+                    f"response_format: the {model_info.engine} engine cannot enforce a JSON "
+                    f"answer (model {model_info.id!r})"
+                )
+            position, release = self._admit(engine, model_info.id)
+        except (TetherError, EngineError) as exc:
+            await emit(_error_event(exc))
+            return
+        try:
+            await emit(Started(model_info.id, position))
+            await self._stateless_round(turn, emit, control, clock, engine, model_info.id, release)
+        finally:
+            release()
+
+    async def _stateless_round(
+        self,
+        turn: StatelessTurn,
+        emit: StatelessSink,
+        control: TurnControl,
+        clock: _Clock,
+        engine: Engine,
+        model: str,
+        release: Callable[[], None],
+    ) -> None:
+        current = _Round()
+        request = GenerationRequest(
+            request_id=turn.request_id,
+            messages=_with_tools_prompt(
+                self._with_system(turn.messages), render_tools_prompt(turn.tools)
+            ),
+            model=model,
+            options=turn.generation(),
+            usage_sink=current.record_usage,
+        )
+        release()  # from here the engine's own line counts this turn
+        offer_tools = bool(turn.tools)
+        finish: FinishReason
+        try:
+            await control.run(
+                self._generate(engine, request, current, emit, clock, turn, offer_tools)
+            )
+            finish = current.finish_reason
+        except TurnCancelled:
+            finish = "cancelled"
+        except Exception as exc:
+            failure = _error_event(exc)
+            if failure.code == "internal":
+                log.exception("turn.failed")
+            await emit(failure)
+            return
+        for bad_call in current.malformed:  # not a call the client could run: say it as text
+            await emit(TextDelta(bad_call.raw))
+        if current.calls:
+            await emit(ToolCallsRequested(tuple(current.calls)))
+        clock.completion_tokens = current.usage.completion_tokens
+        await emit(
+            Completed(
+                turn.request_id, finish, current.usage, clock.timings(), dict(current.metadata)
+            )
+        )
+
+    def _with_system(self, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+        """The server's system prompt leads a conversation that brings none."""
+        if any(message.role == "system" for message in messages) or not self.system_prompt:
+            return messages
+        return (ChatMessage(role="system", content=self.system_prompt), *messages)
+
+
+def _with_tools_prompt(messages: tuple[ChatMessage, ...], fragment: str) -> tuple[ChatMessage, ...]:
+    """`messages` with the tools fragment added to the leading system message (or as one)."""
+    if not fragment:
+        return messages
+    if messages and messages[0].role == "system":
+        first = messages[0]
+        content = "\n\n".join(part for part in (first.content.strip(), fragment) if part)
+        return (ChatMessage(role="system", content=content), *messages[1:])
+    return (ChatMessage(role="system", content=fragment), *messages)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ def _secrets(settings: Settings) -> list[str]:
 
 def _listen(host: str, port: int) -> socket.socket | None:
     """The bound listening socket; None once it has said in one line why it cannot be."""
-    from tether.server import listen_socket
+    from tether.serving.config import listen_socket
 
     try:
         return listen_socket(host, port)
@@ -52,10 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from tether.app import create_app, drain_app
     from tether.engines.factory import EngineUnavailable
-    from tether.graceful import TetherServer
     from tether.log import configure_logging
     from tether.security import check_bind
-    from tether.server import raise_open_file_limit, uvicorn_config
+    from tether.serving.config import raise_open_file_limit, uvicorn_config
+    from tether.serving.graceful import TetherServer
     from tether.tools.registry import ToolConfigError
 
     try:
@@ -358,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     def client_flags(sub: argparse.ArgumentParser, url: str = DEFAULT_HTTP_URL) -> None:
         what = "server socket" if url == DEFAULT_URL else "server address (its ws:// URL works too)"
         sub.add_argument("--url", default=url, help=f"{what} (default {url})")
-        sub.add_argument("--token", help="bearer token, when the server asks for one")
+        sub.add_argument(
+            "--token",
+            default=os.environ.get("TETHER_TOKEN") or None,  # the server reads it there too
+            help="bearer token, when the server asks for one (default $TETHER_TOKEN)",
+        )
 
     chat = commands.add_parser("chat", help="chat in the terminal, or send one prompt")
     client_flags(chat, DEFAULT_URL)

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Any, Protocol
 
+from tether.tool_markup import TOOL_CLOSE, TOOL_OPEN
+
 
 @dataclass(frozen=True, slots=True)
 class TextPiece:
@@ -99,8 +101,6 @@ class PassthroughDetector:
         return []
 
 
-TOOL_OPEN = "<tool_call>"
-TOOL_CLOSE = "</tool_call>"
 FUNCTION_MARKER = "<<function_call>>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -93,6 +93,13 @@ class ServerBusy(TetherError):
     http_status = 503
 
 
+class CancelledWhileWaiting(TetherError):
+    """A turn cancelled before anything of it was stored (it waited for its session)."""
+
+    code = "cancelled"
+    http_status = 409
+
+
 class NotImplementedYet(TetherError):
     code = "not_implemented"
     http_status = 501

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from tether.engines.base import FinishReason, Usage
+from tether.engines.base import FinishReason, ToolCall, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +17,16 @@ class Accepted:
     model: str
     queue_position: int
     created_session: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The turn waits before anything of it is stored: `queue_position` turns are ahead of it
+    on the line `waiting_for` names ("session": earlier turns continuing the same session).
+    Sent only when the turn waits; `Accepted` follows once its message is stored."""
+
+    queue_position: int
+    waiting_for: Literal["session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,5 +82,33 @@ class Failed:
 
 
 ChatEvent = (
-    Accepted | TextDelta | ThinkingDelta | ToolCallStarted | ToolCallFinished | Completed | Failed
+    Queued
+    | Accepted
+    | TextDelta
+    | ThinkingDelta
+    | ToolCallStarted
+    | ToolCallFinished
+    | Completed
+    | Failed
 )
+
+
+# -- stateless turns (the OpenAI-compatible route): nothing is stored --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A stateless turn is admitted: generation may start (after `queue_position` others)."""
+
+    model: str
+    queue_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallsRequested:
+    """The model called the turn's tools; the client runs them (sent before `Completed`)."""
+
+    calls: tuple[ToolCall, ...]
+
+
+StatelessEvent = Started | TextDelta | ThinkingDelta | ToolCallsRequested | Completed | Failed

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
 from tether.errors import TetherError, http_status
+from tether.openai_errors import openai_shape
 
-# (status, code, message) -> the JSON body.
-ErrorShape = Callable[[int, str, str], dict[str, Any]]
+# (code, message) -> the HTTP status and the JSON body.
+ErrorShape = Callable[[str, str], tuple[int, dict[str, Any]]]
 
 
 class ErrorDetail(BaseModel):
@@ -36,13 +37,13 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def tether_shape(_status: int, code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+def tether_shape(code: str, message: str) -> tuple[int, dict[str, Any]]:
+    return http_status(code), {"error": {"code": code, "message": message}}
 
 
 # Path prefixes whose errors have a shape of their own, the first match wins; every other path
 # gets `tether_shape`.
-ERROR_SHAPES: Sequence[tuple[str, ErrorShape]] = ()
+ERROR_SHAPES: Sequence[tuple[str, ErrorShape]] = (("/v1/", openai_shape),)
 
 
 def shape_for(path: str) -> ErrorShape:
@@ -54,8 +55,7 @@ def shape_for(path: str) -> ErrorShape:
 
 def error_body(path: str, code: str, message: str) -> tuple[int, dict[str, Any]]:
     """The status and JSON body of an error with `code` answering a request for `path`."""
-    status = http_status(code)
-    return status, shape_for(path)(status, code, message)
+    return shape_for(path)(code, message)
 
 
 def error_bytes(path: str, code: str, message: str) -> tuple[int, bytes]:

@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Route, compile_path
 from tether import __version__
 from tether.http_errors import ErrorBody
 from tether.protocol import ID_SCHEMA
-from tether.security_auth import PUBLIC_METHODS, TOKEN_PARAM
+from tether.security.auth import PUBLIC_METHODS, TOKEN_PARAM
 
 OPENAPI_PATH = "/openapi.json"
 JSON = "application/json"

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,6 +35,7 @@ from tether.events import (
     ChatEvent,
     Completed,
     Failed,
+    Queued,
     TextDelta,
     ThinkingDelta,
     ToolCallFinished,
@@ -88,12 +90,20 @@ class _Frame(BaseModel):
 
 class ChatOptions(BaseModel):
     # Unknown options are refused: a misspelt `temprature` should not be silently ignored.
+    # The seeds' names are aliases of ours, here for every way options arrive (socket frames,
+    # NDJSON bodies, agents' default_options): seed 004's `maxNewTokens` (and the
+    # `max_new_tokens` of Hugging Face) for `max_tokens`. Giving both is refused (extra key).
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Id | None = None
     temperature: float | None = Field(default=None, ge=0, le=5)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TOKENS,
+        validation_alias=AliasChoices("max_tokens", "maxNewTokens", "max_new_tokens"),
+    )
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: list[str] | str | None = None
     tools: bool | None = None  # None: offer tools if the model's template supports them
@@ -162,15 +172,22 @@ class RegenerateFrame(_Frame):
     options: ChatOptions = ChatOptions()
 
 
+# The `resume_token` of the request's `processing` frame; needed from a socket other than the
+# one that started the request (see tether.runs).
+ResumeToken = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class CancelFrame(_Frame):
     type: Literal["cancel"]
     request_id: RequestId
+    token: ResumeToken | None = None
 
 
 class ResumeFrame(_Frame):
     type: Literal["resume"]
     request_id: RequestId
     after_seq: int = Field(default=-1, ge=-1)
+    token: ResumeToken | None = None
 
 
 class PingFrame(_Frame):
@@ -274,8 +291,6 @@ def parse_client_frame(raw: str | bytes, *, max_text_chars: int) -> AnyClientFra
 
 # -- server frames --------------------------------------------------------------------------
 
-Status = Literal["processing", "chunk", "tool", "complete", "error", "pong"]
-
 
 def _usage(usage: Usage) -> dict[str, int]:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
@@ -284,6 +299,16 @@ def _usage(usage: Usage) -> dict[str, int]:
 def event_body(event: ChatEvent) -> dict[str, Any]:
     """The status-specific part of the frame for `event` (everything but request_id and seq)."""
     match event:
+        case Queued():
+            return {
+                "status": "queued",
+                "chunk": {
+                    "metadata": {
+                        "queue_position": event.queue_position,
+                        "waiting_for": event.waiting_for,
+                    }
+                },
+            }
         case TextDelta(text=text):
             return {"status": "chunk", "chunk": {"type": "text", "data": text}}
         case ThinkingDelta(text=text):
@@ -343,6 +368,13 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"status": "error", "error": {"code": code, "message": message}}
 
 
+def processing_body(event: Accepted, resume_token: str) -> dict[str, Any]:
+    """The `processing` frame of a run: the event's metadata and the request's resume token."""
+    body = event_body(event)
+    body["chunk"]["metadata"]["resume_token"] = resume_token
+    return body
+
+
 PONG_BODY: dict[str, Any] = {"status": "pong"}
 
 
@@ -358,9 +390,19 @@ class RequestFrames:
     def render(self, body: dict[str, Any]) -> str:
         frame = {"request_id": self.request_id, "seq": self.next_seq, **body}
         self.next_seq += 1
-        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-        if not jsonsafe.is_unicode(text):
-            # A lone surrogate (from a tool result, an echoed key) cannot go out as UTF-8;
-            # JSON's \u escapes carry it.
-            text = json.dumps(frame, separators=(",", ":"))
-        return text
+        return render_frame(frame)
+
+
+def render_unnumbered(request_id: str, body: dict[str, Any]) -> str:
+    """A frame about `request_id` that is not one of its own (a refusal of a frame the client
+    sent about it, a pong): no `seq`, never journaled, so the request's seq stays its own."""
+    return render_frame({"request_id": request_id, **body})
+
+
+def render_frame(frame: dict[str, Any]) -> str:
+    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    if not jsonsafe.is_unicode(text):
+        # A lone surrogate (from a tool result, an echoed key) cannot go out as UTF-8;
+        # JSON's \u escapes carry it.
+        text = json.dumps(frame, separators=(",", ":"))
+    return text

@@ -1,10 +1,13 @@
 """Start-up after a crash: close what the dead process left open, turns and journals alike.
 
 A process killed mid-turn (kill -9, power loss, OOM) leaves a `turns` row for each turn it was
-running and a journal without an end for each request. Before the server accepts anything:
+running and a journal without an end for each request (its row is written with the user's
+message, so even a request killed before its first frame has one). Before the server accepts
+anything:
 
 1. Each journal's frames tell what its client was sent of the answer: the text chunks after the
-   last tool frame (earlier text belongs to a stored message with tool calls).
+   last tool frame (earlier text belongs to a stored message with tool calls). Its row names the
+   user message (so does its `processing` frame, if that was journaled).
 2. `Store.close_open_turns` stores each open turn's answer as `interrupted`, with that text.
 3. Each open journal gets the final frame its request never sent, so that a `resume` after the
    restart replays what the client may have missed and then ends, as every resume does:
@@ -12,9 +15,12 @@ running and a journal without an end for each request. Before the server accepts
    - the answer was stored but its `complete` not journaled: `complete` with the stored answer's
      finish reason;
    - no `processing` was journaled (the client was never told the turn was accepted), or the
-     stored answer is an error: `error` with code `interrupted`.
+     stored answer is an error: `error` with code `interrupted`; when the question was stored,
+     the error also names `session_id`, `user_message_id` and the answer's `message_id`, so the
+     client learns where its question went.
    A recovered `complete` has `recovered: true` in its metadata; its usage and timings are zero
-   or null (the process that knew them is gone).
+   or null (the process that knew them is gone). A `chat` sent again with its request_id and
+   question gets these frames (`tether.runs`), not a second turn.
 """
 
 from __future__ import annotations
@@ -39,32 +45,35 @@ FINAL_STATUSES = ("complete", "error")
 class JournalFacts:
     """What one open journal says about its request."""
 
-    user_message_id: str | None  # from its `processing` frame
+    user_message_id: str | None  # from its row, or its `processing` frame
     answer_text: str  # text chunks after the last tool frame
     ended: bool  # its last frame is already final (only the end mark was lost)
+    accepted: bool  # its `processing` frame was journaled: the client may have been told
 
 
-def journal_facts(frames: list[str]) -> JournalFacts:
-    user_message_id: str | None = None
+def journal_facts(journal: OpenJournal) -> JournalFacts:
+    user_message_id = journal.user_message_id
     text: list[str] = []
     status = None
-    for raw in frames:
+    accepted = False
+    for raw in journal.frames:
         frame: dict[str, Any] = json.loads(raw)
         status = frame.get("status")
         chunk = frame.get("chunk") or {}
         if status == "processing":
-            user_message_id = chunk.get("metadata", {}).get("user_message_id")
+            accepted = True
+            user_message_id = chunk.get("metadata", {}).get("user_message_id", user_message_id)
         elif status == "chunk" and chunk.get("type") == "text":
             text.append(chunk.get("data", ""))
         elif status == "tool":
             text.clear()
-    return JournalFacts(user_message_id, "".join(text), status in FINAL_STATUSES)
+    return JournalFacts(user_message_id, "".join(text), status in FINAL_STATUSES, accepted)
 
 
 async def recover(store: Store) -> None:
     """Close the open turns and journals a dead process left (see the module docstring)."""
     journals = await store.open_journals()
-    facts = {journal.request_id: journal_facts(journal.frames) for journal in journals}
+    facts = {journal.request_id: journal_facts(journal) for journal in journals}
     partial_answers = {
         fact.user_message_id: fact.answer_text
         for fact in facts.values()
@@ -113,6 +122,16 @@ async def _final_body(
             "the server stopped before this request was accepted; "
             "its message may be stored without an answer",
         )
+    if not facts.accepted:  # the client never learned the session: say where the question is
+        body = error_body(
+            "interrupted",
+            f"the server stopped as this request was accepted; the question is stored in "
+            f"session {answer.session_id} with its answer {answer.id} ({answer.status})",
+        )
+        body["error"].update(
+            session_id=answer.session_id, user_message_id=turn_id, message_id=answer.id
+        )
+        return body
     if answer.status == "error":  # the turn failed; why died with the process
         return error_body(
             "interrupted", f"the request failed and the server stopped; answer {answer.id}"

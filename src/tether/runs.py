@@ -11,8 +11,9 @@ watching; the run goes on (see the disconnect policy).
 
 What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_reliability.py):
 
-- Resume, while the server runs: `{"type": "resume", "request_id", "after_seq"}` on any socket
-  sends every frame of that request with a seq above `after_seq`, in order, each once, then the
+- Resume, while the server runs: `{"type": "resume", "request_id", "after_seq", "token"}` on
+  any socket (the token is needed from a socket other than the one that started it) sends every
+  frame of that request with a seq above `after_seq`, in order, each once, then the
   live frames if it still runs, so the client sees seq contiguous from `after_seq + 1` to the
   final `complete` (or `error`). This holds for a running request, and for an ended one for at
   least `reliability.journal_max_age_sec` after it ended (unless `journal_max_rows` pushed it
@@ -31,15 +32,22 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   journal holds; a resume then replays the frames and that final frame. Journal commits skip the
   fsync (`synchronous=NORMAL`; messages keep `FULL`): on power loss, rather than a process crash,
   the last frames of a running request may be missing, never a message.
-- Request ids are client-chosen and name a request server-wide (resume works from any socket):
-  a `chat` whose `request_id` is running (or whose final frame is not out yet) gets `conflict`;
-  reusing the id of a finished request starts a new request whose journal replaces the old one.
-  Use unique ids (UUIDs).
-- Frames the server sends about a running request outside its turn, to a socket that watches
-  it (a `conflict` for a second chat with its id, a `pong` or a `bad_request` naming it), take
-  its next seq and are journaled like the others, so seq stays contiguous for every watcher.
-  A socket that does not watch it gets such frames numbered on their own (from 0), outside the
-  request's stream.
+- Request ids are client-chosen and name a request server-wide: a `chat` whose `request_id` is
+  running (or whose final frame is not out yet) gets `conflict`. A `chat` with the id *and text*
+  of an ended request is its client retrying (it never learned the outcome: a dropped
+  connection, a crash before `processing` reached it): it gets that request's journal replayed
+  (`answered`), never a second copy of the question. Reusing the id of an ended request for
+  another question starts a new request whose journal replaces the old one. Use unique ids
+  (UUIDs).
+- Requests belong to whoever started them. Each run draws a resume token (`tether.tokens`),
+  sent in its `processing` frame as `resume_token` and stored, hashed, with its journal row (by
+  `begin_turn`, in the transaction of the user's message; so a request killed before its first
+  frame is journaled is still found by recovery and by a retried `chat`). `resume` and `cancel`
+  from another socket must present it (`tether.transports.ws`).
+- A run's frames are its own: replies about it outside its turn (a `conflict` for a second chat
+  with its id, `rate_limited`, a `pong` or a `bad_request` naming it) go to the socket that sent
+  the frame they answer, without `seq`, and are never journaled, so every resume replays exactly
+  the request's frames and its seq stays contiguous.
 
 Disconnects (`reliability.on_disconnect`): "continue" (default) lets a request nobody watches run
 on for `disconnect_grace_sec` (a resume within it re-attaches), then cancels it; "cancel" cancels
@@ -63,6 +71,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hmac
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -70,12 +80,14 @@ from typing import Any, Protocol
 import structlog
 
 from tether.chat import ChatService, Turn, TurnControl
+from tether.coalesce import DeltaMerger
 from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
-from tether.events import Accepted, ChatEvent, Failed
+from tether.events import Accepted, ChatEvent, Failed, TextDelta, ThinkingDelta
 from tether.metrics import Metrics, Transport
-from tether.protocol import RequestFrames, event_body
-from tether.store.base import JournalAppend, Store
+from tether.protocol import RequestFrames, event_body, processing_body
+from tether.store.base import JournalAppend, JournalStart, Store
+from tether.tokens import digest, new_token
 
 log = structlog.get_logger("tether.runs")
 
@@ -85,6 +97,8 @@ EndHook = Callable[["Watcher"], None]  # the watcher has queued its run's final 
 PRUNE_INTERVAL_SEC = 60.0
 # After a drain or close cancelled the runs, how long they get to store their answers.
 CANCEL_GRACE_SEC = 10.0
+# How many frames a run may log ahead of the journal before its turn waits for the writer.
+MAX_FRAMES_AHEAD = 8
 
 
 class FrameSink(Protocol):
@@ -162,7 +176,11 @@ class Run:
         self.done = asyncio.Event()  # set once `finished`
         self.model: str | None = None  # from its `processing` frame
         self.waiting = False  # accepted behind others in its model's queue, no output yet
+        self.token = new_token()  # its `processing` frame's resume_token
+        self.token_digest = digest(self.token)
         self._numbering = RequestFrames(request_id)
+        self._merging = DeltaMerger()  # text deltas waiting for the journal writer's next batch
+        self._caught_up = asyncio.Event()  # the journal is less than MAX_FRAMES_AHEAD behind
         self._grace: asyncio.TimerHandle | None = None
 
     # -- frames -------------------------------------------------------------------------------
@@ -175,15 +193,45 @@ class Run:
     def post(self, body: dict[str, Any]) -> str:
         """Render `body` with the next seq and add it to the log, to be journaled and then sent
         to the live watchers; never waits."""
+        self.logged()  # text deltas waiting go before it
         frame = self._numbering.render(body)
         self.frames.append(frame)
         self.registry.journal_later(self)
         return frame
 
+    def record(self, event: ChatEvent) -> None:
+        """Log the turn's `event` (as `post` does): text and thinking deltas wait to be joined
+        with the next ones until the journal writer takes them (`logged`), so that a stream
+        faster than the journal costs a frame per batch, not per delta."""
+        if not isinstance(event, TextDelta | ThinkingDelta):
+            self.post(event_body(event))
+            return
+        full = self._merging.add(event)
+        if full is not None:
+            self.frames.append(self._numbering.render(event_body(full)))
+        self.registry.journal_later(self)
+
+    def logged(self) -> int:
+        """Render the deltas waiting into a frame; how many frames the log holds."""
+        joined = self._merging.take()
+        if joined is not None:
+            self.frames.append(self._numbering.render(event_body(joined)))
+        return len(self.frames)
+
+    async def keep_pace(self) -> None:
+        """Let the other runs, the sockets' writers and the journal go first; wait while this
+        run is MAX_FRAMES_AHEAD frames ahead of the journal (so that a flood of frames cannot
+        run away from its journal, nor make every batch its own)."""
+        while len(self.frames) - self.durable >= MAX_FRAMES_AHEAD:
+            self._caught_up.clear()
+            await self._caught_up.wait()
+        await asyncio.sleep(0)
+
     def publish(self, durable: int, ended: bool) -> None:
         """The journal writer committed `frames[:durable]` (and, with `ended`, the end)."""
         self.durable = durable
         self.saved_ended = ended
+        self._caught_up.set()
         for watcher in self.watchers:
             if watcher.live:
                 watcher.push()
@@ -245,12 +293,11 @@ class Run:
                 self.model, self.waiting = event.model, event.queue_position > 0
                 if self.waiting:
                     self.registry.yield_model(self)
+                self.post(processing_body(event, self.token))
             else:
                 self.waiting = False
-            self.post(event_body(event))
-            # Let the sockets' writers take the frame before the next one (an engine that
-            # never awaits would otherwise fill their buffers in one go).
-            await asyncio.sleep(0)
+                self.record(event)
+            await self.keep_pace()  # an engine that never awaits must not hog the loop
 
         observed = self.registry.metrics.observe_turn(transport, emit)
         try:
@@ -309,6 +356,7 @@ class RunRegistry:
         self._runs[turn.request_id] = run  # a finished run of the same id is leaving memory
         watcher = run.watch(sink, -1, on_end)
         watcher.live = True  # nothing is logged yet: no replay
+        turn = dataclasses.replace(turn, journal=JournalStart(turn.request_id, run.token_digest))
         run.task = asyncio.create_task(run.execute(turn, transport), name=f"run:{turn.request_id}")
         return watcher
 
@@ -347,6 +395,28 @@ class RunRegistry:
             return run.frames[: run.durable]
         return await self.store.read_journal(request_id)
 
+    async def token_digest(self, request_id: str) -> str | None:
+        """The digest of request_id's resume token (None: no such request, or none stored)."""
+        run = self._runs.get(request_id)
+        if run is not None:
+            return run.token_digest
+        record = await self.store.journal_record(request_id)
+        return None if record is None else record.token_digest
+
+    async def answered(self, request_id: str, text: str) -> list[str] | None:
+        """The journal of the ended request `request_id` if it asked `text`: a `chat` sent again
+        (its client never learned the outcome: a dropped connection, a crash) gets it replayed
+        instead of storing its question again. None otherwise (the chat starts as usual)."""
+        run = self._runs.get(request_id)
+        if run is not None and not run.finished:
+            return None
+        record = await self.store.journal_record(request_id)
+        if record is None or record.question_digest is None:
+            return None
+        if not hmac.compare_digest(record.question_digest, digest(text)):
+            return None
+        return await self.journal(request_id)
+
     # -- the journal writer: new frames of every run, committed in batches, then sent -----------
 
     def journal_later(self, run: Run) -> None:
@@ -363,10 +433,16 @@ class RunRegistry:
 
     async def _write_journals(self) -> None:
         while self._dirty:
-            batch = [(run, len(run.frames), run.ended) for run in self._dirty]
+            batch = [(run, run.logged(), run.ended) for run in self._dirty]
             self._dirty.clear()
             appends = [
-                JournalAppend(run.request_id, run.durable, run.frames[run.durable : count], ended)
+                JournalAppend(
+                    run.request_id,
+                    run.durable,
+                    run.frames[run.durable : count],
+                    ended,
+                    token_digest=run.token_digest,
+                )
                 for run, count, ended in batch
                 if count > run.durable or (ended and count > 0)
             ]

@@ -1,9 +1,11 @@
 """`tether chat`: a terminal client of /ws/chat that survives a dropped connection.
 
 It prints each answer as it streams. When the socket drops mid-answer (a network blip, a server
-restart), it reconnects and sends `resume` with the last `seq` it printed, so the answer goes on
-where it stopped: no text lost, none printed twice. An answer the server could not finish (it
-was killed) ends with `finish_reason: "interrupted"`, which is said on stderr.
+restart), it reconnects and sends `resume` with the last `seq` it printed and the request's
+resume token (from its `processing` frame: the new socket is not the one that started it), so
+the answer goes on where it stopped: no text lost, none printed twice. An answer the server
+could not finish (it was killed) ends with `finish_reason: "interrupted"`, which is said on
+stderr.
 """
 
 from __future__ import annotations
@@ -23,6 +25,28 @@ from websockets.asyncio.client import ClientConnection
 RECONNECT_DELAYS_SEC: Sequence[float] = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15)
 
 Log = Callable[[str], None]
+# Close codes after which connecting again cannot help: the server refuses this client.
+REFUSALS = {4401: "the server refused the token (unauthorized); give the right one with --token"}
+REFUSED_STATUSES = {
+    401: "the server refused the token (unauthorized); give the right one with --token",
+    403: "the server refused the connection (forbidden: Origin or Host not allowed)",
+}
+
+
+class Refused(Exception):
+    """The server will not talk to this client: reconnecting would only loop."""
+
+
+def _refusal(exc: Exception) -> Refused | None:
+    """A Refused for a close or a handshake status that says so (else None: a drop)."""
+    if isinstance(exc, websockets.exceptions.ConnectionClosed) and exc.rcvd is not None:
+        reason = REFUSALS.get(exc.rcvd.code)
+        return None if reason is None else Refused(f"{reason} (close code {exc.rcvd.code})")
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        status = exc.response.status_code
+        reason = REFUSED_STATUSES.get(status)
+        return None if reason is None else Refused(f"{reason} (HTTP {status})")
+    return None
 
 
 def _stderr(line: str) -> None:
@@ -68,6 +92,8 @@ class Link:
             try:
                 await self.open()
             except (OSError, websockets.exceptions.WebSocketException) as exc:
+                if (refused := _refusal(exc)) is not None:
+                    raise refused from None
                 error = exc
                 continue
             self.log("[reconnected]")
@@ -83,17 +109,22 @@ class Link:
         assert self._ws is not None
         try:
             await self._ws.send(text)
-        except websockets.exceptions.ConnectionClosed:
+        except websockets.exceptions.ConnectionClosed as exc:
+            if (refused := _refusal(exc)) is not None:
+                raise refused from None
             await self.reconnect()
             assert self._ws is not None
             await self._ws.send(text)
 
     async def recv(self) -> dict[str, Any] | None:
-        """The next frame, or None when the socket dropped (the caller decides what next)."""
+        """The next frame, or None when the socket dropped (the caller decides what next);
+        raises Refused when the server closed it for good (a refused token)."""
         assert self._ws is not None
         try:
             frame: dict[str, Any] = json.loads(await self._ws.recv())
-        except websockets.exceptions.ConnectionClosed:
+        except websockets.exceptions.ConnectionClosed as exc:
+            if (refused := _refusal(exc)) is not None:
+                raise refused from None
             return None
         return frame
 
@@ -107,6 +138,7 @@ class Turn:
         self.log = log
         self.request_id = uuid.uuid4().hex
         self.last_seq = -1  # the last frame printed: a resume asks for what comes after
+        self.token: str | None = None  # the request's resume token, once `processing` came
 
     async def run(
         self, text: str, session_id: str | None, options: dict[str, Any]
@@ -132,8 +164,7 @@ class Turn:
             reply = await self.link.recv()
             if reply is None:
                 await self.link.reconnect()
-                resume = {"type": "resume", "request_id": self.request_id}
-                await self.link.send({**resume, "after_seq": self.last_seq})
+                await self.link.send(self._resume())
                 continue
             if reply.get("request_id") != self.request_id:
                 continue
@@ -141,7 +172,9 @@ class Turn:
             status = reply.get("status")
             chunk = reply.get("chunk") or {}
             if status == "processing":
-                session_id = chunk.get("metadata", {}).get("session_id", session_id)
+                metadata = chunk.get("metadata", {})
+                session_id = metadata.get("session_id", session_id)
+                self.token = metadata.get("resume_token")
             elif status == "chunk" and chunk.get("type") == "text":
                 self.out.write(chunk.get("data", ""))
                 self.out.flush()
@@ -158,6 +191,16 @@ class Turn:
                 error = reply.get("error", {})
                 self.log(f"\nerror ({error.get('code')}): {error.get('message')}")
                 return session_id, False
+
+    def _resume(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {
+            "type": "resume",
+            "request_id": self.request_id,
+            "after_seq": self.last_seq,
+        }
+        if self.token is not None:
+            frame["token"] = self.token
+        return frame
 
     def _print_tool(self, chunk: dict[str, Any]) -> None:
         data = chunk.get("data", {})
@@ -199,6 +242,12 @@ async def chat(
                     session_id, _ = await Turn(link, sys.stdout).run(line, session_id, options)
         finally:
             await link.close()
+    except Refused as exc:
+        _stderr(f"tether chat: {url}: {exc}")
+        return 1
     except (OSError, websockets.exceptions.WebSocketException) as exc:
-        _stderr(f"tether chat: cannot talk to {url}: {exc}")
+        if (refused := _refusal(exc)) is not None:
+            _stderr(f"tether chat: {url}: {refused}")
+        else:
+            _stderr(f"tether chat: cannot talk to {url}: {exc}")
         return 1

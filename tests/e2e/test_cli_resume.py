@@ -86,3 +86,18 @@ async def test_a_server_crash_ends_the_answer_as_interrupted(tmp_path: Path) -> 
     # What the CLI printed is what is stored: the text the dead server had sent (and journaled).
     assert printed + out == content + "\n"
     assert content.startswith("w0 w1 w2 w3 ")
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+async def test_a_refused_token_stops_at_once_with_the_reason(
+    tmp_path: Path, token: str | None
+) -> None:
+    args = ("--engine", "echo", "--db", str(tmp_path / "t.db"))
+    with tether_serve(tmp_path, *args, env={"TETHER_TOKEN": "right-token"}) as server:
+        chat = await start_chat(server.ws_url, *(("--token", token) if token else ()))
+        out, err = await finish(chat)
+    assert chat.returncode == 1
+    assert "unauthorized" in err
+    assert "--token" in err
+    assert "reconnect" not in err
+    assert out == ""

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.support.servers import ServerProcess, tether_serve
 from tests.support.timeouts import scaled
-from tests.support.wsclient import Frame, ProtocolClient, text_of
+from tests.support.wsclient import Frame, ProtocolClient, resume_frame, resume_token, text_of
 
 pytestmark = pytest.mark.e2e
 
@@ -172,8 +172,9 @@ async def test_kill_9_at_any_moment_loses_no_acknowledged_message(tmp_path: Path
                 client = ProtocolClient(ws)
                 for request_id, seen in running.items():
                     # The client reconnects and asks for the rest, then for everything again.
-                    rest = await resume(client, request_id, seen[-1]["seq"])
-                    journal = await resume(client, request_id, -1)
+                    token = resume_token(seen)
+                    rest = await resume(client, request_id, seen[-1]["seq"], token)
+                    journal = await resume(client, request_id, -1, token)
                     check_recovered(db, seen, rest, journal)
                     record(journal, acked, completed)
                     recovered += 1
@@ -217,9 +218,11 @@ async def test_kill_9_at_any_moment_loses_no_acknowledged_message(tmp_path: Path
     assert any(content for (content,) in kept), "no interrupted answer kept its text"
 
 
-async def resume(client: ProtocolClient, request_id: str, after_seq: int) -> list[Frame]:
+async def resume(
+    client: ProtocolClient, request_id: str, after_seq: int, token: str
+) -> list[Frame]:
     client.frames.pop(request_id, None)
-    await client.send({"type": "resume", "request_id": request_id, "after_seq": after_seq})
+    await client.send(resume_frame(request_id, after_seq, token))
     return list(await client.until(request_id))
 
 
@@ -238,9 +241,13 @@ def check_recovered(db: Path, seen: list[Frame], rest: list[Frame], journal: lis
     final = journal[-1]
     assert final["status"] == "complete"
     meta = final["chunk"]["metadata"]
-    assert meta["recovered"] is True
     stored = query(db, "SELECT status, content FROM messages WHERE id = ?", meta["message_id"])
-    if meta["finish_reason"] == "interrupted":
+    if not meta.get("recovered"):
+        # Its own `complete` was journaled, then the kill came before it reached the socket
+        # (journal before send): the answer is stored as that frame says.
+        assert meta["finish_reason"] != "interrupted"
+        assert stored[0][0] in ("complete", "cancelled")
+    elif meta["finish_reason"] == "interrupted":
         assert stored == [("interrupted", answer_text(journal))]
         assert answer_text(journal).startswith(answer_text(seen))
     else:  # answered just before the kill, `complete` not yet journaled
@@ -256,6 +263,96 @@ def record(frames: list[Frame], acked: dict[str, str], completed: dict[str, str]
             reason = meta["finish_reason"]
             status = reason if reason in ("cancelled", "interrupted") else "complete"
             completed[meta["message_id"]] = status
+
+
+async def read_until_closed(client: ProtocolClient) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            await client.next_frame()
+
+
+def question(request_id: str) -> str:
+    return f"question {request_id} " + words(10)
+
+
+async def retry(client: ProtocolClient, request_id: str) -> list[Frame]:
+    """What a client does that never learned the outcome: send the same chat again."""
+    client.frames.pop(request_id, None)
+    await client.send(chat_frame(request_id, question(request_id), 1))
+    return list(await client.until(request_id))
+
+
+def check_retried(db: Path, request_id: str, seen: list[Frame], frames: list[Frame]) -> str:
+    """The chat of a request killed as it was asked, sent again after the restart: if its
+    question was stored, it replays that request's outcome (what the client saw first);
+    else it runs now. Returns which."""
+    assert [frame["seq"] for frame in frames] == list(range(len(frames)))
+    assert frames[: len(seen)] == seen
+    stored = query(
+        db, "SELECT id FROM messages WHERE role = 'user' AND content = ?", question(request_id)
+    )
+    final = frames[-1]
+    if not stored:  # the kill came first: nothing of it was left
+        meta = final["chunk"]["metadata"]
+        assert (meta["finish_reason"], text_of(frames)) == ("stop", question(request_id))
+        return "never stored"
+    if final["status"] == "error":  # stored, but not even `processing` was journaled
+        error = final["error"]
+        assert (error["code"], len(frames)) == ("interrupted", 1), final
+        assert [(error["user_message_id"],)] == stored
+        answer = query(db, "SELECT status FROM messages WHERE id = ?", error["message_id"])
+        assert answer[0][0] in ("interrupted", "complete")
+        return "stored, never accepted"
+    assert [(frames[0]["chunk"]["metadata"]["user_message_id"],)] == stored
+    if final["chunk"]["metadata"].get("recovered"):
+        return "cut off"
+    return "answered before the kill"
+
+
+async def test_a_question_killed_as_it_was_asked_is_answered_once(tmp_path: Path) -> None:
+    # Killed 0-30 ms after the chat frames: before the question is stored, after it is stored
+    # but before its first frame is journaled, or after `processing`. Whichever, after the
+    # restart the client gets the request's outcome (by `resume` with its token if it saw
+    # `processing`, else by sending the same chat again) and the question is stored once.
+    db = tmp_path / "ask.db"
+    rng = random.Random(6)
+    asked: dict[str, list[Frame]] = {}  # the last round's requests: the frames their client saw
+    outcomes: dict[str, int] = {}
+    for iteration in range(10):
+        with tether_serve(tmp_path, "--db", str(db), "--engine", "echo") as server:
+            assert query(db, "SELECT count(*) FROM turns") == [(0,)]
+            async with connect(server.ws_url) as ws:
+                client = ProtocolClient(ws)
+                for request_id, seen in asked.items():
+                    if seen:  # it saw `processing`: resume with the token, from the start
+                        journal = await resume(client, request_id, -1, resume_token(seen))
+                        assert journal[: len(seen)] == seen
+                    frames = await retry(client, request_id)
+                    if seen:  # the retry is idempotent: the same journal again
+                        assert frames == journal
+                    kind = check_retried(db, request_id, seen, frames)
+                    outcomes[kind] = outcomes.get(kind, 0) + 1
+                    assert await retry(client, request_id) == frames  # and again: the same
+            if iteration == 9:
+                break
+            async with connect(server.ws_url) as ws:
+                client = ProtocolClient(ws)
+                ids = [f"q{iteration}.{i}" for i in range(4)]
+                for request_id in ids:
+                    await client.send(chat_frame(request_id, question(request_id), 2))
+                reader = asyncio.create_task(read_until_closed(client))
+                await asyncio.sleep(rng.uniform(0, 0.030))  # the kill's moment, not a wait
+                server.process.kill()
+                assert wait_exit(server) == -signal.SIGKILL
+                await reader
+            asked = {request_id: list(client.frames.get(request_id, [])) for request_id in ids}
+    counts = query(
+        db, "SELECT content, count(*) FROM messages WHERE role = 'user' GROUP BY content"
+    )
+    assert len(counts) == 36
+    assert {count for _, count in counts} == {1}, "a question was stored twice"
+    assert sum(outcomes.values()) == 36
+    print("outcomes of the killed requests:", outcomes)
 
 
 # -- one server per database ------------------------------------------------------------------

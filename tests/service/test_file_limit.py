@@ -10,7 +10,7 @@ from tests.support.timeouts import scaled
 
 PROBE = """
 import resource
-from tether.server import raise_open_file_limit
+from tether.serving.config import raise_open_file_limit
 print(*raise_open_file_limit(2000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
 

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from tests.support.servers import RunningServer
 from tests.support.timeouts import scaled
-from tests.support.wsclient import ProtocolClient, text_of
+from tests.support.wsclient import ProtocolClient, resume_frame, text_of
 
 Line = dict[str, Any]
 
@@ -118,7 +118,8 @@ async def test_a_regeneration_answers_again_without_a_second_user_message(
     # Journaled like any turn: the socket replays it by its request_id.
     async with connect(server.ws_url) as ws:
         client = ProtocolClient(ws)
-        await client.send({"type": "resume", "request_id": "regen-2", "after_seq": -1})
+        token = by_user[0]["data"]["resume_token"]  # another socket: the request's token
+        await client.send(resume_frame("regen-2", -1, token))
         frames = await client.until("regen-2")
     assert text_of(frames) == "say it again"
     assert frames[-1]["chunk"]["metadata"]["message_id"] == answers[-1]

@@ -15,7 +15,7 @@ import pytest
 
 from tests.contract.engine_contract import EngineContract
 from tests.support.timeouts import scaled
-from tether.devtools.tiny_gguf import ensure_tiny_gguf
+from tests.support.tiny_gguf import ensure_tiny_gguf
 from tether.engines.base import (
     ChatMessage,
     Delta,
@@ -479,3 +479,22 @@ async def test_smollm2_knows_the_capital_of_france() -> None:
 
 class TestLlamaCppContract(EngineContract):
     """The Engine contract every engine passes, on the real engine."""
+
+
+async def test_one_clients_queued_requests_do_not_hold_up_anothers(engine: LlamaCppEngine) -> None:
+    """Ten requests of one session, then one of another: the other's goes second, not last."""
+    finished: list[str] = []
+
+    async def run(request: GenerationRequest) -> None:
+        await collect(engine, request)
+        finished.append(request.request_id)
+
+    busy = [replace(ask("hi", f"busy{i}", max_tokens=2), client="busy") for i in range(10)]
+    other = replace(ask("hi", "other", max_tokens=2), client="other")
+    tasks = [asyncio.create_task(run(request)) for request in busy]
+    await asyncio.sleep(0)  # the ten are in line (the first one holds the model)
+    tasks.append(asyncio.create_task(run(other)))
+    async with asyncio.timeout(scaled(60)):
+        await asyncio.gather(*tasks)
+    assert finished.index("other") <= 2  # the holder, at most one more of busy's, then other
+    assert [f for f in finished if f != "other"] == [f"busy{i}" for i in range(10)]

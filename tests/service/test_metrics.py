@@ -118,14 +118,14 @@ async def test_turns_move_the_counters(server: RunningServer, http: httpx.AsyncC
     assert moved("tether_generation_tokens_total", model="echo") == generated
 
     # Latency histograms: one TTFT and end-to-end observation per answer, one inter-token
-    # latency per gap between two pieces of one generation.
+    # latency per gap between two pieces the engine gave in one generation (pieces that came
+    # while the journal was busy share a frame, so frames show at most that many gaps).
     with_ttft = sum(answer["timings"]["ttft_ms"] is not None for answer in answers)
     assert moved("tether_time_to_first_token_seconds_count", model="echo") == with_ttft
     assert moved("tether_e2e_request_latency_seconds_count", model="echo") == len(answers)
     ndjson_gaps = sum(line["type"] == "token" for line in lines) - 1
     gaps = sum(map(inter_token_gaps, (plain, calc, teleport, slow))) + ndjson_gaps
-    assert gaps > 0
-    assert moved("tether_inter_token_latency_seconds_count", model="echo") == gaps
+    assert moved("tether_inter_token_latency_seconds_count", model="echo") >= max(gaps, 1)
     assert moved("tether_inter_token_latency_seconds_sum", model="echo") > 0
 
     # Tool calls and failures by tool; a name the server does not know is `unknown`.
@@ -138,7 +138,8 @@ async def test_turns_move_the_counters(server: RunningServer, http: httpx.AsyncC
     # The journal: every frame of every request committed once, in timed batches.
     frames = sum(map(len, (plain, calc, teleport, refused, slow))) + len(lines)
     batches = moved("tether_journal_batch_frames_count")
-    assert 0 < batches <= frames
+    requests = 6  # a batch holds frames, or only the end of a request whose frames are in
+    assert 0 < batches <= frames + requests
     assert moved("tether_journal_batch_frames_sum") == frames
     assert moved("tether_journal_commit_seconds_count") == batches
     assert moved("tether_journal_commit_seconds_sum") > 0

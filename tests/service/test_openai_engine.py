@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from tests.contract.engine_contract import EngineContract
 from tests.support.servers import free_port
 from tests.support.timeouts import scaled
+from tether.chat import ChatService, Turn
+from tether.detector import ToolCallDetector
 from tether.engines.base import (
     ChatMessage,
     Delta,
@@ -27,8 +38,17 @@ from tether.engines.base import (
     GenerationRequest,
     ModelInfo,
     ToolCall,
+    ToolSpec,
+    UnknownModelError,
 )
 from tether.engines.openai_compat import OpenAIEngine
+from tether.engines.router import EngineRouter
+from tether.events import ChatEvent, Completed, ToolCallFinished, ToolCallStarted
+from tether.protocol import ChatOptions
+from tether.store.sqlite import SQLiteStore
+from tether.tools.executor import ToolExecutor
+from tether.tools.prompt import tools_prompt
+from tether.tools.registry import Registry
 
 SCALE = scaled(1)
 TIMEOUT = 30 * SCALE
@@ -44,18 +64,16 @@ class Server:
         return self.log.read_text(errors="replace").count("Disconnected from client")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
-    """A llama_cpp.server process serving the tiny GGUF."""
-    folder = tmp_path_factory.mktemp("llama")
-    model = tiny_gguf
+@contextlib.contextmanager
+def serve(folder: Path, model: Path, *extra: str) -> Iterator[Server]:
+    """A llama_cpp.server process serving `model`, with `extra` command-line options."""
     port = free_port()
     log = (folder / "server.log").open("wb")
     command = [
         sys.executable, "-m", "llama_cpp.server",
         "--host", "127.0.0.1", "--port", str(port),
         "--model", str(model), "--model_alias", ALIAS,
-        "--n_ctx", "512", "--n_threads", "1", "--verbose", "false",
+        "--n_ctx", "512", "--n_threads", "1", "--verbose", "false", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its disconnect notice must reach the log
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -82,6 +100,25 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterato
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
+    """A llama_cpp.server process serving the tiny GGUF."""
+    with serve(tmp_path_factory.mktemp("llama"), tiny_gguf) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def calling_server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
+    """llama_cpp.server with a function-calling chat format: native `tool_calls` in the stream.
+
+    With `tool_choice` naming a function it writes the call under a grammar made from the
+    function's schema, so even the tiny model's call is well formed.
+    """
+    folder = tmp_path_factory.mktemp("llama_tools")
+    with serve(folder, tiny_gguf, "--chat_format", "chatml-function-calling") as running:
+        yield running
 
 
 @pytest.fixture
@@ -121,7 +158,22 @@ async def test_stream_with_length_limit_and_usage(engine: OpenAIEngine) -> None:
 
 
 async def test_models_are_listed(engine: OpenAIEngine) -> None:
-    assert await engine.models() == [ModelInfo(id=ALIAS, engine="openai", loaded=True)]
+    # structured_output: `response_format` is passed on for the upstream server to enforce.
+    assert await engine.models() == [
+        ModelInfo(id=ALIAS, engine="openai", loaded=True, structured_output=True)
+    ]
+
+
+async def test_a_json_schema_is_passed_on_as_openais_response_format(
+    engine: OpenAIEngine,
+) -> None:
+    # OpenAI's `json_schema` shape (what OpenAI, vLLM and llama.cpp's own server take); this
+    # upstream, llama-cpp-python's server, knows only `json_object` and says so, which shows
+    # the field reached it.
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    options = GenerationOptions(temperature=0.0, max_tokens=8, json_schema=schema)
+    with pytest.raises(EngineError, match=r"response_format.*json_schema"):
+        await collect(engine.stream(replace(request(), options=options)))
 
 
 async def test_without_a_default_the_first_listed_model_is_used(server: Server) -> None:
@@ -179,9 +231,25 @@ async def test_nothing_listening_is_a_clear_error() -> None:
     try:
         with pytest.raises(EngineError, match=re.escape(f"at {url}/chat/completions")):
             await collect(engine.stream(request()))
-        assert await engine.models() == []
+        with pytest.raises(EngineError, match=re.escape(f"at {url}/models: ")):
+            await engine.models()
     finally:
         await engine.aclose()
+
+
+async def test_an_unreachable_upstream_says_which_url_and_why() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    router = EngineRouter([OpenAIEngine(url, connect_timeout=2)])
+    try:
+        with pytest.raises(UnknownModelError) as caught:
+            await router.resolve(None)
+        message = str(caught.value)
+        assert f"{url}/models" in message
+        assert "connect" in message.lower()  # httpx's reason: nothing accepts the connection
+        health = await router.health()
+        assert health.engines["openai"].state == "unavailable"
+    finally:
+        await router.aclose()
 
 
 async def test_a_wrong_path_is_an_upstream_404(server: Server) -> None:
@@ -197,3 +265,149 @@ class TestOpenAIContract(EngineContract):
     """The Engine contract every engine passes, on the real engine."""
 
     refuses_unknown_models = False
+
+
+def unit(unit: Literal["c", "f"]) -> str:
+    """Say which temperature unit is in use."""
+    return f"unit {unit}"
+
+
+UNIT = ToolSpec(
+    "unit",
+    "Say which temperature unit is in use.",
+    {"type": "object", "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"]},
+)
+
+
+async def test_native_tool_calls_come_on_the_final_delta(calling_server: Server) -> None:
+    engine = OpenAIEngine(calling_server.base_url, default_model=ALIAS, tool_choice="unit")
+    asking = GenerationRequest(
+        request_id="t1",
+        messages=(ChatMessage("user", "Which unit?"),),
+        options=GenerationOptions(temperature=0.0, seed=1, max_tokens=32),
+        tools=(UNIT,),
+    )
+    try:
+        deltas = await collect(engine.stream(asking))
+    finally:
+        await engine.aclose()
+    *text, final = deltas
+    assert all(not d.tool_calls for d in text)
+    [call] = final.tool_calls
+    assert isinstance(call, ToolCall)
+    assert call.name == "unit"
+    assert call.arguments["unit"] in ("c", "f")
+    assert call.id
+    assert final.finish_reason == "stop"
+
+
+async def test_the_chat_core_runs_native_calls_and_the_model_answers(
+    calling_server: Server, store: SQLiteStore
+) -> None:
+    engine = OpenAIEngine(
+        calling_server.base_url, default_model=ALIAS, tool_choice="unit", read_timeout=TIMEOUT
+    )
+    registry = Registry()
+    registry.add(unit)
+    service = ChatService(
+        store=store,
+        engine=EngineRouter([engine]),
+        system_prompt="You are a test.",
+        tools=ToolExecutor(registry, timeout_s=5),
+        tool_prompt=tools_prompt,
+        detector_factory=lambda offer: ToolCallDetector(detect_calls=offer),
+    )
+    events: list[ChatEvent] = []
+
+    async def emit(event: ChatEvent) -> None:
+        events.append(event)
+
+    options = ChatOptions(temperature=0.0, seed=1, max_tokens=24)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await service.run_turn(Turn("t2", "Which unit?", options=options), emit)
+    finally:
+        await engine.aclose()
+    [started] = [e for e in events if isinstance(e, ToolCallStarted)]
+    [finished] = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert started.name == "unit"
+    assert finished.error is None
+    assert finished.result == f"unit {started.arguments['unit']}"
+    completed = events[-1]
+    assert isinstance(completed, Completed), events
+    assert completed.finish_reason in ("stop", "length")
+    assert completed.usage.completion_tokens > 0  # both rounds answered
+    history = await store.branch(completed.message_id)
+    roles = [(m.role, m.tool_call_id, bool(m.tool_calls)) for m in history]
+    assert roles == [
+        ("user", None, False),
+        ("assistant", None, True),
+        ("tool", started.call_id, False),
+        ("assistant", None, False),
+    ]
+    assert history[1].tool_calls[0].id == started.call_id
+
+
+@contextlib.asynccontextmanager
+async def refusing_upstream(bodies: list[dict[str, Any]]) -> AsyncIterator[str]:
+    """An upstream that answers like Ollama for a model without tool support: 400 to any request
+    with `tools`, else a one-chunk event stream. Every request body lands in `bodies`."""
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        bodies.append(body)
+        if "tools" in body:
+            error = {"error": {"message": f"{body['model']} does not support tools"}}
+            return JSONResponse(error, status_code=400)
+        chunk = {"choices": [{"index": 0, "delta": {"content": "plain"}, "finish_reason": "stop"}]}
+        events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
+        return Response(events, media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:
+                if task.done():
+                    task.result()  # start-up failed: raise its error here
+                    raise RuntimeError("uvicorn exited during start-up")
+                await asyncio.sleep(0.01)  # polling a flag uvicorn sets; bounded by the timeout
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, TIMEOUT)
+        sock.close()
+
+
+def asking_for(model: str) -> GenerationRequest:
+    return GenerationRequest(
+        request_id="t3", messages=(ChatMessage("user", "Which unit?"),), model=model, tools=(UNIT,)
+    )
+
+
+async def test_auto_drops_tools_for_a_model_whose_upstream_refuses_them() -> None:
+    bodies: list[dict[str, Any]] = []
+    async with refusing_upstream(bodies) as url:
+        engine = OpenAIEngine(url)
+        try:
+            first = await collect(engine.stream(asking_for("m")))
+            second = await collect(engine.stream(asking_for("m")))
+        finally:
+            await engine.aclose()
+    assert "".join(d.text for d in first) == "plain"
+    assert "".join(d.text for d in second) == "plain"
+    # Refused once, retried without tools, then remembered: the second turn asks without them.
+    assert ["tools" in body for body in bodies] == [True, False, False]
+
+
+async def test_native_tools_true_makes_the_refusal_the_error() -> None:
+    async with refusing_upstream([]) as url:
+        engine = OpenAIEngine(url, native_tools=True)
+        try:
+            with pytest.raises(EngineError, match="upstream 400: m does not support tools"):
+                await collect(engine.stream(asking_for("m")))
+        finally:
+            await engine.aclose()

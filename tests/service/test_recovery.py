@@ -8,7 +8,7 @@ from typing import Any
 from tether.engines.base import ToolCall
 from tether.protocol import RequestFrames
 from tether.recovery import journal_facts, recover
-from tether.store.base import JournalAppend, NewMessage
+from tether.store.base import JournalAppend, JournalStart, NewMessage, OpenJournal
 from tether.store.sqlite import SQLiteStore
 
 
@@ -36,11 +36,13 @@ def test_the_answer_text_is_the_text_after_the_last_tool_frame() -> None:
     frames = frames_of(
         "r", processing("u1"), text("I will "), TOOL, text("It is "), thought("hm"), text("42")
     )
-    facts = journal_facts(frames)
+    facts = journal_facts(OpenJournal("r", frames))
     assert (facts.user_message_id, facts.answer_text, facts.ended) == ("u1", "It is 42", False)
-    assert journal_facts(frames_of("r", text("no processing"))).user_message_id is None
+    assert facts.accepted
+    unaccepted = journal_facts(OpenJournal("r", frames_of("r", text("no processing"))))
+    assert (unaccepted.user_message_id, unaccepted.accepted) == (None, False)
     done = {"status": "complete", "chunk": {"metadata": {}}}
-    assert journal_facts(frames_of("r", processing("u1"), done)).ended
+    assert journal_facts(OpenJournal("r", frames_of("r", processing("u1"), done))).ended
 
 
 async def decoded(store: SQLiteStore, request_id: str) -> list[dict[str, Any]]:
@@ -139,3 +141,32 @@ async def test_a_regenerated_answer_stored_before_its_complete_was_journaled(
     final = (await decoded(store, "r"))[-1]
     assert final["status"] == "complete"
     assert final["chunk"]["metadata"]["message_id"] == again.id
+
+
+async def test_a_request_killed_before_its_first_frame_is_found_by_its_row(
+    store: SQLiteStore,
+) -> None:
+    # begin_turn opened the journal with the question; the process died before any frame.
+    start = await store.begin_turn(
+        session_id=None, text="lost?", journal=JournalStart("r", "digest")
+    )
+    assert await store.open_journals() == [OpenJournal("r", [], start.message.id)]
+    await recover(store)
+    (final,) = await decoded(store, "r")
+    assert (final["seq"], final["status"], final["error"]["code"]) == (0, "error", "interrupted")
+    answer = (await store.list_messages(start.session.id))[-1]
+    assert (answer.role, answer.status, answer.parent_id) == (
+        "assistant",
+        "interrupted",
+        start.message.id,
+    )
+    assert final["error"] | {"message": ""} == {
+        "code": "interrupted",
+        "message": "",
+        "session_id": start.session.id,
+        "user_message_id": start.message.id,
+        "message_id": answer.id,
+    }
+    record = await store.journal_record("r")
+    assert record is not None
+    assert record.token_digest == "digest"

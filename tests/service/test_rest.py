@@ -96,7 +96,14 @@ async def test_agents(http: httpx.AsyncClient) -> None:
 
 async def test_models_and_tools(http: httpx.AsyncClient) -> None:
     assert (await http.get("/models")).json() == [
-        {"id": "echo", "engine": "echo", "loaded": True, "path": None, "tools": True}
+        {
+            "id": "echo",
+            "engine": "echo",
+            "loaded": True,
+            "path": None,
+            "tools": True,
+            "structured_output": False,  # no `response_format` on echo
+        }
     ]
     tools = {t["name"]: t for t in (await http.get("/tools")).json()}
     assert {"calculator", "current_time"} <= set(tools)
@@ -175,4 +182,4 @@ async def test_agent_default_options_apply_to_its_chats(
         ).text.splitlines()
     ]
     assert lines[-1]["data"]["finish_reason"] == "length"
-    assert [line["data"]["text"] for line in lines if line["type"] == "token"] == ["a ", "b "]
+    assert "".join(line["data"]["text"] for line in lines if line["type"] == "token") == "a b "

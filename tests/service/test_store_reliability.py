@@ -152,7 +152,7 @@ async def test_journals_grow_by_appends_and_are_replaced_when_an_id_is_reused(
 async def test_journals_are_pruned_whole_by_age_and_by_rows(store: SQLiteStore) -> None:
     with sqlite3.connect(store.path) as conn:  # a journal that ended long ago
         conn.execute(
-            "INSERT INTO journals VALUES ('old', ?, ?)",
+            "INSERT INTO journals (request_id, started_at, ended_at) VALUES ('old', ?, ?)",
             ("2000-01-01T00:00:00.000000Z", "2000-01-01T00:00:01.000000Z"),
         )
         conn.executemany(

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from tests.support.rawws import StalledClient
 from tests.support.servers import RunningServer, make_settings, serve_app, stored_answer
 from tests.support.timeouts import scaled
-from tests.support.wsclient import Frame, ProtocolClient, text_of
+from tests.support.wsclient import Frame, ProtocolClient, resume_frame, resume_token, text_of
 
 SEND_TIMEOUT_SEC = 0.5
 WORD_CHARS = 5000
@@ -78,10 +78,10 @@ async def until_sockets(server: RunningServer, count: int) -> None:
             await asyncio.sleep(0.01)  # polling the server's own count; bounded
 
 
-async def resume(server: RunningServer, request_id: str, after_seq: int) -> list[Frame]:
+async def resume(server: RunningServer, request_id: str, after_seq: int, token: str) -> list[Frame]:
     async with connect(server.ws_url) as ws:
         client = ProtocolClient(ws)
-        await client.send({"type": "resume", "request_id": request_id, "after_seq": after_seq})
+        await client.send(resume_frame(request_id, after_seq, token))
         return await client.until(request_id)
 
 
@@ -108,7 +108,7 @@ async def test_a_client_that_stops_reading_does_not_hold_its_answer(tmp_path: Pa
         assert seqs(got) == list(range(len(got)))  # what it did get: in order, none twice
         assert got[-1]["status"] != "complete"
         # Like any dropped client, it resumes where it stopped reading.
-        rest = await resume(server, "stuck", got[-1]["seq"])
+        rest = await resume(server, "stuck", got[-1]["seq"], resume_token(got))
     assert text_of(got + rest) == TEXT
 
 
@@ -121,7 +121,7 @@ async def test_a_watcher_that_stops_reading_does_not_slow_the_others(tmp_path: P
         stalled = await StalledClient.connect(server.ws_url)
         try:
             # A second watcher of the same answer that takes none of it.
-            await stalled.send({"type": "resume", "request_id": "shared", "after_seq": -1})
+            await stalled.send(resume_frame("shared", -1, resume_token(owner.frames["shared"])))
             async with asyncio.timeout(scaled(20)):
                 frames = await owner.until("shared")
             await until_sockets(server, 1)  # the stalled one is let go, the owner stays
@@ -157,7 +157,7 @@ async def test_a_client_too_far_behind_is_closed_with_1008_and_can_resume(
         seen = drained.frames
         assert seqs(seen) == list(range(len(seen)))
         # Like any dropped client, it resumes where it stopped reading.
-        rest = await resume(server, "behind", seen[-1]["seq"])
+        rest = await resume(server, "behind", seen[-1]["seq"], resume_token(seen))
     frames = seen + rest
     assert seqs(frames) == list(range(len(frames)))
     assert text_of(frames) == TEXT

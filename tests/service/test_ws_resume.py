@@ -8,10 +8,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import connect
 
 from tests.support.servers import RunningServer, make_settings, serve_app, stored_answer
-from tests.support.wsclient import Frame, ProtocolClient, text_of
+from tests.support.wsclient import Frame, ProtocolClient, resume_frame, resume_token, text_of
 
 WORDS = " ".join(f"w{i}" for i in range(40))
 
@@ -40,7 +41,7 @@ async def test_resume_on_another_socket_after_a_disconnect(server: RunningServer
     # new socket picks it up where the client stopped reading.
     async with connect(server.ws_url) as ws:
         second = ProtocolClient(ws)
-        await second.send({"type": "resume", "request_id": "r", "after_seq": seen[-1]["seq"]})
+        await second.send(resume_frame("r", seen[-1]["seq"], resume_token(seen)))
         rest = await second.until("r")
     frames = seen + rest
     assert seqs(frames) == list(range(len(frames)))
@@ -57,11 +58,11 @@ async def test_resume_races_the_live_frames(server: RunningServer) -> None:
     async with contextlib.AsyncExitStack() as stack:
         owner = ProtocolClient(await stack.enter_async_context(connect(server.ws_url)))
         await owner.send(chat_frame("race", delay_ms=5))
-        await owner.until("race", "processing")
+        token = resume_token(await owner.until("race", "processing"))
         watchers = []
         for after_seq in (-1, 0, 3, 7, -1, 12):
             client = ProtocolClient(await stack.enter_async_context(connect(server.ws_url)))
-            await client.send({"type": "resume", "request_id": "race", "after_seq": after_seq})
+            await client.send(resume_frame("race", after_seq, token))
             watchers.append((after_seq, client))
         everything = await owner.until("race")
         for after_seq, client in watchers:
@@ -76,11 +77,12 @@ async def test_an_ended_request_replays_from_the_journal_even_after_a_restart(
     settings = make_settings(tmp_path)
     async with serve_app(settings) as server, connect(server.ws_url) as ws:
         frames = await ProtocolClient(ws).chat("done", "one two three")
+        token = resume_token(frames)
         # At once after `complete` (the journal may still be on its way to SQLite) and later.
         for after_seq in (-1, 2):
             async with connect(server.ws_url) as other:
                 replay = ProtocolClient(other)
-                await replay.send({"type": "resume", "request_id": "done", "after_seq": after_seq})
+                await replay.send(resume_frame("done", after_seq, token))
                 assert await replay.until("done") == frames[after_seq + 1 :]
     stored = sqlite3.connect(settings.storage.path).execute(
         "SELECT seq, frame FROM events WHERE request_id = 'done' ORDER BY seq"
@@ -88,12 +90,16 @@ async def test_an_ended_request_replays_from_the_journal_even_after_a_restart(
     assert [json.loads(frame) for _, frame in stored] == frames
     async with serve_app(settings) as server, connect(server.ws_url) as ws:
         replay = ProtocolClient(ws)
-        await replay.send({"type": "resume", "request_id": "done", "after_seq": 0})
+        # The token survives the restart; without it the request is not there.
+        await replay.send(resume_frame("done", 0, None))
+        await replay.next_frame()
+        assert replay.frames.pop("done")[-1]["error"]["code"] == "not_found"
+        await replay.send(resume_frame("done", 0, token))
         assert await replay.until("done") == frames[1:]
         # Nothing after the end (or past it): the final frame again, so the client learns the
-        # request is over; then the socket goes on as usual.
+        # request is over; then the socket goes on as usual (the token once was enough).
         for after_seq in (len(frames) - 1, len(frames) + 5):
-            await replay.send({"type": "resume", "request_id": "done", "after_seq": after_seq})
+            await replay.send(resume_frame("done", after_seq, None))
             assert await replay.next_frame() == frames[-1]
         await replay.send({"type": "ping", "request_id": "p"})
         assert (await replay.next_frame())["status"] == "pong"
@@ -121,7 +127,7 @@ async def test_an_orphaned_answer_is_cancelled_after_the_grace(tmp_path: Path) -
         # The cancelled request resumes to its end, the part nobody saw included.
         async with connect(server.ws_url) as ws:
             client = ProtocolClient(ws)
-            await client.send({"type": "resume", "request_id": "orphan", "after_seq": -1})
+            await client.send(resume_frame("orphan", -1, resume_token(seen)))
             frames = await client.until("orphan")
     assert frames[: len(seen)] == seen
     assert seqs(frames) == list(range(len(frames)))
@@ -138,24 +144,43 @@ async def test_a_resume_within_the_grace_keeps_the_answer_going(tmp_path: Path) 
             seen = await client.until("back", "chunk")
         async with connect(server.ws_url) as ws:
             client = ProtocolClient(ws)
-            await client.send({"type": "resume", "request_id": "back", "after_seq": -1})
+            await client.send(resume_frame("back", -1, resume_token(seen)))
             frames = await client.until("back")
     assert frames[: len(seen)] == seen
     assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "stop"
     assert text_of(frames) == WORDS
 
 
-async def test_a_request_id_is_server_wide(server: RunningServer) -> None:
+async def test_a_request_belongs_to_whoever_holds_its_token(server: RunningServer) -> None:
     async with connect(server.ws_url) as a, connect(server.ws_url) as b:
         owner, other = ProtocolClient(a), ProtocolClient(b)
         await owner.send(chat_frame("shared"))
-        await owner.until("shared", "chunk")
+        token = resume_token(await owner.until("shared", "chunk"))
         # Another socket cannot start a request with a running id...
         await other.send(chat_frame("shared", text="mine"))
         refused = await other.until("shared", "error")
         assert [(f["seq"], f["error"]["code"]) for f in refused] == [(0, "conflict")]
-        # ...but may cancel it (ids are meant to be unguessable: use UUIDs).
-        await other.send({"type": "cancel", "request_id": "shared"})
+        # ...nor read or stop it without its token: to it, the request is not there.
+        for frame in (
+            {"type": "resume", "request_id": "shared"},
+            {
+                "type": "resume",
+                "request_id": "shared",
+                "token": token[:-1] + ("y" if token.endswith("x") else "x"),
+            },
+            {"type": "cancel", "request_id": "shared"},
+            {"type": "cancel", "request_id": "shared", "token": "guess"},
+            {"type": "resume", "request_id": "never", "token": token},
+        ):
+            await other.send(frame)
+            refusal = await other.next_frame()
+            assert (refusal["request_id"], refusal["error"]["code"]) == (
+                frame["request_id"],
+                "not_found",
+            )
+        assert not any(f["status"] == "complete" for f in owner.frames["shared"])
+        # With the token it may (ids are not secrets; the token is).
+        await other.send({"type": "cancel", "request_id": "shared", "token": token})
         frames = await owner.until("shared", "complete")
     # The stranger's refusal is not part of the request's stream.
     assert seqs(frames) == list(range(len(frames)))
@@ -182,16 +207,19 @@ async def test_a_resume_on_the_watching_socket_replays_again(server: RunningServ
 
 async def test_old_journals_are_pruned(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, **{"reliability.journal_max_rows": 5})
+    tokens = {}
     async with serve_app(settings) as server, connect(server.ws_url) as ws:
         client = ProtocolClient(ws)
         for request_id in ("j0", "j1", "j2"):
-            assert len(await client.chat(request_id, "two words")) == 4
+            frames = await client.chat(request_id, "two words")
+            assert 3 <= len(frames) <= 4  # processing, the text in one chunk or two, complete
+            tokens[request_id] = resume_token(frames)
     async with serve_app(settings) as server, connect(server.ws_url) as ws:  # prunes at start
         client = ProtocolClient(ws)
         for request_id in ("j0", "j1"):
-            await client.send({"type": "resume", "request_id": request_id})
+            await client.send(resume_frame(request_id, -1, tokens[request_id]))
             assert (await client.until(request_id))[-1]["error"]["code"] == "not_found"
-        await client.send({"type": "resume", "request_id": "j2"})
+        await client.send(resume_frame("j2", -1, tokens["j2"]))
         assert text_of(await client.until("j2")) == "two words"
 
 
@@ -209,7 +237,8 @@ async def test_every_frame_is_in_sqlite_before_a_socket_gets_it(tmp_path: Path) 
 
         async with serve_app(settings) as server, connect(server.ws_url) as ws:
             client = ProtocolClient(ws)
-            # Two answers streaming at once, one with a tool call, and a pong inside one.
+            # Two answers streaming at once, one with a tool call, and a pong inside one: the
+            # pong is no frame of the request (no seq, not journaled).
             await client.send(chat_frame("words", delay_ms=0))
             await client.send(chat_frame("tool", calc, delay_ms=0))
             await client.send({"type": "ping", "request_id": "words"})
@@ -219,7 +248,34 @@ async def test_every_frame_is_in_sqlite_before_a_socket_gets_it(tmp_path: Path) 
                 for r in ("words", "tool")
             ):
                 frame = await client.next_frame()
+                if frame["status"] == "pong":
+                    assert frame == {"request_id": "words", "status": "pong"}
+                    continue
                 assert journaled(frame) == frame, f"sent before it was journaled: {frame}"
                 checked += 1
     assert {f["status"] for f in client.order} >= {"processing", "chunk", "tool", "pong"}
-    assert checked == len(client.order) > 40
+    # words: processing, chunks, complete; tool: processing, call, result, chunks, complete
+    assert checked == len(client.order) - 1 >= 8
+
+
+async def test_a_chat_sent_again_gets_the_outcome_not_a_second_turn(server: RunningServer) -> None:
+    async with connect(server.ws_url) as ws:
+        frames = await ProtocolClient(ws).chat("retry", "ask me once")
+    # A client that never learned the outcome sends the same chat again, on a new socket: it
+    # gets the request's frames (and so its token), and the question is not stored again.
+    async with connect(server.ws_url) as ws:
+        client = ProtocolClient(ws)
+        assert await client.chat("retry", "ask me once") == frames
+        client.frames.pop("retry")
+        await client.send({"type": "resume", "request_id": "retry"})
+        assert await client.until("retry") == frames
+        client.frames.pop("retry")
+        new = await client.chat("retry", "a new question")  # the id reused: a new request
+    session_id = frames[0]["chunk"]["metadata"]["session_id"]
+    answer = await stored_answer(server, session_id)
+    assert answer["content"] == "ask me once"
+    assert new[0]["chunk"]["metadata"]["session_id"] != session_id
+    assert text_of(new) == "a new question"
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        messages = (await http.get(f"/sessions/{session_id}/messages")).json()
+    assert [m["role"] for m in messages] == ["user", "assistant"]

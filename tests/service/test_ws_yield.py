@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 
 from tests.support.servers import RunningServer, make_settings, serve_app, stored_answer
 from tests.support.timeouts import scaled
-from tests.support.wsclient import Frame, ProtocolClient, text_of
+from tests.support.wsclient import Frame, ProtocolClient, resume_frame, resume_token, text_of
 
 LONG = {"max_tokens": 2000, "temperature": 1.0, "seed": 1}
 SHORT = {"max_tokens": 5}
@@ -81,7 +81,7 @@ async def test_a_request_that_queues_behind_an_unwatched_answer_gets_the_model(
     # The cancelled answer resumes to its end like any other.
     async with connect(llama_server.ws_url) as ws:
         client = ProtocolClient(ws)
-        await client.send({"type": "resume", "request_id": "a", "after_seq": -1})
+        await client.send(resume_frame("a", -1, resume_token(a_frames)))
         frames = await client.until("a")
     assert frames[: len(a_frames)] == a_frames
     assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "cancelled"
@@ -117,7 +117,7 @@ async def test_an_unwatched_answer_nobody_waits_for_runs_on_for_the_grace(
         other = await ProtocolClient(ws).chat("other", "meanwhile")
         assert other[0]["chunk"]["metadata"]["queue_position"] == 0
         client = ProtocolClient(ws)
-        await client.send({"type": "resume", "request_id": "alone", "after_seq": seen[-1]["seq"]})
+        await client.send(resume_frame("alone", seen[-1]["seq"], resume_token(seen)))
         rest = await client.until("alone")
     assert rest[-1]["chunk"]["metadata"]["finish_reason"] == "stop"
     assert text_of(seen + rest) == WORDS

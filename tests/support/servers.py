@@ -21,8 +21,8 @@ from tests.support.timeouts import scaled
 from tether.app import create_app, drain_app
 from tether.config import Settings, load_settings
 from tether.engines.base import Engine
-from tether.graceful import TetherServer
-from tether.server import uvicorn_config
+from tether.serving.config import uvicorn_config
+from tether.serving.graceful import TetherServer
 
 
 def free_port() -> int:

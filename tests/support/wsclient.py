@@ -44,6 +44,21 @@ class ProtocolClient:
         return await self.until(request_id)
 
 
+def resume_token(frames: list[Frame]) -> str:
+    """The resume token of a request, from its `processing` frame."""
+    token: str = next(f for f in frames if f["status"] == "processing")["chunk"]["metadata"][
+        "resume_token"
+    ]
+    return token
+
+
+def resume_frame(request_id: str, after_seq: int, token: str | None) -> Frame:
+    frame: Frame = {"type": "resume", "request_id": request_id, "after_seq": after_seq}
+    if token is not None:
+        frame["token"] = token
+    return frame
+
+
 def text_of(frames: list[Frame]) -> str:
     return "".join(
         f["chunk"]["data"]

@@ -161,4 +161,39 @@ def test_the_models_folder_beside_the_config_then_the_checkout_then_per_user(
 def test_this_checkout_is_found() -> None:
     checkout = source_checkout()
     assert checkout is not None
-    assert (checkout / "src" / "tether" / "config.py").is_file()
+    assert (checkout / "src" / "tether" / "config" / "loader.py").is_file()
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.yaml", "server:\n  host: 127.0.0.1\n  port: : 8000\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_path=bad, environ={}, cwd=tmp_path)
+    message = str(caught.value)
+    assert f"{bad}, line 3, column" in message
+    assert "<unicode string>" not in message
+
+
+@pytest.mark.parametrize(
+    ("environ", "overrides"),
+    [
+        ({"MLC_SQLITE_URL": "postgresql://tether:hunter2@db/tether"}, {}),
+        ({}, {"storage.url": "postgresql://tether:hunter2@db/tether"}),
+        ({"TETHER_STORAGE__URL": "mysql://tether:hunter2@db/tether"}, {}),
+    ],
+)
+def test_a_database_url_tether_does_not_serve_is_refused(
+    tmp_path: Path, environ: dict[str, str], overrides: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ, overrides=overrides, cwd=tmp_path)
+    message = str(caught.value)
+    assert "databases are not served" in message
+    assert "hunter2" not in message  # the URL's password is never echoed
+    if "postgresql" in message:
+        assert "PostgreSQL is planned" in message
+
+
+def test_a_sqlite_storage_url_sets_the_path(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'seed.db'}"
+    settings = load_settings(overrides={"storage.url": url}, environ={}, cwd=tmp_path)
+    assert settings.storage.path == tmp_path / "seed.db"

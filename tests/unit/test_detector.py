@@ -16,8 +16,6 @@ from tether.detector import (
     MAX_TAG_HOLD,
     THINK_CLOSE,
     THINK_OPEN,
-    TOOL_CLOSE,
-    TOOL_OPEN,
     CallPiece,
     DetectorEvent,
     MalformedCall,
@@ -27,6 +25,7 @@ from tether.detector import (
     ThoughtPiece,
     ToolCallDetector,
 )
+from tether.tool_markup import TOOL_CLOSE, TOOL_OPEN
 
 PROPERTY = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -44,8 +44,9 @@ def test_tool_calls_and_results_become_text() -> None:
         {"role": "user", "content": "1+2?"},
         {
             "role": "assistant",
-            "content": 'Let me add.\n<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}'
-            '</tool_call>\n<tool_call>{"name": "now", "arguments": {}}</tool_call>',
+            # The Hermes layout, as every engine writes calls back (tether.tool_markup).
+            "content": 'Let me add.\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}'
+            '\n</tool_call>\n<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>',
         },
         {
             "role": "user",

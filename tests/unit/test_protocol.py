@@ -107,7 +107,11 @@ def test_cancel_resume_ping() -> None:
     assert isinstance(parse({"type": "cancel", "request_id": "a"}), CancelFrame)
     resume = parse({"type": "resume", "request_id": "a", "after_seq": 3})
     assert isinstance(resume, ResumeFrame)
-    assert resume.after_seq == 3
+    assert (resume.after_seq, resume.token) == (3, None)
+    for kind in ("resume", "cancel"):
+        with_token = parse({"type": kind, "request_id": "a", "token": "t0k"})
+        assert isinstance(with_token, ResumeFrame | CancelFrame)
+        assert with_token.token == "t0k"
 
 
 @pytest.mark.parametrize(
@@ -138,6 +142,9 @@ def test_a_json_integer_is_a_float() -> None:
         ({"type": "resume", "after_seq": "3"}, "after_seq: Input should be a valid integer"),
         ({"type": "resume", "after_seq": True}, "after_seq: Input should be a valid integer"),
         ({"type": "resume", "after_seq": 3.0}, "after_seq: Input should be a valid integer"),
+        ({"type": "resume", "token": 7}, "token: Input should be a valid string"),
+        ({"type": "cancel", "token": ""}, "token: String should have at least 1 character"),
+        ({"type": "cancel", "token": "t" * 201}, "token: String should have at most 200"),
         ({"type": "chat", "text": "x", "options": {"tools": "yes"}}, "options.tools"),
         ({"type": "chat", "text": "x", "options": {"tools": 1}}, "options.tools"),
         ({"type": "chat", "text": "x", "options": {"max_tokens": True}}, "options.max_tokens"),

@@ -15,16 +15,16 @@ from starlette.types import Message, Receive, Scope, Send
 from tether.cli import main
 from tether.config import ConfigError, Settings, load_settings
 from tether.security import check_bind, configured_token, is_loopback_host
-from tether.security_auth import (
+from tether.security.auth import (
     BearerAuthMiddleware,
     bearer_from_header,
     path_is_public,
     split_token_param,
     token_matches,
 )
-from tether.security_hosts import default_allowed_hosts, host_allowed, parse_host_header
-from tether.security_limits import ConnectionCounter, ConnectionLimitMiddleware
-from tether.security_origins import (
+from tether.security.hosts import default_allowed_hosts, host_allowed, parse_host_header
+from tether.security.limits import ConnectionCounter, ConnectionLimitMiddleware
+from tether.security.origins import (
     Origin,
     OriginPattern,
     OriginPolicy,
@@ -32,7 +32,7 @@ from tether.security_origins import (
     parse_origin_pattern,
     same_origin,
 )
-from tether.security_responses import refuse_handshake
+from tether.security.responses import refuse_handshake
 
 
 def settings(
@@ -303,7 +303,7 @@ def test_cors_regex_agrees_with_the_policy(parts: tuple[str, str, int | None]) -
 def test_security_defaults(tmp_path: Path) -> None:
     security = settings(tmp_path).security
     assert security.allowed_hosts is None
-    assert security.public_paths == ["/health"]
+    assert security.public_paths == ["/health", "/", "/ui/*"]
     assert security.max_connections == 2000
     assert security.max_connections_per_client == 1000
     assert "http://localhost:*" in security.allowed_origins

@@ -9,8 +9,9 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tether.config import ConfigError, load_settings
-from tether.server import HeaderTimeoutH11Protocol, header_timeout_protocol, uvicorn_config
-from tether.server_ws import DEFAULT_CLOSE_TIMEOUT_SEC, CloseNowProtocol, close_now_protocol
+from tether.serving.config import uvicorn_config
+from tether.serving.http import HeaderTimeoutH11Protocol, header_timeout_protocol
+from tether.serving.websocket import DEFAULT_CLOSE_TIMEOUT_SEC, CloseNowProtocol, close_now_protocol
 
 
 def test_limit_defaults_stay_out_of_a_normal_clients_way(tmp_path: Path) -> None:

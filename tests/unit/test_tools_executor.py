@@ -287,19 +287,6 @@ async def test_a_call_waits_for_a_thread_behind_calls_still_within_their_timeout
     assert [(r.result, r.error) for r in results] == [("first", None), ("true", None)]
 
 
-async def test_restricted_views_share_the_threads() -> None:
-    hang = Hang()
-    tools = executor(hang_tool(hang), add, timeout_s=0.05, threads=ToolThreads(4, max_overdue=1))
-    try:
-        [result] = await tools.restrict(["hang_tool"]).run([call("hang_tool")])
-        assert result.error == "tool 'hang_tool' timed out after 0.05 s"
-        [result] = await tools.run([call("hang_tool")])
-        assert result.error is not None
-        assert "tool pool is full: 1 calls still running" in result.error
-    finally:
-        await asyncio.to_thread(hang.release)
-
-
 async def test_sync_tools_see_the_callers_context_variables() -> None:
     who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 
@@ -511,16 +498,3 @@ async def test_any_call_gives_exactly_one_of_result_and_error(
     assert (result.result is None) != (result.error is None)
     assert result.call_id == "id"
     assert result.name == name
-
-
-# --- restriction and specs ----------------------------------------------------------------------
-
-
-async def test_restrict_limits_specs_and_calls() -> None:
-    full = executor(add, aecho, kaput)
-    only_add = full.restrict(["add", "not-a-tool"])
-    assert [s.name for s in only_add.specs()] == ["add"]
-    assert [s.name for s in full.specs()] == ["add", "aecho", "kaput"]
-    [result] = await only_add.run([call("aecho", text="x")])
-    assert result.error == "unknown tool 'aecho'; available tools: add"
-    assert [s.name for s in only_add.restrict(["aecho"]).specs()] == []

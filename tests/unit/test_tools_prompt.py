@@ -11,13 +11,12 @@ from tether.engines.base import ToolCall
 from tether.tools.base import ToolResult, ToolSpec
 from tether.tools.loader import build_registry
 from tether.tools.prompt import (
-    openai_tools,
     render_tools_prompt,
     signature,
     tools_prompt,
     type_label,
 )
-from tether.tools.registry import TOOL_NAME_RE, make_tool
+from tether.tools.registry import make_tool
 
 
 def test_no_tools_no_fragment() -> None:
@@ -91,21 +90,6 @@ def test_signature_from_a_function() -> None:
 )
 def test_type_labels(schema: Any, optional: bool, label: str) -> None:
     assert type_label(schema, optional=optional) == label
-
-
-def test_openai_tools() -> None:
-    specs = build_registry(["calculator"]).specs()
-    [entry] = openai_tools(specs)
-    assert entry == {
-        "type": "function",
-        "function": {
-            "name": "calculator",
-            "description": "Evaluate an arithmetic expression.",
-            "parameters": specs[0].parameters,
-        },
-    }
-    assert TOOL_NAME_RE.match(entry["function"]["name"])
-    json.dumps(entry)  # plain JSON all the way down
 
 
 class FakeRunner:

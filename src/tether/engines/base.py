@@ -21,12 +21,15 @@ before any work started (e.g. while it waits in a model's line): zero usage is t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-log = logging.getLogger(__name__)
+import structlog
+
+from tether.detector import MalformedCall
+
+log = structlog.get_logger(__name__)
 
 Role = Literal["system", "user", "assistant", "tool"]
 # "interrupted": the server stopped the turn (a shutdown that outlasted its grace, or a crash
@@ -41,6 +44,15 @@ class ToolCall:
     id: str
     name: str
     arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What the model (and `GET /tools`) is told about a tool."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,10 @@ class GenerationOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     token_delay_ms: int = 0  # echo engine only: pause between words
+    # The answer must be JSON valid against this schema (`{"type": "object"}`: any object).
+    # Only engines whose models say `structured_output` enforce it; the chat core refuses the
+    # request for the others.
+    json_schema: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +97,11 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...]
     model: str | None = None
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    # The tools offered this turn, for engines whose runtime takes them as data (the `openai`
+    # engine's upstream); every engine also gets them described in the system message.
+    tools: tuple[ToolSpec, ...] = ()
+    # Who asks (the chat core: the session): a local model's line serves clients in turn.
+    client: str | None = None
     # Told the final usage once, also when the consumer leaves early (see the module docstring).
     usage_sink: UsageSink | None = field(default=None, compare=False, repr=False)
 
@@ -111,7 +132,7 @@ class UsageReport:
             try:
                 self._sink(usage)
             except Exception:
-                log.exception("usage sink failed")
+                log.exception("engine.usage_sink_failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +142,9 @@ class Delta:
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    # Calls the runtime parsed itself (an upstream's native `tool_calls`), on the final delta;
+    # a call whose arguments are not a JSON object comes as a MalformedCall.
+    tool_calls: tuple[ToolCall | MalformedCall, ...] = ()
     # Engine-specific facts for `complete` metadata (e.g. trimmed turns).
     metadata: dict[str, Any] | None = None
 
@@ -134,6 +158,8 @@ class ModelInfo:
     # Whether the model's chat template declares tool support: tools are offered to it by default
     # (a turn can still force them on or off with `options.tools`).
     tools: bool = True
+    # Whether the engine can constrain the answer to `GenerationOptions.json_schema`.
+    structured_output: bool = False
 
 
 class EngineError(Exception):

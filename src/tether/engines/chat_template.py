@@ -12,7 +12,6 @@ into the first user turn, consecutive turns of one role merged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -20,7 +19,8 @@ from jinja2 import TemplateError
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_types import ChatCompletionRequestMessage
 
-from tether.engines.base import ChatMessage, EngineError, ToolCall
+from tether.engines.base import ChatMessage, EngineError
+from tether.tool_markup import call_markup, response_markup
 
 # For GGUF files without a template: ChatML, which SmolLM2, Qwen and Hermes models use.
 CHATML = (
@@ -31,16 +31,11 @@ CHATML = (
 )
 
 
-def tool_call_text(call: ToolCall) -> str:
-    payload = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
-    return f"<tool_call>\n{payload}\n</tool_call>"
-
-
 def _message_dict(message: ChatMessage, *, inline_tool_calls: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
         if inline_tool_calls:
-            calls = "\n".join(tool_call_text(call) for call in message.tool_calls)
+            calls = "\n".join(call_markup(c.name, c.arguments) for c in message.tool_calls)
             out["content"] = f"{message.content}\n{calls}" if message.content else calls
         else:
             out["tool_calls"] = [
@@ -68,10 +63,7 @@ def _plain_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
             continue
         entry = _message_dict(message, inline_tool_calls=True)
         if message.role == "tool":
-            entry = {
-                "role": "user",
-                "content": f"<tool_response>\n{entry['content']}\n</tool_response>",
-            }
+            entry = {"role": "user", "content": response_markup(entry["content"])}
         if turns and turns[-1]["role"] == entry["role"]:
             turns[-1]["content"] += "\n\n" + entry["content"]
         else:

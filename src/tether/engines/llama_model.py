@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import functools
+import json
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -29,6 +31,7 @@ from typing import Any, Protocol, cast
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from tether.engines.base import (
     ChatMessage,
@@ -79,6 +82,7 @@ class _Llama(Protocol):
         temp: float = ...,
         repeat_penalty: float = ...,
         reset: bool = ...,
+        grammar: LlamaGrammar | None = ...,
     ) -> Generator[int, Sequence[int] | None, None]: ...
     def close(self) -> None: ...
 
@@ -122,6 +126,21 @@ class RunStats:
     total_s: float
     tokens_after_cancel: int | None = None  # sampled after cancel was asked for
     cancel_latency_s: float | None = None  # from cancel to the worker stopping
+
+
+@functools.lru_cache(maxsize=32)
+def _grammar_of(schema_json: str) -> LlamaGrammar:
+    try:
+        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise EngineError(f"response_format: the JSON schema has no grammar: {error}") from error
+
+
+def json_grammar(schema: dict[str, Any] | None) -> LlamaGrammar | None:
+    """The llama.cpp grammar that makes the answer JSON valid against `schema` (cached)."""
+    if schema is None:
+        return None
+    return _grammar_of(json.dumps(schema, sort_keys=True))
 
 
 def _save_state(llama: _Llama) -> SavedState:
@@ -308,6 +327,7 @@ class LoadedModel:
             return "cancelled", 0
         if limit <= 0:
             return "length", 0
+        grammar = json_grammar(options.json_schema)
         llama.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopMatcher(options.stop)
@@ -321,6 +341,7 @@ class LoadedModel:
             temp=sampling.temperature if options.temperature is None else options.temperature,
             repeat_penalty=sampling.repeat_penalty,
             reset=True,  # reset=True is what makes generate() reuse the evaluated prefix
+            grammar=grammar,
         )
         try:
             for token in steps:

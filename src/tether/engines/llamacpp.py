@@ -1,8 +1,9 @@
 """The `llamacpp` engine: GGUF models from the dist folder, in-process through llama-cpp-python.
 
-A llama.cpp context serves one stream at a time, so each model has a FIFO line: requests wait
-their turn (`asyncio.Lock` wakes waiters in arrival order), a bounded number may wait
-(`EngineBusyError` past that), and `queue_position` says how many are ahead. Generation runs in a
+A llama.cpp context serves one stream at a time, so each model has a line: requests wait their
+turn (a `FairLine`: clients in turn by the request's `client`, the chat core's session, each
+client's own in arrival order), a bounded number may wait (`EngineBusyError` past that), and
+`queue_position` says how many are ahead. Generation runs in a
 thread of the model's own (`ThreadStream`; loading and closing run there too); the model's turn
 passes on only when the work there has ended, not when the consumer leaves, so a cancelled
 generation can never overlap the next one. A consumer that leaves early and gave a `usage_sink`
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -23,6 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+
+import structlog
 
 from tether.engines.base import (
     Delta,
@@ -33,6 +35,7 @@ from tether.engines.base import (
     UnknownModelError,
     UsageReport,
 )
+from tether.engines.fair_line import FairLine
 from tether.engines.gguf_models import (
     discover_gguf,
     normalize_model_name,
@@ -42,7 +45,7 @@ from tether.engines.gguf_models import (
 from tether.engines.llama_model import LoadedModel, RunProgress, RunStats, Sampling
 from tether.engines.thread_stream import ThreadStream
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 DEFAULT_N_CTX = 4096
 DEFAULT_MAX_QUEUE = 16
@@ -70,7 +73,7 @@ class _Slot:
 
     name: str
     path: Path
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: FairLine = field(default_factory=FairLine)
     in_line: int = 0  # running + waiting
     resident: _Resident | None = None
     worker: ThreadStream[Delta] | None = None  # the generation running now
@@ -154,6 +157,7 @@ class LlamaCppEngine:
                 loaded=slot.resident is not None,
                 path=str(slot.path),
                 tools=slot.tools,
+                structured_output=True,  # a llama.cpp grammar from the JSON schema
             )
             for slot in slots
         ]
@@ -243,7 +247,7 @@ class LlamaCppEngine:
         self._check_room(slot)
         slot.in_line += 1
         try:
-            await slot.lock.acquire()
+            await slot.lock.acquire(request.client)
         except BaseException:
             slot.in_line -= 1
             raise
@@ -311,7 +315,7 @@ class LlamaCppEngine:
             try:
                 self.on_run(stats)
             except Exception:  # a broken hook must not fail a finished answer
-                log.exception("llamacpp on_run hook failed")
+                log.exception("llamacpp.on_run_failed")
 
     async def aclose(self) -> None:
         """Stop running generations and close every loaded model; return when both are done.

@@ -21,8 +21,6 @@ import asyncio
 import importlib
 import importlib.util
 import inspect
-import json
-import math
 import os
 import secrets
 from collections import OrderedDict
@@ -38,14 +36,14 @@ from tether.engines.base import (
     ChatMessage,
     Delta,
     EngineError,
-    FinishReason,
     GenerationRequest,
     ModelInfo,
     UnknownModelError,
-    Usage,
     UsageReport,
 )
 from tether.engines.mlc_discovery import MLCModel, discover
+from tether.engines.openai_wire import ChunkReader, stream_fields
+from tether.tool_markup import call_markup, response_markup
 
 log = structlog.get_logger(__name__)
 
@@ -87,9 +85,9 @@ def to_mlc_messages(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
 
     MLC's request validation allows a system message only first and rejects the `tool` role and
     assistant `tool_calls`, so system messages are merged into one at the front, calls are
-    written back into the assistant text as `<tool_call>{json}</tool_call>` (what the model
-    emitted) and tool results go in a user message as `<tool_response>...</tool_response>`
-    (consecutive results share one), the way Hermes and Qwen templates render them.
+    written back into the assistant text in the `tool_markup` (what the model emitted) and tool
+    results go in a user message as its `<tool_response>` (consecutive results share one), the
+    way Hermes and Qwen templates render them.
     """
     system: list[str] = []
     out: list[dict[str, Any]] = []
@@ -97,16 +95,11 @@ def to_mlc_messages(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
         if message.role == "system":
             system.append(message.content)
         elif message.role == "assistant":
-            calls = [
-                "<tool_call>"
-                + json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False)
-                + "</tool_call>"
-                for c in message.tool_calls
-            ]
+            calls = [call_markup(c.name, c.arguments) for c in message.tool_calls]
             text = "\n".join(part for part in (message.content, *calls) if part)
             out.append({"role": "assistant", "content": text})
         elif message.role == "tool":
-            response = f"<tool_response>\n{message.content}\n</tool_response>"
+            response = response_markup(message.content)
             previous = out[-1] if out else None
             if previous and previous.get("_tool"):
                 previous["content"] += "\n" + response
@@ -121,11 +114,15 @@ def to_mlc_messages(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def _field(obj: Any, name: str) -> Any:
-    """A field of an MLC response object (pydantic) or of a plain dict."""
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
+def chunk_fields(chunk: Any) -> Mapping[str, Any]:
+    """An MLC stream chunk (a pydantic `ChatCompletionStreamResponse`) as its JSON object."""
+    if isinstance(chunk, Mapping):
+        return chunk
+    dump = getattr(chunk, "model_dump", None)
+    if dump is None:
+        raise EngineError(f"MLC sent an unexpected chunk: {chunk!r:.100}")
+    fields: Mapping[str, Any] = dump(mode="json")
+    return fields
 
 
 @dataclass(slots=True)
@@ -261,61 +258,31 @@ class MLCEngine:
             log.warning("mlc_terminate_failed", model=entry.model.id, error=repr(exc))
 
     def _create_kwargs(self, request: GenerationRequest, mlc_request_id: str) -> dict[str, Any]:
-        options = request.options
-        kwargs: dict[str, Any] = {
+        return {
             "messages": to_mlc_messages(request.messages),
-            "stream": True,
-            "stream_options": {"include_usage": True},
             "request_id": mlc_request_id,
+            **stream_fields(request.options),
         }
-        for key in ("temperature", "top_p", "max_tokens", "seed"):
-            value = getattr(options, key)
-            if value is not None:
-                kwargs[key] = value
-        if options.stop:
-            kwargs["stop"] = list(options.stop)
-        return kwargs
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         entry = await self._acquire(self._resolve(request.model))
         # Request ids are unique per socket only; MLC needs them unique per engine.
         mlc_request_id = f"{request.request_id}-{secrets.token_hex(6)}"
-        finish: str | None = None
-        usage: Usage | None = None
-        pieces = 0
+        state = ChunkReader()
         chunks: Any = None
         finished = False
         report = UsageReport(request)
-
-        def usage_so_far() -> Usage:
-            if usage is not None:
-                return usage
-            prompt_chars = sum(len(m.content) for m in request.messages)
-            return Usage(prompt_tokens=math.ceil(prompt_chars / 4), completion_tokens=pieces)
-
         try:
             try:
                 chunks = await entry.engine.chat.completions.create(
                     **self._create_kwargs(request, mlc_request_id)
                 )
                 async for chunk in chunks:
-                    reported = _field(chunk, "usage")
-                    if reported is not None:
-                        usage = Usage(
-                            prompt_tokens=int(_field(reported, "prompt_tokens") or 0),
-                            completion_tokens=int(_field(reported, "completion_tokens") or 0),
-                        )
-                    choices = _field(chunk, "choices") or []
-                    if not choices:
-                        continue
-                    finish = _field(choices[0], "finish_reason") or finish
-                    text = _field(_field(choices[0], "delta"), "content")
-                    if text:
-                        pieces += 1
+                    if text := state.take(chunk_fields(chunk)):
                         yield Delta(text=text)
                 finished = True
             except (GeneratorExit, asyncio.CancelledError):
-                report(usage_so_far())  # left early: what MLC sent so far
+                report(state.usage_so_far(request))  # left early: what MLC sent so far
                 raise
             except EngineError:
                 raise
@@ -326,11 +293,8 @@ class MLCEngine:
                     await self._abort(entry, mlc_request_id, chunks)
         finally:
             await self._release(entry)
-        reason: FinishReason = "length" if finish == "length" else "stop"
-        final = usage_so_far()
-        report(final)
-        metadata = None if usage is not None else {"usage_estimated": True}
-        yield Delta(finish_reason=reason, usage=final, metadata=metadata)
+        report(state.usage_so_far(request))
+        yield state.final(request)
 
     async def _abort(self, entry: _Loaded, mlc_request_id: str, chunks: Any) -> None:
         try:

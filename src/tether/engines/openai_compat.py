@@ -2,116 +2,55 @@
 
 Works with `mlc_llm serve`, Ollama, vLLM, llama.cpp's server and `python -m llama_cpp.server`.
 The base URL is the one the OpenAI SDK takes (`http://127.0.0.1:8000/v1`); a URL without a path
-gets `/v1` appended. Usage is requested with `stream_options.include_usage`; a server that does
-not send it gets an estimate (prompt: characters / 4, completion: one token per streamed chunk),
-flagged with `usage_estimated` in the final delta's metadata. Upstream queueing is invisible from
-here, so `queue_position` is always 0.
+gets `/v1` appended. The stream is read with `httpx-sse`, its chunks by `openai_wire` (usage, or
+its estimate flagged `usage_estimated`; finish reasons; native tool calls). Upstream queueing is
+invisible from here, so `queue_position` is always 0.
+
+Tools: with `native_tools` "auto" (the default) or True, a turn's tools go to the upstream as
+`tools` with the configured `tool_choice` (default "auto"; sent explicitly, as llama_cpp.server
+ignores tools without it), except on a round that answers tool results: that one leaves
+`tool_choice` out (OpenAI's default, "auto"; llama_cpp.server answers in text), so a forcing
+choice cannot loop. Then the upstream's native
+`tool_calls` come back on the final delta for the chat core's tool loop. "auto" falls back to
+no `tools` for a model whose upstream refuses them with a 400 (Ollama for models without tool
+support, vLLM without `--enable-auto-tool-choice`), remembered per model until restart; True
+makes that 400 the turn's error; False never sends them. Either way the system prompt describes
+the tools, so an upstream that writes calls as text still gets them found by the detector.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-from collections.abc import AsyncGenerator, Iterable
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Literal
 
 import httpx
+import httpx_sse
 import structlog
 
 from tether.engines.base import (
-    ChatMessage,
     Delta,
     EngineBusyError,
     EngineError,
-    FinishReason,
     GenerationRequest,
     ModelInfo,
     UnknownModelError,
-    Usage,
     UsageReport,
+)
+from tether.engines.openai_wire import (
+    DONE,
+    ChunkReader,
+    decode,
+    error_message,
+    stream_fields,
+    to_openai_messages,
+    tool_fields,
 )
 
 log = structlog.get_logger(__name__)
 
-DONE = "[DONE]"
-_MAX_ERROR_CHARS = 500
-
-
-def to_openai_messages(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
-    """Chat messages in the OpenAI wire format, tool calls and tool results included."""
-    out: list[dict[str, Any]] = []
-    for message in messages:
-        item: dict[str, Any] = {"role": message.role, "content": message.content}
-        if message.role == "assistant" and message.tool_calls:
-            item["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {
-                        "name": call.name,
-                        "arguments": json.dumps(call.arguments, ensure_ascii=False),
-                    },
-                }
-                for call in message.tool_calls
-            ]
-        if message.role == "tool" and message.tool_call_id is not None:
-            item["tool_call_id"] = message.tool_call_id
-        if message.name is not None:
-            item["name"] = message.name
-        out.append(item)
-    return out
-
-
-class SSEDecoder:
-    """Server-sent events, line by line: returns each event's data when its blank line arrives.
-
-    Only `data:` fields matter here; comments (`:`), `event:`, `id:` and `retry:` are skipped.
-    """
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> str | None:
-        line = line.rstrip("\r\n")
-        if not line:
-            return self.flush()
-        if line.startswith("data:"):
-            value = line[5:]
-            self._data.append(value[1:] if value.startswith(" ") else value)
-        return None
-
-    def flush(self) -> str | None:
-        """The pending event's data, if any (a stream may end without the final blank line)."""
-        if not self._data:
-            return None
-        data, self._data = "\n".join(self._data), []
-        return data
-
-
-def map_finish_reason(reason: str | None) -> FinishReason:
-    return "length" if reason == "length" else "stop"
-
-
-def error_message(body: bytes, fallback: str) -> str:
-    """The human part of an upstream error body (OpenAI, FastAPI, Ollama and vLLM shapes)."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        decoded: Any = json.loads(text)
-    except ValueError:
-        decoded = None
-    if isinstance(decoded, dict):
-        error = decoded.get("error", decoded)
-        if isinstance(error, str):
-            return error[:_MAX_ERROR_CHARS]
-        if isinstance(error, dict):
-            for key in ("message", "detail"):
-                if isinstance(error.get(key), str):
-                    return str(error[key])[:_MAX_ERROR_CHARS]
-            if "detail" in error:
-                return json.dumps(error["detail"])[:_MAX_ERROR_CHARS]
-    return text[:_MAX_ERROR_CHARS] or fallback
+NativeTools = bool | Literal["auto"]
 
 
 def upstream_error(status: int, body: bytes, url: str) -> EngineError:
@@ -125,59 +64,6 @@ def upstream_error(status: int, body: bytes, url: str) -> EngineError:
     return EngineError(f"upstream {status}: {message}")
 
 
-@dataclass(slots=True)
-class StreamState:
-    """What the chunks so far said: the finish reason, the usage, how many text pieces came."""
-
-    finish: str | None = None
-    usage: Usage | None = None
-    pieces: int = 0
-
-    def take(self, data: str) -> str:
-        """Absorb one SSE data payload (a JSON chunk) and return its text."""
-        try:
-            chunk: Any = json.loads(data)
-        except ValueError as exc:
-            raise EngineError(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from exc
-        if not isinstance(chunk, dict):
-            raise EngineError(f"upstream sent an unexpected chunk: {data[:100]!r}")
-        if "error" in chunk:  # vLLM and llama.cpp report mid-stream failures this way
-            raise EngineError(f"upstream error: {error_message(data.encode(), 'unknown')}")
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = Usage(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-            )
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return ""
-        choice = choices[0]
-        if choice.get("finish_reason"):
-            self.finish = str(choice["finish_reason"])
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(text, str) and text:
-            self.pieces += 1
-            return text
-        return ""
-
-    def usage_so_far(self, request: GenerationRequest) -> Usage:
-        """The upstream's usage if it sent one, else the estimate (see the module docstring)."""
-        if self.usage is not None:
-            return self.usage
-        prompt_chars = sum(len(m.content) for m in request.messages)
-        return Usage(prompt_tokens=math.ceil(prompt_chars / 4), completion_tokens=self.pieces)
-
-    def final(self, request: GenerationRequest) -> Delta:
-        metadata = None if self.usage is not None else {"usage_estimated": True}
-        return Delta(
-            finish_reason=map_finish_reason(self.finish),
-            usage=self.usage_so_far(request),
-            metadata=metadata,
-        )
-
-
 def normalise_base_url(base_url: str) -> httpx.URL:
     url = httpx.URL(base_url.rstrip("/"))
     if url.path in ("", "/"):
@@ -189,7 +75,7 @@ class OpenAIEngine:
     """A client of one OpenAI-compatible server.
 
     `default_model` is sent when a request names none; without it the first model the server
-    lists is used.
+    lists is used. `native_tools` and `tool_choice`: see the module docstring.
     """
 
     name = "openai"
@@ -202,9 +88,14 @@ class OpenAIEngine:
         default_model: str | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 300.0,
+        native_tools: NativeTools = "auto",
+        tool_choice: str = "auto",
     ) -> None:
         self.base_url = normalise_base_url(base_url)
         self.default_model = default_model
+        self.native_tools = native_tools
+        self.tool_choice = tool_choice
+        self._refuse_tools: set[str] = set()  # models whose upstream said 400 to `tools`
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -213,47 +104,35 @@ class OpenAIEngine:
         )
 
     def payload(self, request: GenerationRequest, model: str) -> dict[str, Any]:
-        options = request.options
         body: dict[str, Any] = {
             "model": model,
             "messages": to_openai_messages(request.messages),
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            **stream_fields(request.options),
         }
-        for key in ("temperature", "top_p", "max_tokens", "seed"):
-            value = getattr(options, key)
-            if value is not None:
-                body[key] = value
-        if options.stop:
-            body["stop"] = list(options.stop)
+        if request.options.json_schema is not None:  # passed on: the upstream enforces it
+            schema = request.options.json_schema
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema, "strict": True},
+            }
+        if self.native_tools is not False and model not in self._refuse_tools:
+            answers_results = bool(request.messages) and request.messages[-1].role == "tool"
+            body |= tool_fields(request.tools, None if answers_results else self.tool_choice)
         return body
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         model = request.model or self.default_model or await self._first_model()
         url = f"{self.base_url}/chat/completions"
-        state = StreamState()
+        state = ChunkReader()
         report = UsageReport(request)
         try:
             # Leaving this block, also by cancellation or aclose(), closes the upstream stream,
             # which tells the server to stop generating.
-            async with self._client.stream(
-                "POST",
-                "chat/completions",
-                json=self.payload(request, model),
-                headers={"Accept": "text/event-stream"},
-            ) as response:
-                if response.status_code >= 400:
-                    raise upstream_error(response.status_code, await response.aread(), url)
-                decoder = SSEDecoder()
-                async for line in response.aiter_lines():
-                    data = decoder.feed(line)
-                    if data == DONE:
+            async with self._events(request, model, url) as events:
+                async for event in events.aiter_sse():
+                    if event.data == DONE:
                         break
-                    if data is not None and (text := state.take(data)):
-                        yield Delta(text=text)
-                else:  # no [DONE]: the last event may lack its closing blank line
-                    data = decoder.flush()
-                    if data is not None and data != DONE and (text := state.take(data)):
+                    if event.data and (text := state.take(decode(event.data))):
                         yield Delta(text=text)
         except (GeneratorExit, asyncio.CancelledError):
             # Left early: the sink hears what came so far (the server may have made a token more).
@@ -263,10 +142,39 @@ class OpenAIEngine:
             raise EngineError(f"cannot connect to the OpenAI-compatible server at {url}") from exc
         except httpx.TimeoutException as exc:
             raise EngineError(f"the OpenAI-compatible server at {url} timed out") from exc
+        except httpx_sse.SSEError as exc:
+            raise EngineError(f"{url} did not answer with an event stream: {exc}") from exc
         except httpx.HTTPError as exc:
             raise EngineError(f"talking to {url} failed: {exc!r}") from exc
         report(state.usage_so_far(request))
         yield state.final(request)
+
+    @contextlib.asynccontextmanager
+    async def _events(
+        self, request: GenerationRequest, model: str, url: str
+    ) -> AsyncIterator[httpx_sse.EventSource]:
+        """The upstream's event stream; under "auto", once more without `tools` if refused."""
+        body = self.payload(request, model)
+        async with httpx_sse.aconnect_sse(
+            self._client, "POST", "chat/completions", json=body
+        ) as events:
+            status = events.response.status_code
+            if status < 400:
+                yield events
+                return
+            error = await events.response.aread()
+            if not (status == 400 and "tools" in body and self.native_tools == "auto"):
+                raise upstream_error(status, error, url)
+        log.warning("openai_tools_refused", model=model, error=error_message(error, "400"))
+        self._refuse_tools.add(model)
+        async with httpx_sse.aconnect_sse(
+            self._client, "POST", "chat/completions", json=self.payload(request, model)
+        ) as events:
+            if events.response.status_code >= 400:
+                raise upstream_error(
+                    events.response.status_code, await events.response.aread(), url
+                )
+            yield events
 
     async def models(self) -> list[ModelInfo]:
         try:
@@ -274,13 +182,15 @@ class OpenAIEngine:
             response.raise_for_status()
             data = response.json().get("data", [])
             return [
-                ModelInfo(id=str(item["id"]), engine=self.name, loaded=True)
+                ModelInfo(id=str(item["id"]), engine=self.name, loaded=True, structured_output=True)
                 for item in data
                 if isinstance(item, dict) and "id" in item
             ]
         except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
-            log.warning("openai_models_failed", url=f"{self.base_url}/models", error=repr(exc))
-            return []
+            # Which URL and why: the router shows it (/health, a chat's error, start-up's log).
+            reason = str(exc) or type(exc).__name__
+            url = f"{self.base_url}/models"
+            raise EngineError(f"cannot list the models at {url}: {reason}") from exc
 
     async def _first_model(self) -> str:
         models = await self.models()

@@ -69,9 +69,6 @@ class EngineRouter:
             log.warning("engines.list_failed", engine=engine.name, error=str(exc))
             return [], str(exc) or type(exc).__name__
 
-    async def _list(self, engine: Engine) -> list[ModelInfo]:
-        return (await self._probe(engine))[0]
-
     async def _survey(self) -> list[tuple[list[ModelInfo], str | None]]:
         """Every engine's probe, in order; the model-to-engine map is learnt from them."""
         probes = await asyncio.gather(*(self._probe(engine) for engine in self.engines))
@@ -102,9 +99,11 @@ class EngineRouter:
         """The engine and model that serve `model`; raises UnknownModelError."""
         wanted = model or self.default_model
         if wanted is None:
-            for info in await self._list(self.default):
+            infos, error = await self._probe(self.default)
+            for info in infos:
                 return self.default, info
-            raise UnknownModelError(f"the {self.default.name} engine has no model to serve")
+            why = "" if error is None else f" ({error})"
+            raise UnknownModelError(f"the {self.default.name} engine has no model to serve{why}")
         if wanted not in self._routes:
             async with self._refresh_lock:
                 if wanted not in self._routes:

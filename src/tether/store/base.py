@@ -94,16 +94,27 @@ class SearchHit:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalStart:
+    """The journal row `begin_turn` writes with the user's message: the request and the SHA-256
+    (hex) of its resume token."""
+
+    request_id: str
+    token_digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class JournalAppend:
     """New frames of one request's journal: `frames[i]` has seq `first_seq + i`.
 
-    `first_seq` 0 starts the journal (replacing an ended one of the same request_id); `ended`
-    says these are its last frames."""
+    `first_seq` 0 starts the journal (replacing an ended one of the same request_id, whose
+    row then takes `token_digest`; a row `begin_turn` opened for this request is kept as it is);
+    `ended` says these are its last frames."""
 
     request_id: str
     first_seq: int
     frames: Sequence[str]
     ended: bool = False
+    token_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,16 @@ class OpenJournal:
 
     request_id: str
     frames: list[str]
+    user_message_id: str | None = None  # from the row `begin_turn` wrote
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """Who a stored journal belongs to (see migration 0005)."""
+
+    request_id: str
+    token_digest: str | None
+    question_digest: str | None
 
 
 class Store(Protocol):
@@ -121,6 +142,11 @@ class Store(Protocol):
 
     # Sessions
     async def create_session(self, title: str = "", agent_id: str | None = None) -> Session: ...
+
+    async def ensure_session(self, session_id: str) -> bool:
+        """Create an empty session named `session_id` unless it exists (seed 000's clients name
+        their sessions); True when it was created."""
+        ...
 
     async def get_session(self, session_id: str) -> Session | None: ...
 
@@ -144,8 +170,11 @@ class Store(Protocol):
         agent_id: str | None = None,
         title: str = "",
         sibling_of: str | None = None,
+        journal: JournalStart | None = None,
     ) -> TurnStart:
-        """Commit a user message, creating the session when `session_id` is None.
+        """Commit a user message, creating the session when `session_id` is None; with
+        `journal`, open that request's journal row in the same transaction (replacing an ended
+        journal of its request_id), naming the message and the digest of its text.
 
         Raises `NotFound` for an unknown session or a parent outside the session. The parent
         defaults to the end of the session's active branch (its newest message unless switched
@@ -157,7 +186,9 @@ class Store(Protocol):
         """
         ...
 
-    async def begin_regeneration(self, message_id: str, *, session_id: str) -> TurnStart:
+    async def begin_regeneration(
+        self, message_id: str, *, session_id: str, journal: JournalStart | None = None
+    ) -> TurnStart:
         """Open a turn that answers a stored user message again: `message_id` or, for any
         other message, the user message of its turn. No message is stored; the new answer goes
         beside the earlier ones. Raises `NotFound` for a message outside the session,
@@ -240,6 +271,10 @@ class Store(Protocol):
 
     async def read_journal(self, request_id: str) -> list[str] | None:
         """The frames of `request_id` in seq order, or None when there is no journal."""
+        ...
+
+    async def journal_record(self, request_id: str) -> JournalRecord | None:
+        """Who the journal of `request_id` belongs to, or None when there is none."""
         ...
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:

@@ -27,6 +27,8 @@ from tether.errors import BadRequest, Conflict, NotFound
 from tether.store.base import (
     Agent,
     JournalAppend,
+    JournalRecord,
+    JournalStart,
     Message,
     NewMessage,
     OpenJournal,
@@ -36,6 +38,7 @@ from tether.store.base import (
     TurnStart,
 )
 from tether.store.lock import DatabaseLock
+from tether.tokens import digest
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -261,6 +264,16 @@ class SQLiteStore:
             await self._check_agent(conn, agent_id)
             return await self._insert_session(conn, title, agent_id)
 
+    async def ensure_session(self, session_id: str) -> bool:
+        stamp = now_iso()
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO sessions (id, title, agent_id, created_at, updated_at) "
+                "VALUES (?, '', NULL, ?, ?)",
+                (session_id, stamp, stamp),
+            )
+            return cursor.rowcount == 1
+
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
         return _session(row) if row else None
@@ -348,6 +361,7 @@ class SQLiteStore:
         agent_id: str | None = None,
         title: str = "",
         sibling_of: str | None = None,
+        journal: JournalStart | None = None,
     ) -> TurnStart:
         if sibling_of is not None and parent_id is not None:
             raise BadRequest("a turn goes after parent_id or beside sibling_of, not both")
@@ -373,10 +387,14 @@ class SQLiteStore:
                 conn, session.id, parent_id, NewMessage(role="user", content=text)
             )
             await self._open_turn(conn, message)
+            if journal is not None:
+                await self._open_journal(conn, journal, message)
             started = replace(session, updated_at=message.created_at, active_leaf_id=message.id)
             return TurnStart(started, message, created)
 
-    async def begin_regeneration(self, message_id: str, *, session_id: str) -> TurnStart:
+    async def begin_regeneration(
+        self, message_id: str, *, session_id: str, journal: JournalStart | None = None
+    ) -> TurnStart:
         async with self._transaction() as conn:
             session = await self._session_in(conn, session_id)
             message = await self._message_in(conn, message_id, session.id)
@@ -390,6 +408,8 @@ class SQLiteStore:
                 if await cursor.fetchone() is not None:
                     raise Conflict(f"message {message.id!r} is being answered already")
             await self._open_turn(conn, message)
+            if journal is not None:
+                await self._open_journal(conn, journal, message)
             return TurnStart(session, message, False)
 
     async def _open_turn(self, conn: aiosqlite.Connection, message: Message) -> None:
@@ -426,6 +446,26 @@ class SQLiteStore:
         if message.role != "user":
             raise NotFound(f"message {message_id!r} is a {message.role} message, not a user's")
         return message
+
+    async def _open_journal(
+        self, conn: aiosqlite.Connection, journal: JournalStart, question: Message
+    ) -> None:
+        # (the journal_restarted trigger drops the frames of an ended journal of the same id)
+        await conn.execute(
+            "INSERT INTO journals (request_id, started_at, token_digest, user_message_id, "
+            "question_digest) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (request_id) DO UPDATE SET started_at = excluded.started_at, "
+            "ended_at = NULL, token_digest = excluded.token_digest, "
+            "user_message_id = excluded.user_message_id, "
+            "question_digest = excluded.question_digest",
+            (
+                journal.request_id,
+                question.created_at,
+                journal.token_digest,
+                question.id,
+                digest(question.content),
+            ),
+        )
 
     async def append_message(
         self,
@@ -618,7 +658,9 @@ class SQLiteStore:
         if conn is None:
             raise RuntimeError("store is not open")
         stamp = now_iso()
-        started = [(a.request_id, stamp) for a in appends if a.first_seq == 0 and a.frames]
+        started = [
+            (a.request_id, stamp, a.token_digest) for a in appends if a.first_seq == 0 and a.frames
+        ]
         rows = [
             (a.request_id, a.first_seq + offset, frame, stamp)
             for a in appends
@@ -627,10 +669,14 @@ class SQLiteStore:
         ended = [(stamp, a.request_id) for a in appends if a.ended]
         async with self._write_lock:
             if started:  # (the journal_restarted trigger drops an earlier journal's frames)
+                # A row still open is this request's own, from begin_turn: kept as it is.
                 await conn.executemany(
-                    "INSERT INTO journals (request_id, started_at) VALUES (?, ?) "
+                    "INSERT INTO journals (request_id, started_at, token_digest) VALUES (?, ?, ?) "
                     "ON CONFLICT (request_id) DO UPDATE "
-                    "SET started_at = excluded.started_at, ended_at = NULL",
+                    "SET started_at = excluded.started_at, ended_at = NULL, "
+                    "token_digest = excluded.token_digest, user_message_id = NULL, "
+                    "question_digest = NULL "
+                    "WHERE journals.ended_at IS NOT NULL",
                     started,
                 )
             for first in range(0, len(rows), FRAMES_PER_INSERT):
@@ -647,12 +693,16 @@ class SQLiteStore:
 
     async def open_journals(self) -> list[OpenJournal]:
         rows = await self._fetchall(
-            "SELECT j.request_id, e.frame FROM journals j LEFT JOIN events e USING (request_id) "
+            "SELECT j.request_id, j.user_message_id, e.frame FROM journals j "
+            "LEFT JOIN events e USING (request_id) "
             "WHERE j.ended_at IS NULL ORDER BY j.started_at, j.request_id, e.seq"
         )
         journals: dict[str, OpenJournal] = {}
         for row in rows:
-            journal = journals.setdefault(row["request_id"], OpenJournal(row["request_id"], []))
+            journal = journals.setdefault(
+                row["request_id"],
+                OpenJournal(row["request_id"], [], row["user_message_id"]),
+            )
             if row["frame"] is not None:
                 journal.frames.append(row["frame"])
         return list(journals.values())
@@ -662,6 +712,15 @@ class SQLiteStore:
             "SELECT frame FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
         )
         return [row["frame"] for row in rows] or None
+
+    async def journal_record(self, request_id: str) -> JournalRecord | None:
+        row = await self._fetchone(
+            "SELECT token_digest, question_digest FROM journals WHERE request_id = ?",
+            (request_id,),
+        )
+        if row is None:
+            return None
+        return JournalRecord(request_id, row["token_digest"], row["question_digest"])
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=max_age_sec)

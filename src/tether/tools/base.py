@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from tether.engines.base import ToolCall
+from tether.engines.base import ToolCall, ToolSpec
 
-
-@dataclass(frozen=True, slots=True)
-class ToolSpec:
-    """What the model (and `GET /tools`) is told about a tool."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]  # JSON schema of the arguments object
+__all__ = ["ToolResult", "ToolRunner", "ToolSpec"]
 
 
 @dataclass(frozen=True, slots=True)

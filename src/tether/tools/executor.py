@@ -27,7 +27,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from enum import Enum
 from pathlib import PurePath
 from typing import Any, Final
@@ -194,9 +194,8 @@ class _ThreadCall:
 class ToolExecutor:
     """Implements `ToolRunner` over a Registry.
 
-    Async tools run on the event loop, sync tools in the executor's `ToolThreads` (shared with
-    the views `restrict` makes). `aclose()` at shutdown refuses sync calls from then on and
-    leaves running ones behind without waiting for them.
+    Async tools run on the event loop, sync tools in the executor's `ToolThreads`. `aclose()` at
+    shutdown refuses sync calls from then on and leaves running ones behind without waiting.
     """
 
     def __init__(
@@ -205,39 +204,21 @@ class ToolExecutor:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        only: Iterable[str] | None = None,
         threads: ToolThreads | None = None,
     ) -> None:
         self._registry = registry
         self._timeout_s = timeout_s
         self._max_result_bytes = max_result_bytes
-        self._only = frozenset(only) if only is not None else None
         self.threads = threads if threads is not None else ToolThreads()
-
-    def restrict(self, names: Iterable[str]) -> ToolExecutor:
-        """The same executor limited to `names` (a request's `options.tools`)."""
-        allowed = frozenset(names)
-        if self._only is not None:
-            allowed &= self._only
-        return ToolExecutor(
-            self._registry,
-            timeout_s=self._timeout_s,
-            max_result_bytes=self._max_result_bytes,
-            only=allowed,
-            threads=self.threads,
-        )
 
     async def aclose(self) -> None:
         """At shutdown: refuse sync calls from now on; do not wait for the running ones."""
         self.threads.close()
 
     def _tools(self) -> list[Tool]:
-        tools = self._registry.tools()
-        return tools if self._only is None else [t for t in tools if t.name in self._only]
+        return self._registry.tools()
 
     def _lookup(self, name: str) -> Tool | None:
-        if self._only is not None and name not in self._only:
-            return None
         return self._registry.get(name)
 
     def specs(self) -> list[ToolSpec]:

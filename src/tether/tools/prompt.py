@@ -1,4 +1,4 @@
-"""Telling the model about the tools: a short system-prompt fragment, and OpenAI-format specs.
+"""Telling the model about the tools: a short system-prompt fragment.
 
 The fragment is deliberately terse (one line per tool, one example of the call format) because
 the default model is SmolLM2-135M: a long tool preamble makes tiny models call tools for
@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
+from tether.tool_markup import TOOL_CLOSE, TOOL_OPEN
 from tether.tools.base import ToolRunner, ToolSpec
 
 MAX_DESCRIPTION_CHARS: Final = 120
@@ -34,7 +35,7 @@ def render_tools_prompt(specs: Sequence[ToolSpec]) -> str:
     lines += [f"- {signature(spec)}" + _short(spec.description) for spec in specs]
     lines.append(
         "To call a tool, reply with only "
-        '<tool_call>{"name": "tool_name", "arguments": {"param": "value"}}</tool_call> '
+        f'{TOOL_OPEN}{{"name": "tool_name", "arguments": {{"param": "value"}}}}{TOOL_CLOSE} '
         "and wait for its result. If no tool is needed, just answer."
     )
     return "\n".join(lines)
@@ -91,18 +92,3 @@ def _short(description: str) -> str:
     if len(first) > MAX_DESCRIPTION_CHARS:
         first = first[: MAX_DESCRIPTION_CHARS - 1].rstrip() + "…"
     return f": {first}" if first else ""
-
-
-def openai_tools(specs: Sequence[ToolSpec]) -> list[dict[str, Any]]:
-    """Specs as OpenAI `tools` entries (what llama.cpp's tool-aware chat templates take)."""
-    return [
-        {
-            "type": "function",
-            "function": {
-                "name": spec.name,
-                "description": spec.description,
-                "parameters": spec.parameters,
-            },
-        }
-        for spec in specs
-    ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final, Protocol, TypeVar, overload
 
+import docstring_parser
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tether.tools.base import ToolSpec
@@ -276,77 +277,24 @@ def _inline(node: Any, defs: Mapping[str, Any], stack: tuple[str, ...]) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Docstrings
 
-_GOOGLE_HEADER: Final = re.compile(
-    r"^(args|arguments|parameters|params|keyword args|keyword arguments|other parameters|"
-    r"returns?|yields?|raises|examples?|notes?|warnings?|see also|attributes|references|todo)"
-    r":\s*$",
-    re.IGNORECASE,
-)
-_PARAM_SECTIONS: Final = frozenset(
-    {"args", "arguments", "parameters", "params", "keyword args", "keyword arguments"}
-    | {"other parameters"}
-)
-_SPHINX_PARAM: Final = re.compile(r"^:param\s+(?:[^:]*\s)?\*{0,2}(\w+)\s*:\s*(.*)$")
-_GOOGLE_ENTRY: Final = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
-_NUMPY_ENTRY: Final = re.compile(r"^\*{0,2}(\w+)\s*(?::.*)?$")
-
 
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """Split a docstring into (summary, {param: description}).
+    """Split a docstring into (summary, {param: description}), by `docstring_parser`.
 
-    The summary is the text before the first section, whitespace-collapsed. Understands Google
-    (`Args:` + `name (type): text`), NumPy (`Parameters` + dashes + `name : type`) and Sphinx
-    (`:param name: text`) styles; unknown shapes just yield fewer descriptions.
+    The summary is the text before the first section, whitespace-collapsed. Google (`Args:` +
+    `name (type): text`), NumPy (`Parameters` + dashes + `name : type`) and Sphinx
+    (`:param name: text`) styles are understood; unknown shapes just yield fewer descriptions.
     """
-    if not doc:
+    if not doc or not doc.strip():
         return "", {}
-    lines = inspect.cleandoc(doc).splitlines()
-    summary: list[str] = []
-    params: dict[str, list[str]] = {}
-    section: str | None = None  # None: still in the summary
-    numpy = False
-    entry_indent: int | None = None
-    current: str | None = None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        following = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        if indent == 0 and stripped and re.fullmatch(r"-{3,}", following):
-            section, numpy, entry_indent, current = stripped.lower(), True, None, None
-            i += 2
-            continue
-        if indent == 0 and _GOOGLE_HEADER.match(stripped):
-            section, numpy, entry_indent, current = stripped[:-1].strip().lower(), False, None, None
-            i += 1
-            continue
-        if stripped.startswith(":"):
-            m = _SPHINX_PARAM.match(stripped)
-            section, current = "sphinx", None
-            if m:
-                current = m.group(1)
-                params[current] = [m.group(2)]
-            i += 1
-            continue
-        i += 1
-        if section is None:
-            summary.append(line)
-        elif section == "sphinx":
-            if current and stripped:
-                params[current].append(stripped)
-        elif section in _PARAM_SECTIONS and stripped:
-            if entry_indent is None:
-                entry_indent = indent
-            if indent <= entry_indent:
-                m = (_NUMPY_ENTRY if numpy else _GOOGLE_ENTRY).match(stripped)
-                current = m.group(1) if m else None
-                if current:
-                    params[current] = [] if numpy or m is None else [m.group(2)]
-            elif current:
-                params[current].append(stripped)
-    text = " ".join(" ".join(summary).split())
-    return text, {k: " ".join(" ".join(v).split()) for k, v in params.items() if any(v)}
+    parsed = docstring_parser.parse(doc)
+    summary = " ".join(filter(None, (parsed.short_description, parsed.long_description)))
+    params = {
+        param.arg_name.lstrip("*"): " ".join(param.description.split())
+        for param in parsed.params
+        if param.description and param.description.strip()
+    }
+    return " ".join(summary.split()), params
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,6 +135,12 @@ class StartData(_Out):
     model: str
     queue_position: int
     created_session: bool
+    resume_token: str  # what `resume` and `cancel` from another socket need
+
+
+class QueuedData(_Out):
+    queue_position: int
+    waiting_for: str
 
 
 class TextData(_Out):
@@ -184,6 +190,11 @@ class StartLine(_Line):
     data: StartData
 
 
+class QueuedLine(_Line):
+    type: Literal["queued"]
+    data: QueuedData
+
+
 class TokenLine(_Line):
     type: Literal["token", "thinking"]
     data: TextData
@@ -212,7 +223,13 @@ class ErrorLine(_Line):
 class NdjsonLine(
     RootModel[
         Annotated[
-            StartLine | TokenLine | ToolCallLine | ToolResultLine | DoneLine | ErrorLine,
+            QueuedLine
+            | StartLine
+            | TokenLine
+            | ToolCallLine
+            | ToolResultLine
+            | DoneLine
+            | ErrorLine,
             Field(discriminator="type"),
         ]
     ]
@@ -254,6 +271,22 @@ class EditBody(BaseModel):
 
 BODY_ERRORS = (400, 413, 415)  # not JSON, too large, not valid
 TURN_ERRORS = (*BODY_ERRORS, 404, 409, 503)  # + unknown session/model, request_id taken, queue
+
+
+class Seed000Line(_Line):
+    """A line of seed 000's route: `/chat/stream`'s lines with its names of three types
+    (`text` for `token`, `tool_started` for `tool_call`, `tool_complete` for `tool_result`)."""
+
+    type: Literal[
+        "queued", "start", "text", "thinking", "tool_started", "tool_complete", "done", "error"
+    ]
+    data: dict[str, Any]
+
+
+class WebPage(RootModel[str]):
+    """The browser UI's HTML page."""
+
+
 STREAM = Reply("NDJSON lines, one frame each", NdjsonLine, NDJSON)
 
 operations: dict[Key, Operation] = {
@@ -331,6 +364,13 @@ operations: dict[Key, Operation] = {
     ("POST", "/chat/stream"): Operation(
         "One chat turn, streamed", {200: STREAM}, TURN_ERRORS, body=ChatStreamBody
     ),
+    ("POST", "/api/v1/generate/stream"): Operation(
+        "Seed 000's name of /chat/stream (a named session is made on first use)",
+        {200: Reply("NDJSON lines, one frame each", Seed000Line, NDJSON)},
+        TURN_ERRORS,
+        body=ChatStreamBody,
+    ),
+    ("GET", "/"): Operation("The browser UI", {200: Reply("The page", WebPage, "text/html")}),
     ("GET", "/metrics"): Operation(
         "Prometheus metrics", {200: Reply("Metrics", MetricsText, "text/plain")}
     ),

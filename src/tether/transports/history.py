@@ -40,7 +40,7 @@ from tether.chat import Edit
 from tether.errors import BadRequest, NotFound
 from tether.protocol import ChatFrame, ChatOptions, RegenerateFrame, RequestId
 from tether.store.base import Message, Session, Store
-from tether.transports.http_body import read_body, read_json
+from tether.transports.http_body import path_id, read_body, read_json
 from tether.transports.ndjson import parse_chat_body, stream_turn
 from tether.transports.rest import message_json, query_model, session_json, validation_problems
 from tether.transports.ws import turn_from_frame
@@ -136,7 +136,7 @@ class MessageTree:
 
 async def list_messages(request: Request) -> Response:
     store = request.app.state.services.store
-    session_id = request.path_params["session_id"]
+    session_id = path_id(request, "session_id")
     query = query_model(request, MessagesQuery)
     session = await _session(store, session_id)
     tree = MessageTree(await store.list_messages(session_id))
@@ -145,19 +145,19 @@ async def list_messages(request: Request) -> Response:
 
 
 async def edit_message(request: Request) -> Response:
-    session_id = request.path_params["session_id"]
+    session_id = path_id(request, "session_id")
     frame = await _edit_body(request)
     turn = replace(
         turn_from_frame(frame),
         session_id=session_id,
-        redo=Edit(request.path_params["message_id"]),
+        redo=Edit(path_id(request, "message_id")),
     )
     return await stream_turn(request, turn)
 
 
 async def regenerate(request: Request) -> Response:
-    session_id = request.path_params["session_id"]
-    message_id = request.path_params["message_id"]
+    session_id = path_id(request, "session_id")
+    message_id = path_id(request, "message_id")
     body = await _body(request, RegenerateBody)
     frame = RegenerateFrame(
         type="regenerate",
@@ -171,7 +171,7 @@ async def regenerate(request: Request) -> Response:
 
 async def set_active(request: Request) -> Response:
     store = request.app.state.services.store
-    session_id = request.path_params["session_id"]
+    session_id = path_id(request, "session_id")
     body = await _body(request, ActiveBody)
     session = await _session(store, session_id)
     leaf = await store.set_active_leaf(session_id, body.message_id)
@@ -179,7 +179,7 @@ async def set_active(request: Request) -> Response:
 
 
 async def update_session(request: Request) -> Response:
-    session_id = request.path_params["session_id"]
+    session_id = path_id(request, "session_id")
     body = await _body(request, TitleBody)
     session = await request.app.state.services.store.update_session(session_id, title=body.title)
     if session is None:

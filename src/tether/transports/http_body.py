@@ -21,6 +21,7 @@ from starlette.requests import Request
 
 from tether import jsonsafe
 from tether.errors import BadRequest, TooLarge, UnsupportedMediaType
+from tether.protocol import id_problem
 
 JSON_MEDIA_TYPE = "application/json"
 
@@ -63,3 +64,12 @@ async def read_json(request: Request, limit: int) -> Any:
     if jsonsafe.has_lone_surrogates(raw, data):
         raise BadRequest(f"request body {jsonsafe.LONE_SURROGATE}")
     return data
+
+
+def path_id(request: Request, name: str) -> str:
+    """The path parameter `name`, an id; raises BadRequest (a `%00` in it, ...)."""
+    value: str = request.path_params[name]
+    problem = id_problem(value)
+    if problem is not None:
+        raise BadRequest(f"{name} {problem}")
+    return value

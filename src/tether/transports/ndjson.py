@@ -6,16 +6,26 @@ with seed 002's names accepted too: `prompt` for `text`, `model_name` for `optio
 
 The turn runs as a `Run` of the server's `RunRegistry`, like a socket's: its frames are journaled
 before they are written, a client that goes away leaves the answer to the disconnect policy (and
-`resume` on /ws/chat picks it up by the `request_id` of the `start` line), and a shutdown drains
-it. Each line is one frame rendered as `{"type", "seq", "data"}`:
+`resume` on /ws/chat picks it up by the `request_id` and `resume_token` of the `start` line), and
+a shutdown drains it. A body sent again with the `request_id` and `text` of an ended request (its
+client never learned the outcome) streams that request's journal instead of asking again. Each
+line is one frame rendered as `{"type", "seq", "data"}`:
 
-    start        request_id, session_id, user_message_id, model, queue_position, created_session
+    queued       queue_position, waiting_for (only a turn that waits for its session)
+    start        request_id, session_id, user_message_id, model, queue_position, created_session,
+                 resume_token
     token        text
     thinking     text (with options.show_thoughts)
     tool_call    id, name, arguments
     tool_result  id, name (and tool_name, seed 002's), result or error, duration_ms
     done         finish_reason, message_id, usage, timings (the answer is stored)
     error        code, message
+
+`POST /api/v1/generate/stream` is seed 000's name for the same turn on the same core: the same
+body (its `{"session_id": "demo", "prompt": "Say hello"}`), a `session_id` that names no session
+yet creates that session (seed 000's clients name their sessions), and the lines seed 000's
+names: `text` for `token`, `tool_started` for `tool_call`, `tool_complete` for `tool_result`
+(the other types, and every line's `data`, as above).
 
 The body is read by `tether.transports.http_body` (JSON only, at most `limits.max_frame_bytes`).
 A turn refused before it starts (bad body, unknown session or model, a full queue) is answered
@@ -26,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -43,6 +53,13 @@ from tether.transports.http_body import read_body
 from tether.transports.ws import turn_from_frame
 
 NDJSON = "application/x-ndjson"
+# Seed 000's names of the line types that differ from ours (`/api/v1/generate/stream`).
+SEED_000_TYPES: Mapping[str, str] = {
+    "token": "text",
+    "tool_call": "tool_started",
+    "tool_result": "tool_complete",
+}
+LineRenderer = Callable[[dict[str, Any]], bytes]
 
 
 class StreamSink:
@@ -61,18 +78,41 @@ class StreamSink:
         self.frames.put_nowait(None)
 
 
-async def chat_stream(request: Request) -> Response:
+async def _chat_body(request: Request) -> ChatFrame:
     services = request.app.state.services
-    frame = parse_chat_body(
+    return parse_chat_body(
         await read_body(request, services.settings.limits.max_frame_bytes),
         max_text_chars=services.settings.limits.max_text_chars,
     )
-    return await stream_turn(request, turn_from_frame(frame))
 
 
-async def stream_turn(request: Request, turn: Turn) -> Response:
-    """Run `turn` on the server's RunRegistry and answer its frames as NDJSON lines (or an
-    HTTP error status when it is refused before it starts)."""
+async def chat_stream(request: Request) -> Response:
+    return await _answer(request, await _chat_body(request), ndjson_line)
+
+
+async def generate_stream(request: Request) -> Response:
+    """Seed 000's `/api/v1/generate/stream`: a named session is made on first use."""
+    frame = await _chat_body(request)
+    if frame.session_id is not None:
+        await request.app.state.services.store.ensure_session(frame.session_id)
+    return await _answer(request, frame, seed_000_line)
+
+
+async def _answer(request: Request, frame: ChatFrame, render: LineRenderer) -> Response:
+    answered = await request.app.state.services.runs.answered(frame.request_id, frame.text)
+    if answered:  # sent again after it ended: what became of it, as a resume would send
+        return StreamingResponse(
+            (render(json.loads(text)) for text in answered),
+            media_type=NDJSON,
+            headers=_stream_headers(frame.request_id),
+        )
+    return await stream_turn(request, turn_from_frame(frame), render=render)
+
+
+async def stream_turn(request: Request, turn: Turn, render: LineRenderer | None = None) -> Response:
+    """Run `turn` on the server's RunRegistry and answer its frames as NDJSON lines (rendered
+    by `render`, `ndjson_line` by default), or an HTTP error status when it is refused before
+    it starts."""
     sink = StreamSink()
     services = request.app.state.services
     watcher = services.runs.start(turn, sink, sink.end, transport="ndjson")  # Conflict, Busy
@@ -84,21 +124,27 @@ async def stream_turn(request: Request, turn: Turn) -> Response:
         refusal = body["error"]
         status, error = error_body(request.url.path, refusal["code"], refusal["message"])
         return JSONResponse(error, status_code=status)
-    headers = {"Cache-Control": "no-store"}
-    if turn.request_id.isascii():  # a header is latin-1; other ids are in the `start` line only
-        headers["X-Request-Id"] = turn.request_id
     return StreamingResponse(
-        _lines(body, sink, watcher.run, watcher), media_type=NDJSON, headers=headers
+        _lines(body, sink, watcher.run, watcher, render or ndjson_line),
+        media_type=NDJSON,
+        headers=_stream_headers(turn.request_id),
     )
 
 
+def _stream_headers(request_id: str) -> dict[str, str]:
+    headers = {"Cache-Control": "no-store"}
+    if request_id.isascii():  # a header is latin-1; other ids are in the `start` line only
+        headers["X-Request-Id"] = request_id
+    return headers
+
+
 async def _lines(
-    first: dict[str, Any], sink: StreamSink, run: Run, watcher: Watcher
+    first: dict[str, Any], sink: StreamSink, run: Run, watcher: Watcher, render: LineRenderer
 ) -> AsyncIterator[bytes]:
     try:
-        yield ndjson_line(first)
+        yield render(first)
         while (frame := await sink.frames.get()) is not None:
-            yield ndjson_line(json.loads(frame))
+            yield render(json.loads(frame))
     finally:
         # The answer ended, or the client went away (the response is cancelled): in that case
         # the run goes on under the disconnect policy, resumable on /ws/chat.
@@ -141,11 +187,25 @@ def parse_chat_body(raw: bytes, *, max_text_chars: int) -> ChatFrame:
 
 def ndjson_line(frame: dict[str, Any]) -> bytes:
     """One protocol frame as an NDJSON line."""
+    return _encode(ndjson_event(frame))
+
+
+def seed_000_line(frame: dict[str, Any]) -> bytes:
+    """One protocol frame as a line of `/api/v1/generate/stream` (seed 000's type names)."""
+    line = ndjson_event(frame)
+    line["type"] = SEED_000_TYPES.get(line["type"], line["type"])
+    return _encode(line)
+
+
+def ndjson_event(frame: dict[str, Any]) -> dict[str, Any]:
+    """One protocol frame as the `{"type", "seq", "data"}` object of its NDJSON line."""
     status = frame["status"]
     chunk = frame.get("chunk") or {}
     kind: str
     data: dict[str, Any]
-    if status == "processing":
+    if status == "queued":
+        kind, data = "queued", chunk["metadata"]
+    elif status == "processing":
         kind, data = "start", {"request_id": frame["request_id"], **chunk["metadata"]}
     elif status == "chunk":
         kind = "token" if chunk["type"] == "text" else chunk["type"]
@@ -163,11 +223,17 @@ def ndjson_line(frame: dict[str, Any]) -> bytes:
         kind, data = "error", frame["error"]
     else:  # pong, or anything a later protocol adds: passed on as it is
         kind, data = status, {key: value for key, value in frame.items() if key != "status"}
-    line = {"type": kind, "seq": frame["seq"], "data": data}
+    return {"type": kind, "seq": frame["seq"], "data": data}
+
+
+def _encode(line: dict[str, Any]) -> bytes:
     text = json.dumps(line, ensure_ascii=False)
     if not jsonsafe.is_unicode(text):  # a lone surrogate: JSON's \u escapes carry it
         text = json.dumps(line)
     return (text + "\n").encode()
 
 
-routes = [Route("/chat/stream", chat_stream, methods=["POST"])]
+routes = [
+    Route("/chat/stream", chat_stream, methods=["POST"]),
+    Route("/api/v1/generate/stream", generate_stream, methods=["POST"]),
+]

@@ -24,17 +24,17 @@ from tether.protocol import (
     PROTOCOL_VERSION,
     Id,
     ProtocolError,
-    id_problem,
     parse_options,
 )
 from tether.store.base import Agent, Message, Session
-from tether.transports.http_body import read_json
+from tether.transports.http_body import path_id, read_json
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def session_json(session: Session) -> dict[str, Any]:
-    return asdict(session)
+    # `session_id` beside `id`: seed 002's clients read `session["session_id"]`.
+    return {**asdict(session), "session_id": session.id}
 
 
 def message_json(message: Message) -> dict[str, Any]:
@@ -76,6 +76,8 @@ class NewSessionBody(BaseModel):
 
 class AgentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Seed 004's `updateAgent({id, ...})` repeats the path's id in the body: taken when equal.
+    id: Id | None = None
     name: str = Field(min_length=1, max_length=200)
     system_prompt: str = ""
     markdown_context: str = ""
@@ -109,15 +111,6 @@ def query_model(request: Request, model: type[M]) -> M:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
         raise BadRequest(validation_problems(exc, "query")) from None
-
-
-def _path_id(request: Request, name: str) -> str:
-    """The path parameter `name`, an id; raises BadRequest (a `%00` in it, ...)."""
-    value: str = request.path_params[name]
-    problem = id_problem(value)
-    if problem is not None:
-        raise BadRequest(f"{name} {problem}")
-    return value
 
 
 def _check_agent_texts(request: Request, body: AgentBody) -> None:
@@ -184,7 +177,7 @@ async def create_session(request: Request) -> Response:
 
 
 async def get_session(request: Request) -> Response:
-    session_id = _path_id(request, "session_id")
+    session_id = path_id(request, "session_id")
     session = await request.app.state.services.store.get_session(session_id)
     if session is None:
         raise NotFound(f"session {session_id!r} does not exist")
@@ -192,7 +185,7 @@ async def get_session(request: Request) -> Response:
 
 
 async def delete_session(request: Request) -> Response:
-    session_id = _path_id(request, "session_id")
+    session_id = path_id(request, "session_id")
     if not await request.app.state.services.store.delete_session(session_id):
         raise NotFound(f"session {session_id!r} does not exist")
     return Response(status_code=204)
@@ -209,7 +202,7 @@ async def list_agents(request: Request) -> Response:
 
 
 async def get_agent(request: Request) -> Response:
-    agent_id = _path_id(request, "agent_id")
+    agent_id = path_id(request, "agent_id")
     agent = await request.app.state.services.store.get_agent(agent_id)
     if agent is None:
         raise NotFound(f"agent {agent_id!r} does not exist")
@@ -217,8 +210,10 @@ async def get_agent(request: Request) -> Response:
 
 
 async def put_agent(request: Request) -> Response:
-    agent_id = _path_id(request, "agent_id")
+    agent_id = path_id(request, "agent_id")
     body = await _json_body(request, AgentBody)
+    if body.id is not None and body.id != agent_id:
+        raise BadRequest(f"id: {body.id!r} in the body differs from {agent_id!r} in the path")
     _check_agent_texts(request, body)
     agent = Agent(
         id=agent_id,
@@ -234,7 +229,7 @@ async def put_agent(request: Request) -> Response:
 
 
 async def delete_agent(request: Request) -> Response:
-    agent_id = _path_id(request, "agent_id")
+    agent_id = path_id(request, "agent_id")
     if not await request.app.state.services.store.delete_agent(agent_id):
         raise NotFound(f"agent {agent_id!r} does not exist")
     return Response(status_code=204)

@@ -7,11 +7,18 @@ numbering its own, go into the socket's `Outbox`, whose writer task sends them i
 never waits for the client, and a client that does not keep up is closed with 1008
 (`tether.transports.ws_outbox`). The socket only renders frames: it knows nothing of engines,
 tools or SQL.
+
+A request belongs to the socket that started it: `resume` and `cancel` from another socket must
+carry the request's `token` (the `resume_token` of its `processing` frame); a wrong or missing
+one is answered `not_found`, as for an id never seen, so ids cannot be probed. A socket that
+presented the token once (or sent an ended request's `chat` again, same question) needs it no
+more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections import OrderedDict
 from typing import Any
 
@@ -32,16 +39,18 @@ from tether.protocol import (
     ResumeFrame,
     error_body,
     parse_client_frame,
+    render_unnumbered,
 )
 from tether.runs import RunRegistry, Watcher
+from tether.tokens import matches
 from tether.transports.ws_limits import SocketGuard
 from tether.transports.ws_outbox import Outbox
 
 log = structlog.get_logger("tether.ws")
 
-# Ended requests remembered per socket, so that a late `cancel` is quiet and a late frame about
-# one continues its seq.
-FINISHED_MEMORY = 256
+# Requests remembered per socket (started here, or their token presented): they need no token,
+# a late `cancel` of an ended one is quiet, and frames about them are sent unnumbered.
+KNOWN_MEMORY = 256
 
 
 def turn_from_frame(frame: ChatFrame | RegenerateFrame) -> Turn:
@@ -78,9 +87,8 @@ class ChatSocket:
         self.limits = limits
         self.hub = hub
         self.watching: dict[str, Watcher] = {}  # running requests this socket receives
-        self.finished: OrderedDict[str, int] = OrderedDict()  # ended ones: their next seq
-        # Frames about a watched request whose turn ended but whose final frame is not sent yet.
-        self._after_end: dict[str, list[dict[str, Any]]] = {}
+        # Requests this socket may resume and cancel: request_id -> their token's digest.
+        self.known: OrderedDict[str, str] = OrderedDict()
         self.guard = SocketGuard(limits)  # message rate and idle timeout
         self.outbox = Outbox(
             self._send_now,
@@ -118,7 +126,6 @@ class ChatSocket:
     def _stop_watching(self) -> None:
         # The client is gone; its runs go on without it (the disconnect policy decides).
         watchers, self.watching = self.watching, {}
-        self._after_end.clear()
         for watcher in watchers.values():
             watcher.run.unwatch(watcher)
 
@@ -138,40 +145,45 @@ class ChatSocket:
         await self.websocket.send_text(text)
 
     def send_body(self, request_id: str, body: dict[str, Any]) -> None:
-        """Send a frame about `request_id` from outside its turn (an error, a pong).
+        """Send a frame about `request_id` from outside its turn (a refusal, a pong), to this
+        socket only.
 
-        When this socket watches that request, the request numbers and journals the frame as
-        one of its own, so its seq stays contiguous for every watcher. Otherwise the frame
-        continues the seq of the frames this socket saw of that id, or starts at 0.
+        About a request this socket knows (started, watches, resumed) the frame goes without
+        `seq`: it is not one of the request's frames, is never journaled nor replayed, and the
+        request's own seq stays contiguous. About any other id it is numbered on its own, from
+        0 (it is all this socket hears of that id).
         """
-        watcher = self.watching.get(request_id)
-        if watcher is not None and not watcher.run.ended:
-            watcher.run.post(body)
-            return
-        if watcher is not None:  # its final frame is on the way: this one goes after it
-            self._after_end.setdefault(request_id, []).append(body)
-            return
-        frames = RequestFrames(request_id)
-        if request_id in self.finished:
-            frames.next_seq = self.finished[request_id]
-            self.finished[request_id] += 1
-        self.outbox.put(frames.render(body))
+        if request_id in self.watching or request_id in self.known:
+            self.outbox.put(render_unnumbered(request_id, body))
+        else:
+            self.outbox.put(RequestFrames(request_id).render(body))
 
     def _ended(self, watcher: Watcher) -> None:
         """A watched run ended (its final frame is queued)."""
         request_id = watcher.run.request_id
-        if self.watching.get(request_id) is not watcher:
-            return
-        del self.watching[request_id]
-        self._remember(request_id, watcher.last_seq + 1)
-        for body in self._after_end.pop(request_id, ()):
-            self.send_body(request_id, body)
+        if self.watching.get(request_id) is watcher:
+            del self.watching[request_id]
 
-    def _remember(self, request_id: str, next_seq: int) -> None:
-        self.finished[request_id] = next_seq
-        self.finished.move_to_end(request_id)
-        while len(self.finished) > FINISHED_MEMORY:
-            self.finished.popitem(last=False)
+    def _remember(self, request_id: str, token_digest: str) -> None:
+        self.known[request_id] = token_digest
+        self.known.move_to_end(request_id)
+        while len(self.known) > KNOWN_MEMORY:
+            self.known.popitem(last=False)
+
+    def _may(self, request_id: str, token: str | None, token_digest: str | None) -> bool:
+        """Whether this socket may resume or cancel the request whose token hashes to
+        `token_digest` (None: no such request); remembers it if so."""
+        if token_digest is None:
+            return False
+        known = self.known.get(request_id)
+        known_here = known is not None and hmac.compare_digest(known, token_digest)
+        if not known_here and not matches(token, token_digest):
+            return False
+        self._remember(request_id, token_digest)
+        return True
+
+    def _not_found(self, request_id: str, message: str) -> None:
+        self.send_body(request_id, error_body("not_found", message))
 
     async def handle(self, raw: str | bytes) -> None:
         if not self.outbox.open:  # closing (dropped or shut down): late frames are not acted on
@@ -184,7 +196,7 @@ class ChatSocket:
             self.send_body(exc.request_id or "", error_body(exc.code, exc.message))
             return
         if isinstance(frame, ChatFrame | RegenerateFrame):
-            self._start(frame)
+            await self._start(frame)
         elif isinstance(frame, CancelFrame):
             self._cancel(frame)
         elif isinstance(frame, PingFrame):
@@ -201,7 +213,7 @@ class ChatSocket:
             f"(limit {self.limits.max_requests_per_socket}); wait for one to complete",
         )
 
-    def _start(self, frame: ChatFrame | RegenerateFrame) -> None:
+    async def _start(self, frame: ChatFrame | RegenerateFrame) -> None:
         request_id = frame.request_id
         running = self.runs.get(request_id)
         if running is not None and not running.finished:
@@ -214,15 +226,28 @@ class ChatSocket:
         if refusal is not None:
             self.send_body(request_id, refusal)
             return
-        self.finished.pop(request_id, None)
+        # The same question under the id of an ended request: the client is retrying (it may
+        # never have seen `processing`); it gets what became of it, as a resume would.
+        answered = (
+            await self.runs.answered(request_id, frame.text)
+            if isinstance(frame, ChatFrame)
+            else None
+        )
+        if answered:
+            token_digest = await self.runs.token_digest(request_id)
+            if token_digest is not None:
+                self._remember(request_id, token_digest)
+            await self._replay(answered, -1)
+            return
         try:
             watcher = self.runs.start(
                 turn_from_frame(frame), self.outbox, self._ended, transport="ws"
             )
-        except TetherError as exc:  # the server is shutting down
+        except TetherError as exc:  # the server is shutting down, or the id began meanwhile
             self.send_body(request_id, error_body(exc.code, exc.message))
             return
         self.watching[request_id] = watcher
+        self._remember(request_id, watcher.run.token_digest)
 
     async def _resume(self, frame: ResumeFrame) -> None:
         """Replay the frames after `after_seq`, then the live ones if the request still runs.
@@ -230,6 +255,9 @@ class ChatSocket:
         Replays go at the client's pace (`Outbox.room`); this socket reads its next frame when
         the replay is queued."""
         request_id, after_seq = frame.request_id, frame.after_seq
+        if not self._may(request_id, frame.token, await self.runs.token_digest(request_id)):
+            self._not_found(request_id, self._no_resume(request_id))
+            return
         run = self.runs.get(request_id)
         if run is not None and not run.finished:
             watcher = self.watching.get(request_id)
@@ -246,32 +274,39 @@ class ChatSocket:
             return
         frames = await self.runs.journal(request_id)
         if not frames:
-            self.send_body(
-                request_id,
-                error_body(
-                    "not_found",
-                    f"no request {request_id!r} to resume: unknown, or its journal expired",
-                ),
-            )
+            self._not_found(request_id, self._no_resume(request_id))
             return
-        # The client has every frame already: send the final one again, so that it learns the
-        # request is over (a resume always ends in the request's `complete` or `error`).
+        await self._replay(frames, after_seq)
+
+    @staticmethod
+    def _no_resume(request_id: str) -> str:
+        return (
+            f"no request {request_id!r} to resume: unknown, its journal expired, "
+            "or the token (its processing frame's resume_token) is missing or wrong"
+        )
+
+    async def _replay(self, frames: list[str], after_seq: int) -> None:
+        """Queue an ended request's journaled frames after `after_seq` at the client's pace.
+
+        The client has every frame already: send the final one again, so that it learns the
+        request is over (a resume always ends in the request's `complete` or `error`)."""
         for text in frames[after_seq + 1 :] or frames[-1:]:
             if not await self.outbox.room():
                 return
             self.outbox.put(text)
-        self._remember(request_id, len(frames))
 
     def _cancel(self, frame: CancelFrame) -> None:
-        run = self.runs.get(frame.request_id)
-        if run is not None and not run.ended:
-            run.control.cancel()
-        elif run is None and frame.request_id not in self.finished:
-            self.send_body(
-                frame.request_id,
-                error_body("not_found", f"no running request {frame.request_id!r}"),
+        request_id = frame.request_id
+        run = self.runs.get(request_id)
+        if run is not None and self._may(request_id, frame.token, run.token_digest):
+            if not run.ended:
+                run.control.cancel()
+            return  # a cancel that raced the request's completion needs no answer
+        if request_id not in self.known:  # (one this socket knows has ended: quiet)
+            self._not_found(
+                request_id,
+                f"no running request {request_id!r} (or the token is missing or wrong)",
             )
-        # A cancel that raced the request's completion needs no answer: `complete` said it all.
 
 
 class SocketHub:

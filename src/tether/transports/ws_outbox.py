@@ -6,7 +6,7 @@ than waited for: when more than `limits.send_buffer_frames` frames are waiting, 
 not taken within `limits.send_timeout_sec`, the writer calls `on_stall` (the socket stops
 watching its requests, which go on per `reliability.on_disconnect` and can be resumed) and
 closes the socket with 1008 (policy violation: the client does not read what it asked for).
-The close itself cannot wait on the client either: `tether.server_ws` writes it at once and
+The close itself cannot wait on the client either: `tether.serving.websocket` writes it at once and
 resets the connection if it is not taken within the same timeout.
 
 Replays (a `resume` of many frames) go at the client's pace instead: `room()` waits until the

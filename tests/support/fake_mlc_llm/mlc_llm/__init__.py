@@ -1,7 +1,8 @@
 """A stand-in for MLC-LLM's `mlc_llm` package with the slice of its API Tether uses.
 
 `AsyncMLCEngine(model, device, *, model_lib, mode)` checks the model folder like MLC does;
-`await engine.chat.completions.create(..., stream=True)` streams OpenAI-style chunk objects that
+`await engine.chat.completions.create(..., stream=True)` streams OpenAI-style chunk objects
+(pydantic models, like MLC's `ChatCompletionStreamResponse`) that
 answer `echo: <last user text>` word by word, then a usage-only chunk when
 `stream_options.include_usage` is set; `await engine.abort(request_id)` stops that stream before
 its next chunk and is recorded; `engine.terminate()` is recorded. Message validation follows
@@ -17,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 ENGINES: list[AsyncMLCEngine] = []
 PAUSE_AFTER: int | None = None
@@ -28,31 +30,27 @@ FAIL_LOAD = False
 _WORD = re.compile(r"\s*\S+\s*")
 
 
-@dataclass
-class DeltaMessage:
+class DeltaMessage(BaseModel):
     content: str | None = None
     role: str | None = "assistant"
 
 
-@dataclass
-class StreamChoice:
+class StreamChoice(BaseModel):
     index: int
     delta: DeltaMessage
     finish_reason: str | None = None
 
 
-@dataclass
-class CompletionUsage:
+class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     extra: dict[str, Any] | None = None
 
 
-@dataclass
-class ChatCompletionStreamResponse:
+class ChatCompletionStreamResponse(BaseModel):
     id: str
-    choices: list[StreamChoice] = field(default_factory=list)
+    choices: list[StreamChoice] = []
     usage: CompletionUsage | None = None
     object: str = "chat.completion.chunk"
 
@@ -163,16 +161,21 @@ class AsyncMLCEngine:
                 return
             await asyncio.sleep(0)  # a decode step: let other tasks run
             yield ChatCompletionStreamResponse(
-                request_id, [StreamChoice(0, DeltaMessage(content=word))]
+                id=request_id, choices=[StreamChoice(index=0, delta=DeltaMessage(content=word))]
             )
         yield ChatCompletionStreamResponse(
-            request_id, [StreamChoice(0, DeltaMessage(content=""), finish_reason=finish)]
+            id=request_id,
+            choices=[StreamChoice(index=0, delta=DeltaMessage(content=""), finish_reason=finish)],
         )
         self.finished.append(request_id)
         if include_usage:
             prompt = sum(len(_WORD.findall(str(m["content"]))) for m in messages)
-            usage = CompletionUsage(prompt, len(words), prompt + len(words))
-            yield ChatCompletionStreamResponse(request_id, [], usage)
+            usage = CompletionUsage(
+                prompt_tokens=prompt,
+                completion_tokens=len(words),
+                total_tokens=prompt + len(words),
+            )
+            yield ChatCompletionStreamResponse(id=request_id, choices=[], usage=usage)
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

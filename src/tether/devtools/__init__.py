@@ -1,1 +1,0 @@
-"""Tools for developing and testing Tether (not used by the server)."""
