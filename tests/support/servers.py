@@ -115,6 +115,8 @@ def tether_serve(
     port = port or free_port()
     log_path = tmp_path / f"serve-{port}-{time.monotonic_ns()}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "MLC_"))}
+    # The per-user data folder (the default database) of this test alone, never the user's.
+    full_env["XDG_DATA_HOME"] = str(tmp_path / "xdg-data")
     full_env.update(env or {})
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
