@@ -55,9 +55,10 @@ describe('against a real tether serve', () => {
     assert.match(turn.requestId, /^[0-9a-f-]{36}$/)
     const result = await turn
     chat.stop()
-    assert.deepEqual(
-      events.filter((e) => e.type === 'token').map((e) => (e.type === 'token' ? e.token : '')),
-      ['one ', 'two ', 'three']
+    // Tokens in order (the server may join deltas that came while its journal committed).
+    assert.equal(
+      events.filter((e) => e.type === 'token').map((e) => (e.type === 'token' ? e.token : '')).join(''),
+      'one two three'
     )
     assert.equal(result.text, 'one two three')
     assert.equal(result.finishReason, 'stop')
