@@ -366,7 +366,9 @@ async def refusing_upstream(bodies: list[dict[str, Any]]) -> AsyncIterator[str]:
     app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    # No log_config nor log_level: either would reconfigure uvicorn's loggers for the whole
+    # process (`uvicorn.access` silenced), which later tests of the access log would miss.
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(TIMEOUT):
