@@ -18,9 +18,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tether.chat import ChatService
+from tether.chat import ChatService, ToolPolicy
 from tether.config import Settings
-from tether.detector import ToolCallDetector
 from tether.engines.base import Engine, UnknownModelError
 from tether.engines.factory import build_router
 from tether.engines.router import EngineRouter
@@ -45,7 +44,6 @@ from tether.store.sqlite import SQLiteStore
 from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
 from tether.tools.mcp import McpManager
-from tether.tools.prompt import tools_prompt
 from tether.transports import api_docs, history, ndjson, openai, openai_docs, rest
 from tether.transports.ws import SocketHub, chat_endpoint
 
@@ -234,9 +232,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             store=store,
             engine=router,
             system_prompt=settings.engine.system_prompt,
-            tools=tools,
-            tool_prompt=tools_prompt,
-            detector_factory=lambda offer_tools: ToolCallDetector(detect_calls=offer_tools),
+            tool_policy=ToolPolicy(runner=tools),
             max_tool_loops=settings.limits.max_tool_loops,
         )
         runs = RunRegistry(chat, store, settings.reliability, metrics)

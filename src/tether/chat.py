@@ -14,7 +14,7 @@ import dataclasses
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from tether.detector import (
     StreamDetector,
     TextPiece,
     ThoughtPiece,
+    ToolCallDetector,
 )
 from tether.engines.base import (
     ChatMessage,
@@ -185,14 +186,6 @@ class _Round:
 
 
 @dataclass(slots=True)
-class _Head:
-    """The newest stored message of the turn: where the next one attaches (kept outside the
-    phase tasks, so a cancelled tool phase still tells where it got to)."""
-
-    id: str
-
-
-@dataclass(slots=True)
 class _Clock:
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -255,6 +248,71 @@ def _error_event(exc: BaseException) -> Failed:
     return Failed("internal", "internal error; the server log has the details")
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a turn's answer is stored: the message's status and its finish reason."""
+
+    status: MessageStatus
+    finish_reason: FinishReason | None
+
+    @classmethod
+    def of(cls, finish: FinishReason) -> Outcome:
+        """A turn that ran to `finish` (a cancelled one is stored as cancelled)."""
+        status: MessageStatus = "cancelled" if finish == "cancelled" else "complete"
+        return cls(status=status, finish_reason=finish)
+
+
+INTERRUPTED = Outcome(status="interrupted", finish_reason="interrupted")  # server shutdown
+FAILED = Outcome(status="error", finish_reason=None)
+
+
+class _NoRunner:
+    """A ToolRunner without tools (so none are ever offered)."""
+
+    def specs(self) -> list[ToolSpec]:
+        return []
+
+    async def run(self, calls: list[ToolCall]) -> list[ToolResult]:
+        return [ToolResult(call.id, call.name, error="no tools are available") for call in calls]
+
+
+def _call_detector(offered: bool) -> StreamDetector:
+    return ToolCallDetector(detect_calls=offered)
+
+
+def _passthrough(_offered: bool) -> StreamDetector:
+    return PassthroughDetector()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """The tools a turn may offer, as one: the `runner` that runs them, the `prompt` that lists
+    specs in the system prompt ("" for none), and the `detector` factory (argument: whether
+    tools are offered) that finds the calls in the streamed text. `NO_TOOLS` offers none and
+    passes text through untouched."""
+
+    runner: ToolRunner = field(default_factory=_NoRunner)
+    prompt: Callable[[Sequence[ToolSpec]], str] = render_tools_prompt
+    detector: DetectorFactory = _call_detector
+
+    def offers(self, model_info: ModelInfo, options: ChatOptions) -> bool:
+        """Tools go to models whose chat template declares tool support, unless the turn's
+        options say; never when the runner has none."""
+        wants = model_info.tools if options.tools is None else options.tools
+        return bool(wants and self.runner.specs())
+
+    def offered(self, offers: bool) -> tuple[ToolSpec, ...]:
+        """The specs an engine request carries."""
+        return tuple(self.runner.specs()) if offers else ()
+
+    def fragment(self, offers: bool) -> str:
+        """The system-prompt fragment listing the offered tools ("" when none are)."""
+        return self.prompt(self.runner.specs()) if offers else ""
+
+
+NO_TOOLS = ToolPolicy(detector=_passthrough)
+
+
 class ChatService:
     def __init__(
         self,
@@ -262,19 +320,13 @@ class ChatService:
         store: Store,
         engine: EngineRouter,
         system_prompt: str,
-        tools: ToolRunner | None = None,
-        tool_prompt: Callable[[ToolRunner], str] | None = None,
-        detector_factory: DetectorFactory | None = None,
+        tool_policy: ToolPolicy = NO_TOOLS,
         max_tool_loops: int = 5,
     ) -> None:
         self.store = store
         self.engine = engine
         self.system_prompt = system_prompt
-        self.tools = tools
-        self.tool_prompt = tool_prompt
-        self.detector_factory: DetectorFactory = detector_factory or (
-            lambda _tools: PassthroughDetector()
-        )
+        self.tool_policy = tool_policy
         self.max_tool_loops = max_tool_loops
         # Turns that continue a session's active branch go one at a time (tether.session_turns).
         self.sessions = SessionTurns()
@@ -377,107 +429,9 @@ class ChatService:
         except (TetherError, UnknownModelError) as exc:
             await emit(_error_event(exc))
             return
-        session_id = start.session.id
-        structlog.contextvars.bind_contextvars(session_id=session_id)
-        # The store keeps the turn open (a `turns` row) until one of the `_store_answer` calls
-        # below closes it; a turn left open by a dead process is closed at the next start-up.
-        turn_id = start.message.id
-        head = _Head(turn_id)
-        model = model_info.id
-        current = _Round()
-        usage = Usage()
-        finish: FinishReason = "stop"
-        try:
-            log.info("turn.accepted", user_message_id=turn_id, created=start.created_session)
-            await emit(
-                Accepted(
-                    session_id=session_id,
-                    user_message_id=turn_id,
-                    model=model,
-                    queue_position=position,
-                    created_session=start.created_session,
-                )
-            )
-            history = await self.store.branch(turn_id)
-            # Tools go to models whose chat template declares tool support, unless the turn says.
-            wants_tools = model_info.tools if turn.options.tools is None else turn.options.tools
-            offer_tools = bool(wants_tools and self.tools is not None and self.tools.specs())
-            messages = [self._system_message(agent, offer_tools), *map(_to_chat_message, history)]
-            for loop in range(self.max_tool_loops + 1):
-                current = _Round()
-                request = GenerationRequest(
-                    request_id=turn.request_id,
-                    messages=tuple(messages),
-                    model=model,
-                    options=turn.options.generation_options(),
-                    tools=tuple(self.tools.specs()) if offer_tools and self.tools else (),
-                    client=session_id,
-                    usage_sink=current.record_usage,
-                )
-                release()  # from here the engine's own line counts this turn
-                try:
-                    await control.run(
-                        self._generate(engine, request, current, emit, clock, turn, offer_tools)
-                    )
-                finally:
-                    usage = Usage(
-                        usage.prompt_tokens + current.usage.prompt_tokens,
-                        usage.completion_tokens + current.usage.completion_tokens,
-                    )
-                finish = current.finish_reason
-                if not (current.calls or current.malformed):
-                    break
-                if loop == self.max_tool_loops:
-                    finish = "tool_loop_limit"
-                    break
-                messages = await control.run(
-                    self._run_tools(session_id, turn_id, head, messages, current, emit, model)
-                )
-        except TurnCancelled:
-            finish = "cancelled"
-        except asyncio.CancelledError:
-            # The task itself was cancelled (server shutdown): keep what was said, say so (the
-            # cancellation was taken, so this emit runs), then stop.
-            answer = await asyncio.shield(
-                self._store_answer(
-                    session_id,
-                    turn_id,
-                    head.id,
-                    current,
-                    "interrupted",
-                    "interrupted",
-                    usage,
-                    model,
-                )
-            )
-            clock.completion_tokens = usage.completion_tokens
-            await emit(Completed(answer.id, "interrupted", usage, clock.timings(), {}))
-            raise
-        except Exception as exc:
-            failure = _error_event(exc)
-            if failure.code == "internal":
-                log.exception("turn.failed")
-            else:
-                log.warning("turn.failed", code=failure.code, error=failure.message)
-            await self._store_answer(
-                session_id, turn_id, head.id, current, "error", None, usage, model
-            )
-            await emit(failure)
-            return
-        status: MessageStatus = "cancelled" if finish == "cancelled" else "complete"
-        message = await self._store_answer(
-            session_id, turn_id, head.id, current, status, finish, usage, model
-        )
-        clock.completion_tokens = usage.completion_tokens
-        timings = clock.timings()
-        log.info(
-            "turn.complete",
-            message_id=message.id,
-            finish_reason=finish,
-            completion_tokens=usage.completion_tokens,
-            total_ms=timings.total_ms,
-        )
-        await emit(Completed(message.id, finish, usage, timings, dict(current.metadata)))
+        structlog.contextvars.bind_contextvars(session_id=start.session.id)
+        steps = _TurnSteps(self, turn, start, emit, control, clock, engine, model_info)
+        await steps.run(agent, position, release)
 
     async def _begin(self, turn: Turn) -> TurnStart:
         """Commit the turn's start: its user message, or the stored one it answers again."""
@@ -511,172 +465,6 @@ class ChatService:
         if agent is None:
             raise NotFound(f"agent {turn.agent_id!r} does not exist")
         return agent
-
-    def _system_message(self, agent: Agent | None, offer_tools: bool) -> ChatMessage:
-        parts = [agent.system_prompt if agent and agent.system_prompt else self.system_prompt]
-        if agent and agent.markdown_context:
-            parts.append(agent.markdown_context)
-        if offer_tools and self.tools is not None and self.tool_prompt is not None:
-            parts.append(self.tool_prompt(self.tools))
-        return ChatMessage(
-            role="system", content="\n\n".join(p.strip() for p in parts if p.strip())
-        )
-
-    async def _generate(
-        self,
-        engine: Engine,
-        request: GenerationRequest,
-        out: _Round,
-        emit: DeltaSink,
-        clock: _Clock,
-        turn: Turn | StatelessTurn,
-        offer_tools: bool,
-    ) -> None:
-        detector = self.detector_factory(offer_tools)
-
-        async def dispatch(pieces: list[Any]) -> None:
-            for piece in pieces:
-                if isinstance(piece, TextPiece):
-                    out.text.append(piece.text)
-                    await emit(TextDelta(piece.text))
-                elif isinstance(piece, ThoughtPiece):
-                    if turn.options.show_thoughts:
-                        await emit(ThinkingDelta(piece.text))
-                elif isinstance(piece, CallPiece):
-                    out.calls.append(ToolCall(_new_call_id(), piece.name, piece.arguments))
-                elif isinstance(piece, MalformedCall):
-                    out.malformed.append(piece)
-
-        async with contextlib.aclosing(engine.stream(request)) as deltas:
-            async for delta in deltas:
-                if delta.text:
-                    clock.token()
-                    await dispatch(detector.feed(delta.text))
-                for call in delta.tool_calls:  # parsed by the engine's runtime
-                    if isinstance(call, ToolCall):
-                        out.calls.append(call)
-                    else:
-                        out.malformed.append(call)
-                if delta.finish_reason is not None:
-                    out.finish_reason = delta.finish_reason
-                    if delta.usage is not None:
-                        out.usage = delta.usage
-                    if delta.metadata:
-                        out.metadata.update(delta.metadata)
-        await dispatch(detector.flush())
-
-    async def _run_tools(
-        self,
-        session_id: str,
-        turn_id: str,
-        head: _Head,
-        messages: list[ChatMessage],
-        answer: _Round,
-        emit: EventSink,
-        model: str,
-    ) -> list[ChatMessage]:
-        """Store the calling answer, run its calls, store the results; return the new prompt.
-
-        Every stored call gets a stored result, also when the turn is cancelled mid-call (an
-        error result then): a chat template, or an OpenAI-compatible server, refuses a history
-        with a call left unanswered.
-        """
-        assert self.tools is not None
-        bad = [ToolCall(_new_call_id(), "invalid_tool_call", {}) for _ in answer.malformed]
-        calls = [*answer.calls, *bad]
-        stored = await self.store.append_message(
-            session_id,
-            head.id,
-            NewMessage(
-                role="assistant",
-                content="".join(answer.text),
-                tool_calls=tuple(calls),
-                model=model,
-                finish_reason="tool_calls",
-            ),
-            turn_id=turn_id,
-        )
-        head.id = stored.id
-        answer.text.clear()  # said: it is this message's content now, not the final answer's
-        messages = [*messages, _to_chat_message(stored)]
-        answered: set[str] = set()
-
-        async def store_result(result: ToolResult) -> None:
-            content = result.result if result.error is None else f"Error: {result.error}"
-            tool_message = await self.store.append_message(
-                session_id,
-                head.id,
-                NewMessage(
-                    role="tool",
-                    content=content or "",
-                    name=result.name,
-                    tool_call_id=result.call_id,
-                    status="complete" if result.error is None else "error",
-                ),
-                turn_id=turn_id,
-            )
-            messages.append(_to_chat_message(tool_message))
-            head.id = tool_message.id
-            answered.add(result.call_id)
-
-        try:
-            for call in calls:
-                await emit(ToolCallStarted(call.id, call.name, call.arguments))
-            results = await self.tools.run(list(answer.calls)) if answer.calls else []
-            results += [
-                ToolResult(
-                    call.id, call.name, error=f"could not parse the tool call: {bad_call.error}"
-                )
-                for call, bad_call in zip(bad, answer.malformed, strict=True)
-            ]
-            for result in results:
-                await emit(
-                    ToolCallFinished(
-                        result.call_id, result.name, result.result, result.error, result.duration_ms
-                    )
-                )
-                await store_result(result)
-        except asyncio.CancelledError:
-            missing = [
-                ToolResult(call.id, call.name, error="cancelled before the tool returned")
-                for call in calls
-                if call.id not in answered
-            ]
-
-            async def close_calls() -> None:
-                for result in missing:
-                    await store_result(result)
-
-            await asyncio.shield(close_calls())
-            raise
-        return messages
-
-    async def _store_answer(
-        self,
-        session_id: str,
-        turn_id: str,
-        parent_id: str,
-        answer: _Round,
-        status: MessageStatus,
-        finish: FinishReason | None,
-        usage: Usage,
-        model: str,
-    ) -> Message:
-        return await self.store.append_message(
-            session_id,
-            parent_id,
-            NewMessage(
-                role="assistant",
-                content="".join(answer.text),
-                status=status,
-                model=model,
-                finish_reason=finish,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-            ),
-            turn_id=turn_id,
-            ends_turn=True,
-        )
 
     # -- stateless turns (the OpenAI-compatible route) -----------------------------------------
 
@@ -722,19 +510,25 @@ class ChatService:
         request = GenerationRequest(
             request_id=turn.request_id,
             messages=_with_tools_prompt(
-                self._with_system(turn.messages), render_tools_prompt(turn.tools)
+                self._with_system(turn.messages), self.tool_policy.prompt(turn.tools)
             ),
             model=model,
             options=turn.generation(),
             usage_sink=current.record_usage,
         )
         release()  # from here the engine's own line counts this turn
-        offer_tools = bool(turn.tools)
+        generation = _generate(
+            engine,
+            request,
+            current,
+            emit,
+            clock,
+            show_thoughts=turn.options.show_thoughts,
+            detector=self.tool_policy.detector(bool(turn.tools)),
+        )
         finish: FinishReason
         try:
-            await control.run(
-                self._generate(engine, request, current, emit, clock, turn, offer_tools)
-            )
+            await control.run(generation)
             finish = current.finish_reason
         except TurnCancelled:
             finish = "cancelled"
@@ -760,6 +554,302 @@ class ChatService:
         if any(message.role == "system" for message in messages) or not self.system_prompt:
             return messages
         return (ChatMessage(role="system", content=self.system_prompt), *messages)
+
+
+@dataclass(slots=True)
+class _TurnSteps:
+    """One stored turn from its committed start to its stored answer, step by step. The state
+    (`head`: the newest stored message, where the next attaches; the summed `usage`; the round
+    in progress; the finish reason) lives here, outside the phase tasks, so a cancelled phase
+    still tells where it got to. The store keeps the turn open (a `turns` row) until
+    `store_answer` closes it; a turn left open by a dead process is closed at the next start."""
+
+    chat: ChatService
+    turn: Turn
+    start: TurnStart
+    emit: EventSink
+    control: TurnControl
+    clock: _Clock
+    engine: Engine
+    model_info: ModelInfo
+    head: str = ""
+    usage: Usage = field(default_factory=Usage)
+    current: _Round = field(default_factory=_Round)
+    finish_reason: FinishReason = "stop"
+
+    def __post_init__(self) -> None:
+        self.head = self.turn_id
+
+    @property
+    def session_id(self) -> str:
+        return self.start.session.id
+
+    @property
+    def turn_id(self) -> str:
+        return self.start.message.id
+
+    @property
+    def model(self) -> str:
+        return self.model_info.id
+
+    async def run(self, agent: Agent | None, position: int, release: Callable[[], None]) -> None:
+        """Accept, answer, store the answer: every way out of the turn stores one."""
+        try:
+            await self.accept(position)
+            await self.answer(agent, release)
+        except TurnCancelled:
+            self.finish_reason = "cancelled"
+        except asyncio.CancelledError:
+            await self.interrupted()
+            raise
+        except Exception as exc:
+            await self.failed(exc)
+            return
+        await self.finish()
+
+    async def accept(self, position: int) -> None:
+        created = self.start.created_session
+        log.info("turn.accepted", user_message_id=self.turn_id, created=created)
+        await self.emit(
+            Accepted(
+                session_id=self.session_id,
+                user_message_id=self.turn_id,
+                model=self.model,
+                queue_position=position,
+                created_session=created,
+            )
+        )
+
+    async def answer(self, agent: Agent | None, release: Callable[[], None]) -> None:
+        """Engine rounds over the session's branch, running the tools the model calls between
+        them, until a round calls none (or the loop limit)."""
+        offers = self.chat.tool_policy.offers(self.model_info, self.turn.options)
+        history = await self.chat.store.branch(self.turn_id)
+        messages = [self.system_message(agent, offers), *map(_to_chat_message, history)]
+        for loop in range(self.chat.max_tool_loops + 1):
+            await self.round(messages, offers, release)
+            if not (self.current.calls or self.current.malformed):
+                return
+            if loop == self.chat.max_tool_loops:
+                self.finish_reason = "tool_loop_limit"
+                return
+            messages = await self.control.run(self.run_tools(messages))
+
+    def system_message(self, agent: Agent | None, offers: bool) -> ChatMessage:
+        parts = [agent.system_prompt if agent and agent.system_prompt else self.chat.system_prompt]
+        if agent and agent.markdown_context:
+            parts.append(agent.markdown_context)
+        parts.append(self.chat.tool_policy.fragment(offers))
+        return ChatMessage(
+            role="system", content="\n\n".join(p.strip() for p in parts if p.strip())
+        )
+
+    async def round(
+        self, messages: list[ChatMessage], offers: bool, release: Callable[[], None]
+    ) -> None:
+        """One engine call over `messages`; its usage counts also when it is cancelled."""
+        self.current = _Round()
+        policy = self.chat.tool_policy
+        request = GenerationRequest(
+            request_id=self.turn.request_id,
+            messages=tuple(messages),
+            model=self.model,
+            options=self.turn.options.generation_options(),
+            tools=policy.offered(offers),
+            client=self.session_id,
+            usage_sink=self.current.record_usage,
+        )
+        release()  # from here the engine's own line counts this turn
+        generation = _generate(
+            self.engine,
+            request,
+            self.current,
+            self.emit,
+            self.clock,
+            show_thoughts=self.turn.options.show_thoughts,
+            detector=policy.detector(offers),
+        )
+        try:
+            await self.control.run(generation)
+        finally:
+            self.usage = Usage(
+                self.usage.prompt_tokens + self.current.usage.prompt_tokens,
+                self.usage.completion_tokens + self.current.usage.completion_tokens,
+            )
+        self.finish_reason = self.current.finish_reason
+
+    async def run_tools(self, messages: list[ChatMessage]) -> list[ChatMessage]:
+        """Store the calling answer, run its calls, store the results; return the new prompt.
+
+        Every stored call gets a stored result, also when the turn is cancelled mid-call (an
+        error result then): a chat template, or an OpenAI-compatible server, refuses a history
+        with a call left unanswered.
+        """
+        bad = [ToolCall(_new_call_id(), "invalid_tool_call", {}) for _ in self.current.malformed]
+        calls = [*self.current.calls, *bad]
+        messages = [*messages, await self.store_calls(calls)]
+        answered: set[str] = set()
+        try:
+            for call in calls:
+                await self.emit(ToolCallStarted(call.id, call.name, call.arguments))
+            for result in await self.results(bad):
+                await self.emit(
+                    ToolCallFinished(
+                        result.call_id, result.name, result.result, result.error, result.duration_ms
+                    )
+                )
+                messages.append(await self.store_result(result))
+                answered.add(result.call_id)
+        except asyncio.CancelledError:
+            missing = [
+                ToolResult(call.id, call.name, error="cancelled before the tool returned")
+                for call in calls
+                if call.id not in answered
+            ]
+            await asyncio.shield(self.store_results(missing))
+            raise
+        return messages
+
+    async def results(self, bad: list[ToolCall]) -> list[ToolResult]:
+        """The runner's results of the parsed calls, then an error for each malformed one."""
+        calls = list(self.current.calls)
+        results = await self.chat.tool_policy.runner.run(calls) if calls else []
+        return results + [
+            ToolResult(call.id, call.name, error=f"could not parse the tool call: {bad_call.error}")
+            for call, bad_call in zip(bad, self.current.malformed, strict=True)
+        ]
+
+    async def store_calls(self, calls: list[ToolCall]) -> ChatMessage:
+        """Store the round's answer with its calls (its text is said: not the final answer's)."""
+        stored = await self.chat.store.append_message(
+            self.session_id,
+            self.head,
+            NewMessage(
+                role="assistant",
+                content="".join(self.current.text),
+                tool_calls=tuple(calls),
+                model=self.model,
+                finish_reason="tool_calls",
+            ),
+            turn_id=self.turn_id,
+        )
+        self.head = stored.id
+        self.current.text.clear()
+        return _to_chat_message(stored)
+
+    async def store_result(self, result: ToolResult) -> ChatMessage:
+        content = result.result if result.error is None else f"Error: {result.error}"
+        stored = await self.chat.store.append_message(
+            self.session_id,
+            self.head,
+            NewMessage(
+                role="tool",
+                content=content or "",
+                name=result.name,
+                tool_call_id=result.call_id,
+                status="complete" if result.error is None else "error",
+            ),
+            turn_id=self.turn_id,
+        )
+        self.head = stored.id
+        return _to_chat_message(stored)
+
+    async def store_results(self, results: list[ToolResult]) -> None:
+        for result in results:
+            await self.store_result(result)
+
+    async def store_answer(self, outcome: Outcome) -> Message:
+        """Store the answer so far (closing the turn) as `outcome` says."""
+        return await self.chat.store.append_message(
+            self.session_id,
+            self.head,
+            NewMessage(
+                role="assistant",
+                content="".join(self.current.text),
+                status=outcome.status,
+                model=self.model,
+                finish_reason=outcome.finish_reason,
+                prompt_tokens=self.usage.prompt_tokens,
+                completion_tokens=self.usage.completion_tokens,
+            ),
+            turn_id=self.turn_id,
+            ends_turn=True,
+        )
+
+    async def interrupted(self) -> None:
+        """The task itself was cancelled (server shutdown): keep what was said and say so (the
+        cancellation was taken, so this emit runs)."""
+        answer = await asyncio.shield(self.store_answer(INTERRUPTED))
+        self.clock.completion_tokens = self.usage.completion_tokens
+        await self.emit(Completed(answer.id, "interrupted", self.usage, self.clock.timings(), {}))
+
+    async def failed(self, exc: Exception) -> None:
+        failure = _error_event(exc)
+        if failure.code == "internal":
+            log.exception("turn.failed")
+        else:
+            log.warning("turn.failed", code=failure.code, error=failure.message)
+        await self.store_answer(FAILED)
+        await self.emit(failure)
+
+    async def finish(self) -> None:
+        message = await self.store_answer(Outcome.of(self.finish_reason))
+        self.clock.completion_tokens = self.usage.completion_tokens
+        timings = self.clock.timings()
+        log.info(
+            "turn.complete",
+            message_id=message.id,
+            finish_reason=self.finish_reason,
+            completion_tokens=self.usage.completion_tokens,
+            total_ms=timings.total_ms,
+        )
+        metadata = dict(self.current.metadata)
+        await self.emit(Completed(message.id, self.finish_reason, self.usage, timings, metadata))
+
+
+async def _generate(
+    engine: Engine,
+    request: GenerationRequest,
+    out: _Round,
+    emit: DeltaSink,
+    clock: _Clock,
+    *,
+    show_thoughts: bool,
+    detector: StreamDetector,
+) -> None:
+    """Stream one engine call into `out`, the text through `detector`, telling `emit` the
+    deltas (thoughts only when `show_thoughts`)."""
+
+    async def dispatch(pieces: list[Any]) -> None:
+        for piece in pieces:
+            if isinstance(piece, TextPiece):
+                out.text.append(piece.text)
+                await emit(TextDelta(piece.text))
+            elif isinstance(piece, ThoughtPiece):
+                if show_thoughts:
+                    await emit(ThinkingDelta(piece.text))
+            elif isinstance(piece, CallPiece):
+                out.calls.append(ToolCall(_new_call_id(), piece.name, piece.arguments))
+            elif isinstance(piece, MalformedCall):
+                out.malformed.append(piece)
+
+    async with contextlib.aclosing(engine.stream(request)) as deltas:
+        async for delta in deltas:
+            if delta.text:
+                clock.token()
+                await dispatch(detector.feed(delta.text))
+            for call in delta.tool_calls:  # parsed by the engine's runtime
+                if isinstance(call, ToolCall):
+                    out.calls.append(call)
+                else:
+                    out.malformed.append(call)
+            if delta.finish_reason is not None:
+                out.finish_reason = delta.finish_reason
+                if delta.usage is not None:
+                    out.usage = delta.usage
+                if delta.metadata:
+                    out.metadata.update(delta.metadata)
+    await dispatch(detector.flush())
 
 
 def _with_tools_prompt(messages: tuple[ChatMessage, ...], fragment: str) -> tuple[ChatMessage, ...]:

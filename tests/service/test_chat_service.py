@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.timeouts import scaled
-from tether.chat import ChatService, Turn, TurnControl
-from tether.detector import ToolCallDetector
+from tether.chat import ChatService, ToolPolicy, Turn, TurnControl
 from tether.engines.base import (
     Delta,
     EngineBusyError,
@@ -35,7 +34,6 @@ from tether.store.base import Agent
 from tether.store.sqlite import SQLiteStore
 from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
-from tether.tools.prompt import tools_prompt
 from tether.tools.registry import Registry
 
 CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
@@ -64,9 +62,7 @@ def make_service(store: SQLiteStore, engine: EchoEngine, **kwargs: object) -> Ch
         store=store,
         engine=EngineRouter([engine]),
         system_prompt="You are a test.",
-        tools=tools,
-        tool_prompt=tools_prompt,
-        detector_factory=lambda offer: ToolCallDetector(detect_calls=offer),
+        tool_policy=ToolPolicy(runner=tools),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -331,9 +327,7 @@ async def test_cancel_mid_tool_answers_every_call(
         store=store,
         engine=EngineRouter([engine]),
         system_prompt="You are a test.",
-        tools=ToolExecutor(registry, timeout_s=60),
-        tool_prompt=tools_prompt,
-        detector_factory=lambda offer: ToolCallDetector(detect_calls=offer),
+        tool_policy=ToolPolicy(runner=ToolExecutor(registry, timeout_s=60)),
     )
     control = TurnControl()
     text = 'Checking. <tool_call>{"name": "wait_forever", "arguments": {"seconds": 9}}</tool_call>'

@@ -27,8 +27,7 @@ from starlette.routing import Route
 from tests.contract.engine_contract import EngineContract
 from tests.support.servers import free_port
 from tests.support.timeouts import scaled
-from tether.chat import ChatService, Turn
-from tether.detector import ToolCallDetector
+from tether.chat import ChatService, ToolPolicy, Turn
 from tether.engines.base import (
     ChatMessage,
     Delta,
@@ -47,7 +46,6 @@ from tether.events import ChatEvent, Completed, ToolCallFinished, ToolCallStarte
 from tether.protocol import ChatOptions
 from tether.store.sqlite import SQLiteStore
 from tether.tools.executor import ToolExecutor
-from tether.tools.prompt import tools_prompt
 from tether.tools.registry import Registry
 
 SCALE = scaled(1)
@@ -313,9 +311,7 @@ async def test_the_chat_core_runs_native_calls_and_the_model_answers(
         store=store,
         engine=EngineRouter([engine]),
         system_prompt="You are a test.",
-        tools=ToolExecutor(registry, timeout_s=5),
-        tool_prompt=tools_prompt,
-        detector_factory=lambda offer: ToolCallDetector(detect_calls=offer),
+        tool_policy=ToolPolicy(runner=ToolExecutor(registry, timeout_s=5)),
     )
     events: list[ChatEvent] = []
 

@@ -7,13 +7,13 @@ from typing import Any, Literal
 
 import pytest
 
+from tether.chat import ToolPolicy
 from tether.engines.base import ToolCall
 from tether.tools.base import ToolResult, ToolSpec
 from tether.tools.loader import build_registry
 from tether.tools.prompt import (
     render_tools_prompt,
     signature,
-    tools_prompt,
     type_label,
 )
 from tether.tools.registry import make_tool
@@ -101,4 +101,4 @@ class FakeRunner:
 
 
 def test_tools_prompt_reads_the_runner() -> None:
-    assert tools_prompt(FakeRunner()).splitlines()[1] == "- ping(): Ping."
+    assert ToolPolicy(runner=FakeRunner()).fragment(True).splitlines()[1] == "- ping(): Ping."

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from tether.tool_markup import TOOL_CLOSE, TOOL_OPEN
-from tether.tools.base import ToolRunner, ToolSpec
+from tether.tools.base import ToolSpec
 
 MAX_DESCRIPTION_CHARS: Final = 120
 
@@ -39,11 +39,6 @@ def render_tools_prompt(specs: Sequence[ToolSpec]) -> str:
         "and wait for its result. If no tool is needed, just answer."
     )
     return "\n".join(lines)
-
-
-def tools_prompt(runner: ToolRunner) -> str:
-    """`render_tools_prompt` of the runner's current specs (the ChatService `tool_prompt` hook)."""
-    return render_tools_prompt(runner.specs())
 
 
 def signature(spec: ToolSpec) -> str:
