@@ -37,6 +37,7 @@ from tether.protocol import (
     RegenerateFrame,
     RequestFrames,
     ResumeFrame,
+    ServerFrame,
     error_body,
     parse_client_frame,
     render_unnumbered,
@@ -47,6 +48,20 @@ from tether.transports.ws_limits import SocketGuard
 from tether.transports.ws_outbox import Outbox
 
 log = structlog.get_logger("tether.ws")
+
+
+class OutboxSink:
+    """A socket's `Outbox` as the runs it watches see it (a `tether.runs.FrameSink`)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def put(self, frame: ServerFrame) -> None:
+        self._outbox.put(frame.text)
+
+    async def room(self) -> bool:
+        return await self._outbox.room()
+
 
 # Requests remembered per socket (started here, or their token presented): they need no token,
 # a late `cancel` of an ended one is quiet, and frames about them are sent unnumbered.
@@ -97,6 +112,7 @@ class ChatSocket:
             timeout_sec=limits.send_timeout_sec,
             on_stall=self._stalled,
         )
+        self.frames = OutboxSink(self.outbox)
 
     async def serve(self) -> None:
         await self.websocket.accept()
@@ -241,7 +257,7 @@ class ChatSocket:
             return
         try:
             watcher = self.runs.start(
-                turn_from_frame(frame), self.outbox, self._ended, transport="ws"
+                turn_from_frame(frame), self.frames, self._ended, transport="ws"
             )
         except TetherError as exc:  # the server is shutting down, or the id began meanwhile
             self.send_body(request_id, error_body(exc.code, exc.message))
@@ -268,7 +284,7 @@ class ChatSocket:
             if refusal is not None:
                 self.send_body(request_id, refusal)
                 return
-            watcher = run.watch(self.outbox, after_seq, self._ended)
+            watcher = run.watch(self.frames, after_seq, self._ended)
             self.watching[request_id] = watcher
             await watcher.replay()
             return
@@ -285,15 +301,15 @@ class ChatSocket:
             "or the token (its processing frame's resume_token) is missing or wrong"
         )
 
-    async def _replay(self, frames: list[str], after_seq: int) -> None:
+    async def _replay(self, frames: list[ServerFrame], after_seq: int) -> None:
         """Queue an ended request's journaled frames after `after_seq` at the client's pace.
 
         The client has every frame already: send the final one again, so that it learns the
         request is over (a resume always ends in the request's `complete` or `error`)."""
-        for text in frames[after_seq + 1 :] or frames[-1:]:
+        for frame in frames[after_seq + 1 :] or frames[-1:]:
             if not await self.outbox.room():
                 return
-            self.outbox.put(text)
+            self.outbox.put(frame.text)
 
     def _cancel(self, frame: CancelFrame) -> None:
         request_id = frame.request_id
