@@ -379,9 +379,11 @@ FINAL_BODIES = (CompleteBody, ErrorBody)  # a request's last frame is one of the
 
 @dataclass(frozen=True, slots=True)
 class ServerFrame:
-    """One server frame: its request, its `seq` (None: not one of the request's own frames, see
-    `render_unnumbered`), its typed body and its JSON text (rendered once, or as read from the
-    journal), which is what sockets and the journal get."""
+    """One server frame: its request, its `seq`, its typed body and its JSON text (rendered
+    once, or as read from the journal), which is what sockets and the journal get.
+
+    `seq` None: a frame about the request that is not one of its own (a refusal of a frame the
+    client sent about it, a pong); never journaled, so the request's seq stays its own."""
 
     request_id: str
     seq: int | None
@@ -459,6 +461,7 @@ def event_body(event: ChatEvent) -> dict[str, Any]:
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
+    """An error frame's body as plain JSON data (see `ErrorBody`)."""
     return ErrorBody(code, message).wire()
 
 
@@ -480,28 +483,7 @@ def decode_frame(text: str) -> ServerFrame:
     complete metadata are open: an older server may have sent fewer)."""
     try:
         frame = json.loads(text)
-        request_id, status = frame["request_id"], frame["status"]
-        seq = frame.get("seq")
-        chunk = frame.get("chunk") or {}
-        body: FrameBody
-        if status == "queued":
-            metadata = chunk["metadata"]
-            body = QueuedBody(metadata["queue_position"], metadata["waiting_for"])
-        elif status == "processing":
-            body = ProcessingBody(dict(chunk.get("metadata", {})))
-        elif status == "chunk" and chunk["type"] in ("text", "thinking"):
-            body = ChunkBody(chunk["type"], chunk["data"])
-        elif status == "tool" and chunk["type"] in ("tool_call", "tool_result"):
-            body = ToolBody(chunk["type"], dict(chunk["data"]))
-        elif status == "complete":
-            body = CompleteBody(dict(chunk.get("metadata", {})))
-        elif status == "error":
-            details = dict(frame["error"])
-            body = ErrorBody(details.pop("code"), details.pop("message"), details)
-        elif status == "pong":
-            body = PongBody()
-        else:
-            raise FrameError(f"unknown frame status {status!r}")
+        request_id, seq, body = frame["request_id"], frame.get("seq"), _decode_body(frame)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         if isinstance(exc, FrameError):
             raise
@@ -509,7 +491,27 @@ def decode_frame(text: str) -> ServerFrame:
     return ServerFrame(request_id, seq, body, text)
 
 
-PONG_BODY: dict[str, Any] = {"status": "pong"}
+def _decode_body(frame: dict[str, Any]) -> FrameBody:
+    status = frame["status"]
+    chunk = frame.get("chunk") or {}
+    match status, chunk.get("type"):
+        case "queued", _:
+            metadata = chunk["metadata"]
+            return QueuedBody(metadata["queue_position"], metadata["waiting_for"])
+        case "processing", _:
+            return ProcessingBody(dict(chunk.get("metadata", {})))
+        case "chunk", ("text" | "thinking") as kind:
+            return ChunkBody(kind, chunk["data"])
+        case "tool", ("tool_call" | "tool_result") as kind:
+            return ToolBody(kind, dict(chunk["data"]))
+        case "complete", _:
+            return CompleteBody(dict(chunk.get("metadata", {})))
+        case "error", _:
+            details = dict(frame["error"])
+            return ErrorBody(details.pop("code"), details.pop("message"), details)
+        case "pong", _:
+            return PongBody()
+    raise FrameError(f"unknown frame: status {status!r}, chunk type {chunk.get('type')!r}")
 
 
 class RequestFrames:
@@ -532,12 +534,6 @@ class RequestFrames:
         frame = {"request_id": self.request_id, "seq": self.next_seq, **body}
         self.next_seq += 1
         return render_frame(frame)
-
-
-def render_unnumbered(request_id: str, body: dict[str, Any]) -> str:
-    """A frame about `request_id` that is not one of its own (a refusal of a frame the client
-    sent about it, a pong): no `seq`, never journaled, so the request's seq stays its own."""
-    return render_frame({"request_id": request_id, **body})
 
 
 def render_frame(frame: dict[str, Any]) -> str:
