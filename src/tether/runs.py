@@ -72,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import hmac
 import time
 from collections.abc import Callable
@@ -167,6 +168,12 @@ class Watcher:
             self._on_end(self)
 
 
+class RunState(enum.Enum):
+    RUNNING = "running"  # the turn goes on: frames may be added
+    ENDED = "ended"  # the turn is over (no frame will be added); its end is not journaled yet
+    FINISHED = "finished"  # ... and every frame and the end are journaled (and published)
+
+
 class Run:
     """One chat request: its turn's task, its frame log and its watchers."""
 
@@ -175,11 +182,10 @@ class Run:
         self.request_id = request_id
         self.frames: list[ServerFrame] = []  # frames[seq]; append-only
         self.durable = 0  # frames[:durable] are journaled: only those go to sockets
-        self.saved_ended = False  # the journal in the store is marked ended
         self.watchers: list[Watcher] = []
         self.control = TurnControl()
         self.task: asyncio.Task[None] | None = None
-        self.ended = False  # the turn is over: no frame will be added
+        self.state = RunState.RUNNING
         self.done = asyncio.Event()  # set once `finished`
         self.model: str | None = None  # from its `processing` frame
         self.waiting = False  # accepted behind others in its model's queue, no output yet
@@ -193,9 +199,14 @@ class Run:
     # -- frames -------------------------------------------------------------------------------
 
     @property
+    def ended(self) -> bool:
+        """The turn is over: no frame will be added."""
+        return self.state is not RunState.RUNNING
+
+    @property
     def finished(self) -> bool:
         """The turn is over and every frame is journaled (so every live watcher has it)."""
-        return self.ended and self.saved_ended
+        return self.state is RunState.FINISHED
 
     def post(self, body: FrameBody) -> ServerFrame:
         """Number `body` with the next seq and add it to the log, to be journaled and then sent
@@ -237,7 +248,8 @@ class Run:
     def publish(self, durable: int, ended: bool) -> None:
         """The journal writer committed `frames[:durable]` (and, with `ended`, the end)."""
         self.durable = durable
-        self.saved_ended = ended
+        if ended:
+            self.state = RunState.FINISHED
         self._caught_up.set()
         for watcher in self.watchers:
             if watcher.live:
@@ -313,7 +325,7 @@ class Run:
             log.exception("run.crashed", request_id=self.request_id)
             await observed(Failed("internal", "internal error; the server log has the details"))
         finally:
-            self.ended = True
+            self.state = RunState.ENDED
             self.waiting = False
             if self._grace is not None:
                 self._grace.cancel()
