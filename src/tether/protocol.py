@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -296,44 +296,138 @@ def _usage(usage: Usage) -> dict[str, int]:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
 
 
-def event_body(event: ChatEvent) -> dict[str, Any]:
-    """The status-specific part of the frame for `event` (everything but request_id and seq)."""
+@dataclass(frozen=True, slots=True)
+class QueuedBody:
+    queue_position: int
+    waiting_for: str
+
+    def wire(self) -> dict[str, Any]:
+        metadata = {"queue_position": self.queue_position, "waiting_for": self.waiting_for}
+        return {"status": "queued", "chunk": {"metadata": metadata}}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingBody:
+    """The request was accepted: `metadata` as sent (session_id, user_message_id, model,
+    queue_position, created_session, resume_token)."""
+
+    metadata: dict[str, Any]
+
+    @property
+    def user_message_id(self) -> str | None:
+        value = self.metadata.get("user_message_id")
+        return value if isinstance(value, str) else None
+
+    def wire(self) -> dict[str, Any]:
+        return {"status": "processing", "chunk": {"metadata": self.metadata}}
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkBody:
+    kind: Literal["text", "thinking"]
+    text: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"status": "chunk", "chunk": {"type": self.kind, "data": self.text}}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolBody:
+    """A tool call began (`tool_call`: id, name, arguments) or ended (`tool_result`: id, name,
+    result or error, duration_ms)."""
+
+    kind: Literal["tool_call", "tool_result"]
+    data: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"status": "tool", "chunk": {"type": self.kind, "data": self.data}}
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteBody:
+    """The answer is stored: `metadata` as sent (message_id, finish_reason, usage, timings and
+    extras such as `recovered`)."""
+
+    metadata: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"status": "complete", "chunk": {"metadata": self.metadata}}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """`code`, `message` and, rarely, more (`details`, sent beside them in `error`)."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        error = {"code": self.code, "message": self.message, **self.details}
+        return {"status": "error", "error": error}
+
+
+@dataclass(frozen=True, slots=True)
+class PongBody:
+    def wire(self) -> dict[str, Any]:
+        return {"status": "pong"}
+
+
+FrameBody = QueuedBody | ProcessingBody | ChunkBody | ToolBody | CompleteBody | ErrorBody | PongBody
+FINAL_BODIES = (CompleteBody, ErrorBody)  # a request's last frame is one of these
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFrame:
+    """One server frame: its request, its `seq`, its typed body and its JSON text (rendered
+    once, or as read from the journal), which is what sockets and the journal get.
+
+    `seq` None: a frame about the request that is not one of its own (a refusal of a frame the
+    client sent about it, a pong); never journaled, so the request's seq stays its own."""
+
+    request_id: str
+    seq: int | None
+    body: FrameBody
+    text: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.text:
+            head: dict[str, Any] = {"request_id": self.request_id}
+            if self.seq is not None:
+                head["seq"] = self.seq
+            object.__setattr__(self, "text", render_frame({**head, **self.body.wire()}))
+
+    def encode(self) -> str:
+        return self.text
+
+    @property
+    def final(self) -> bool:
+        return isinstance(self.body, FINAL_BODIES)
+
+
+def frame_body(event: ChatEvent) -> FrameBody:
+    """The typed body of the frame for `event`."""
     match event:
         case Queued():
-            return {
-                "status": "queued",
-                "chunk": {
-                    "metadata": {
-                        "queue_position": event.queue_position,
-                        "waiting_for": event.waiting_for,
-                    }
-                },
-            }
+            return QueuedBody(event.queue_position, event.waiting_for)
         case TextDelta(text=text):
-            return {"status": "chunk", "chunk": {"type": "text", "data": text}}
+            return ChunkBody("text", text)
         case ThinkingDelta(text=text):
-            return {"status": "chunk", "chunk": {"type": "thinking", "data": text}}
+            return ChunkBody("thinking", text)
         case Accepted():
-            return {
-                "status": "processing",
-                "chunk": {
-                    "metadata": {
-                        "session_id": event.session_id,
-                        "user_message_id": event.user_message_id,
-                        "model": event.model,
-                        "queue_position": event.queue_position,
-                        "created_session": event.created_session,
-                    }
-                },
-            }
+            return ProcessingBody(
+                {
+                    "session_id": event.session_id,
+                    "user_message_id": event.user_message_id,
+                    "model": event.model,
+                    "queue_position": event.queue_position,
+                    "created_session": event.created_session,
+                }
+            )
         case ToolCallStarted():
-            return {
-                "status": "tool",
-                "chunk": {
-                    "type": "tool_call",
-                    "data": {"id": event.call_id, "name": event.name, "arguments": event.arguments},
-                },
-            }
+            return ToolBody(
+                "tool_call", {"id": event.call_id, "name": event.name, "arguments": event.arguments}
+            )
         case ToolCallFinished():
             data: dict[str, Any] = {"id": event.call_id, "name": event.name}
             if event.error is None:
@@ -341,41 +435,83 @@ def event_body(event: ChatEvent) -> dict[str, Any]:
             else:
                 data["error"] = event.error
             data["duration_ms"] = event.duration_ms
-            return {"status": "tool", "chunk": {"type": "tool_result", "data": data}}
+            return ToolBody("tool_result", data)
         case Completed():
-            return {
-                "status": "complete",
-                "chunk": {
-                    "metadata": {
-                        "message_id": event.message_id,
-                        "finish_reason": event.finish_reason,
-                        "usage": _usage(event.usage),
-                        "timings": {
-                            "ttft_ms": event.timings.ttft_ms,
-                            "tokens_per_s": event.timings.tokens_per_s,
-                            "total_ms": event.timings.total_ms,
-                        },
-                        **event.extra,
-                    }
-                },
-            }
+            return CompleteBody(
+                {
+                    "message_id": event.message_id,
+                    "finish_reason": event.finish_reason,
+                    "usage": _usage(event.usage),
+                    "timings": {
+                        "ttft_ms": event.timings.ttft_ms,
+                        "tokens_per_s": event.timings.tokens_per_s,
+                        "total_ms": event.timings.total_ms,
+                    },
+                    **event.extra,
+                }
+            )
         case Failed(code=code, message=message):
-            return {"status": "error", "error": {"code": code, "message": message}}
+            return ErrorBody(code, message)
     raise TypeError(f"not a chat event: {event!r}")
 
 
+def event_body(event: ChatEvent) -> dict[str, Any]:
+    """The status-specific part of the frame for `event` (everything but request_id and seq)."""
+    return frame_body(event).wire()
+
+
 def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"status": "error", "error": {"code": code, "message": message}}
+    """An error frame's body as plain JSON data (see `ErrorBody`)."""
+    return ErrorBody(code, message).wire()
 
 
-def processing_body(event: Accepted, resume_token: str) -> dict[str, Any]:
+def processing_body(event: Accepted, resume_token: str) -> ProcessingBody:
     """The `processing` frame of a run: the event's metadata and the request's resume token."""
-    body = event_body(event)
-    body["chunk"]["metadata"]["resume_token"] = resume_token
-    return body
+    body = frame_body(event)
+    assert isinstance(body, ProcessingBody)
+    return ProcessingBody({**body.metadata, "resume_token": resume_token})
 
 
-PONG_BODY: dict[str, Any] = {"status": "pong"}
+class FrameError(ValueError):
+    """A text (journaled, or received by a client) that is not a server frame of this
+    protocol."""
+
+
+def decode_frame(text: str) -> ServerFrame:
+    """A frame's text (as journaled, as sent) back into its typed frame, keeping `text`;
+    raises FrameError for anything else. Metadata keys are not checked (the processing and
+    complete metadata are open: an older server may have sent fewer)."""
+    try:
+        frame = json.loads(text)
+        request_id, seq, body = frame["request_id"], frame.get("seq"), _decode_body(frame)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if isinstance(exc, FrameError):
+            raise
+        raise FrameError(f"not a server frame ({exc!r}): {text[:200]!r}") from None
+    return ServerFrame(request_id, seq, body, text)
+
+
+def _decode_body(frame: dict[str, Any]) -> FrameBody:
+    status = frame["status"]
+    chunk = frame.get("chunk") or {}
+    match status, chunk.get("type"):
+        case "queued", _:
+            metadata = chunk["metadata"]
+            return QueuedBody(metadata["queue_position"], metadata["waiting_for"])
+        case "processing", _:
+            return ProcessingBody(dict(chunk.get("metadata", {})))
+        case "chunk", ("text" | "thinking") as kind:
+            return ChunkBody(kind, chunk["data"])
+        case "tool", ("tool_call" | "tool_result") as kind:
+            return ToolBody(kind, dict(chunk["data"]))
+        case "complete", _:
+            return CompleteBody(dict(chunk.get("metadata", {})))
+        case "error", _:
+            details = dict(frame["error"])
+            return ErrorBody(details.pop("code"), details.pop("message"), details)
+        case "pong", _:
+            return PongBody()
+    raise FrameError(f"unknown frame: status {status!r}, chunk type {chunk.get('type')!r}")
 
 
 class RequestFrames:
@@ -387,16 +523,17 @@ class RequestFrames:
         self.request_id = request_id
         self.next_seq = 0
 
+    def next(self, body: FrameBody) -> ServerFrame:
+        """`body` as this request's next frame."""
+        frame = ServerFrame(self.request_id, self.next_seq, body)
+        self.next_seq += 1
+        return frame
+
     def render(self, body: dict[str, Any]) -> str:
+        """An untyped `body` (a refusal, a pong) rendered as the next frame."""
         frame = {"request_id": self.request_id, "seq": self.next_seq, **body}
         self.next_seq += 1
         return render_frame(frame)
-
-
-def render_unnumbered(request_id: str, body: dict[str, Any]) -> str:
-    """A frame about `request_id` that is not one of its own (a refusal of a frame the client
-    sent about it, a pong): no `seq`, never journaled, so the request's seq stays its own."""
-    return render_frame({"request_id": request_id, **body})
 
 
 def render_frame(frame: dict[str, Any]) -> str:

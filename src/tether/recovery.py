@@ -25,20 +25,26 @@ anything:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, cast, get_args
+from typing import cast, get_args
 
 import structlog
 
 from tether.engines.base import FinishReason, Usage
 from tether.events import Completed, Timings
-from tether.protocol import RequestFrames, error_body, event_body
+from tether.protocol import (
+    ChunkBody,
+    ErrorBody,
+    FrameBody,
+    ProcessingBody,
+    RequestFrames,
+    ToolBody,
+    decode_frame,
+    frame_body,
+)
 from tether.store.base import JournalAppend, Message, OpenJournal, Store
 
 log = structlog.get_logger("tether.recovery")
-
-FINAL_STATUSES = ("complete", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +60,18 @@ class JournalFacts:
 def journal_facts(journal: OpenJournal) -> JournalFacts:
     user_message_id = journal.user_message_id
     text: list[str] = []
-    status = None
-    accepted = False
-    for raw in journal.frames:
-        frame: dict[str, Any] = json.loads(raw)
-        status = frame.get("status")
-        chunk = frame.get("chunk") or {}
-        if status == "processing":
-            accepted = True
-            user_message_id = chunk.get("metadata", {}).get("user_message_id", user_message_id)
-        elif status == "chunk" and chunk.get("type") == "text":
-            text.append(chunk.get("data", ""))
-        elif status == "tool":
-            text.clear()
-    return JournalFacts(user_message_id, "".join(text), status in FINAL_STATUSES, accepted)
+    accepted = ended = False
+    for frame in map(decode_frame, journal.frames):
+        match frame.body:
+            case ProcessingBody():
+                accepted = True
+                user_message_id = frame.body.user_message_id or user_message_id
+            case ChunkBody(kind="text", text=chunk):
+                text.append(chunk)
+            case ToolBody():
+                text.clear()
+        ended = frame.final
+    return JournalFacts(user_message_id, "".join(text), ended, accepted)
 
 
 async def recover(store: Store) -> None:
@@ -106,34 +110,29 @@ async def _final_append(
     numbering = RequestFrames(journal.request_id)
     numbering.next_seq = seq
     body = await _final_body(store, facts, closed)
-    return JournalAppend(journal.request_id, seq, [numbering.render(body)], ended=True)
+    return JournalAppend(journal.request_id, seq, [numbering.next(body).text], ended=True)
 
 
-async def _final_body(
-    store: Store, facts: JournalFacts, closed: dict[str, Message]
-) -> dict[str, Any]:
+async def _final_body(store: Store, facts: JournalFacts, closed: dict[str, Message]) -> FrameBody:
     turn_id = facts.user_message_id
     answer = closed.get(turn_id) if turn_id is not None else None
     if answer is None and turn_id is not None:
         answer = await store.turn_answer(turn_id)
     if answer is None:
-        return error_body(
+        return ErrorBody(
             "interrupted",
             "the server stopped before this request was accepted; "
             "its message may be stored without an answer",
         )
     if not facts.accepted:  # the client never learned the session: say where the question is
-        body = error_body(
+        return ErrorBody(
             "interrupted",
             f"the server stopped as this request was accepted; the question is stored in "
             f"session {answer.session_id} with its answer {answer.id} ({answer.status})",
+            {"session_id": answer.session_id, "user_message_id": turn_id, "message_id": answer.id},
         )
-        body["error"].update(
-            session_id=answer.session_id, user_message_id=turn_id, message_id=answer.id
-        )
-        return body
     if answer.status == "error":  # the turn failed; why died with the process
-        return error_body(
+        return ErrorBody(
             "interrupted", f"the request failed and the server stopped; answer {answer.id}"
         )
     event = Completed(
@@ -143,7 +142,7 @@ async def _final_body(
         Timings(ttft_ms=None, tokens_per_s=None, total_ms=0.0),
         {"recovered": True},
     )
-    return event_body(event)
+    return frame_body(event)
 
 
 def _finish_reason(answer: Message) -> FinishReason:

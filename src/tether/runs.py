@@ -72,10 +72,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import hmac
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -85,7 +86,14 @@ from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
 from tether.events import Accepted, ChatEvent, Failed, TextDelta, ThinkingDelta
 from tether.metrics import Metrics, Transport
-from tether.protocol import RequestFrames, event_body, processing_body
+from tether.protocol import (
+    FrameBody,
+    RequestFrames,
+    ServerFrame,
+    decode_frame,
+    frame_body,
+    processing_body,
+)
 from tether.store.base import JournalAppend, JournalStart, Store
 from tether.tokens import digest, new_token
 
@@ -104,7 +112,7 @@ MAX_FRAMES_AHEAD = 8
 class FrameSink(Protocol):
     """A socket's outgoing buffer, as a watcher sees it."""
 
-    def put(self, frame: str) -> None:
+    def put(self, frame: ServerFrame) -> None:
         """Queue `frame` to be sent; never waits."""
 
     async def room(self) -> bool:
@@ -160,19 +168,24 @@ class Watcher:
             self._on_end(self)
 
 
+class RunState(enum.Enum):
+    RUNNING = "running"  # the turn goes on: frames may be added
+    ENDED = "ended"  # the turn is over (no frame will be added); its end is not journaled yet
+    FINISHED = "finished"  # ... and every frame and the end are journaled (and published)
+
+
 class Run:
     """One chat request: its turn's task, its frame log and its watchers."""
 
     def __init__(self, registry: RunRegistry, request_id: str) -> None:
         self.registry = registry
         self.request_id = request_id
-        self.frames: list[str] = []  # frames[seq]; append-only
+        self.frames: list[ServerFrame] = []  # frames[seq]; append-only
         self.durable = 0  # frames[:durable] are journaled: only those go to sockets
-        self.saved_ended = False  # the journal in the store is marked ended
         self.watchers: list[Watcher] = []
         self.control = TurnControl()
         self.task: asyncio.Task[None] | None = None
-        self.ended = False  # the turn is over: no frame will be added
+        self.state = RunState.RUNNING
         self.done = asyncio.Event()  # set once `finished`
         self.model: str | None = None  # from its `processing` frame
         self.waiting = False  # accepted behind others in its model's queue, no output yet
@@ -186,15 +199,20 @@ class Run:
     # -- frames -------------------------------------------------------------------------------
 
     @property
+    def ended(self) -> bool:
+        """The turn is over: no frame will be added."""
+        return self.state is not RunState.RUNNING
+
+    @property
     def finished(self) -> bool:
         """The turn is over and every frame is journaled (so every live watcher has it)."""
-        return self.ended and self.saved_ended
+        return self.state is RunState.FINISHED
 
-    def post(self, body: dict[str, Any]) -> str:
-        """Render `body` with the next seq and add it to the log, to be journaled and then sent
+    def post(self, body: FrameBody) -> ServerFrame:
+        """Number `body` with the next seq and add it to the log, to be journaled and then sent
         to the live watchers; never waits."""
         self.logged()  # text deltas waiting go before it
-        frame = self._numbering.render(body)
+        frame = self._numbering.next(body)
         self.frames.append(frame)
         self.registry.journal_later(self)
         return frame
@@ -204,18 +222,18 @@ class Run:
         with the next ones until the journal writer takes them (`logged`), so that a stream
         faster than the journal costs a frame per batch, not per delta."""
         if not isinstance(event, TextDelta | ThinkingDelta):
-            self.post(event_body(event))
+            self.post(frame_body(event))
             return
         full = self._merging.add(event)
         if full is not None:
-            self.frames.append(self._numbering.render(event_body(full)))
+            self.frames.append(self._numbering.next(frame_body(full)))
         self.registry.journal_later(self)
 
     def logged(self) -> int:
         """Render the deltas waiting into a frame; how many frames the log holds."""
         joined = self._merging.take()
         if joined is not None:
-            self.frames.append(self._numbering.render(event_body(joined)))
+            self.frames.append(self._numbering.next(frame_body(joined)))
         return len(self.frames)
 
     async def keep_pace(self) -> None:
@@ -230,7 +248,8 @@ class Run:
     def publish(self, durable: int, ended: bool) -> None:
         """The journal writer committed `frames[:durable]` (and, with `ended`, the end)."""
         self.durable = durable
-        self.saved_ended = ended
+        if ended:
+            self.state = RunState.FINISHED
         self._caught_up.set()
         for watcher in self.watchers:
             if watcher.live:
@@ -306,7 +325,7 @@ class Run:
             log.exception("run.crashed", request_id=self.request_id)
             await observed(Failed("internal", "internal error; the server log has the details"))
         finally:
-            self.ended = True
+            self.state = RunState.ENDED
             self.waiting = False
             if self._grace is not None:
                 self._grace.cancel()
@@ -387,13 +406,14 @@ class RunRegistry:
             for run in self.running()
         )
 
-    async def journal(self, request_id: str) -> list[str] | None:
+    async def journal(self, request_id: str) -> list[ServerFrame] | None:
         """Every journaled frame of request_id: from memory while its run is there, else from
-        the store."""
+        the store (raises FrameError for a journaled text that is no frame)."""
         run = self._runs.get(request_id)
         if run is not None:
             return run.frames[: run.durable]
-        return await self.store.read_journal(request_id)
+        texts = await self.store.read_journal(request_id)
+        return None if texts is None else [decode_frame(text) for text in texts]
 
     async def token_digest(self, request_id: str) -> str | None:
         """The digest of request_id's resume token (None: no such request, or none stored)."""
@@ -403,7 +423,7 @@ class RunRegistry:
         record = await self.store.journal_record(request_id)
         return None if record is None else record.token_digest
 
-    async def answered(self, request_id: str, text: str) -> list[str] | None:
+    async def answered(self, request_id: str, text: str) -> list[ServerFrame] | None:
         """The journal of the ended request `request_id` if it asked `text`: a `chat` sent again
         (its client never learned the outcome: a dropped connection, a crash) gets it replayed
         instead of storing its question again. None otherwise (the chat starts as usual)."""
@@ -439,7 +459,7 @@ class RunRegistry:
                 JournalAppend(
                     run.request_id,
                     run.durable,
-                    run.frames[run.durable : count],
+                    [frame.text for frame in run.frames[run.durable : count]],
                     ended,
                     token_digest=run.token_digest,
                 )

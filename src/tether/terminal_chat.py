@@ -21,6 +21,17 @@ from typing import Any, TextIO
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from tether.protocol import (
+    ChunkBody,
+    CompleteBody,
+    ErrorBody,
+    FrameError,
+    ProcessingBody,
+    ServerFrame,
+    ToolBody,
+    decode_frame,
+)
+
 # Waits between reconnection attempts after a drop (about 30 s in all), then give up.
 RECONNECT_DELAYS_SEC: Sequence[float] = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15)
 
@@ -116,17 +127,20 @@ class Link:
             assert self._ws is not None
             await self._ws.send(text)
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self) -> ServerFrame | None:
         """The next frame, or None when the socket dropped (the caller decides what next);
-        raises Refused when the server closed it for good (a refused token)."""
+        raises Refused when the server closed it for good (a refused token). A text that is no
+        frame of this protocol (from a newer server) is skipped."""
         assert self._ws is not None
-        try:
-            frame: dict[str, Any] = json.loads(await self._ws.recv())
-        except websockets.exceptions.ConnectionClosed as exc:
-            if (refused := _refusal(exc)) is not None:
-                raise refused from None
-            return None
-        return frame
+        while True:
+            try:
+                text = await self._ws.recv()
+            except websockets.exceptions.ConnectionClosed as exc:
+                if (refused := _refusal(exc)) is not None:
+                    raise refused from None
+                return None
+            with contextlib.suppress(FrameError):
+                return decode_frame(text if isinstance(text, str) else text.decode())
 
 
 class Turn:
@@ -166,31 +180,29 @@ class Turn:
                 await self.link.reconnect()
                 await self.link.send(self._resume())
                 continue
-            if reply.get("request_id") != self.request_id:
+            if reply.request_id != self.request_id:
                 continue
-            self.last_seq = reply.get("seq", self.last_seq)
-            status = reply.get("status")
-            chunk = reply.get("chunk") or {}
-            if status == "processing":
-                metadata = chunk.get("metadata", {})
-                session_id = metadata.get("session_id", session_id)
-                self.token = metadata.get("resume_token")
-            elif status == "chunk" and chunk.get("type") == "text":
-                self.out.write(chunk.get("data", ""))
-                self.out.flush()
-            elif status == "tool":
-                self._print_tool(chunk)
-            elif status == "complete":
-                self.out.write("\n")
-                self.out.flush()
-                if chunk.get("metadata", {}).get("finish_reason") == "interrupted":
-                    self.log("[the server stopped during this answer; it is stored as it is]")
+            if reply.seq is not None:
+                self.last_seq = reply.seq
+            match reply.body:
+                case ProcessingBody(metadata=metadata):
+                    session_id = metadata.get("session_id", session_id)
+                    self.token = metadata.get("resume_token")
+                case ChunkBody(kind="text", text=text):
+                    self.out.write(text)
+                    self.out.flush()
+                case ToolBody():
+                    self._print_tool(reply.body)
+                case CompleteBody(metadata=metadata):
+                    self.out.write("\n")
+                    self.out.flush()
+                    if metadata.get("finish_reason") == "interrupted":
+                        self.log("[the server stopped during this answer; it is stored as it is]")
+                        return session_id, False
+                    return session_id, True
+                case ErrorBody(code=code, message=message):
+                    self.log(f"\nerror ({code}): {message}")
                     return session_id, False
-                return session_id, True
-            elif status == "error":
-                error = reply.get("error", {})
-                self.log(f"\nerror ({error.get('code')}): {error.get('message')}")
-                return session_id, False
 
     def _resume(self) -> dict[str, Any]:
         frame: dict[str, Any] = {
@@ -202,9 +214,9 @@ class Turn:
             frame["token"] = self.token
         return frame
 
-    def _print_tool(self, chunk: dict[str, Any]) -> None:
-        data = chunk.get("data", {})
-        if chunk.get("type") == "tool_call":
+    def _print_tool(self, tool: ToolBody) -> None:
+        data = tool.data
+        if tool.kind == "tool_call":
             self.out.write(f"\n[tool {data.get('name')} {json.dumps(data.get('arguments'))}]")
         else:
             shown = data.get("result") if "result" in data else f"error: {data.get('error')}"

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from tether.engines.base import Usage
 from tether.events import (
     Accepted,
+    ChatEvent,
     Completed,
     Failed,
+    Queued,
     TextDelta,
     ThinkingDelta,
     Timings,
@@ -23,12 +25,18 @@ from tether.protocol import (
     CancelFrame,
     ChatFrame,
     ChatOptions,
+    ErrorBody,
+    FrameError,
     PingFrame,
+    PongBody,
     ProtocolError,
     RegenerateFrame,
     RequestFrames,
     ResumeFrame,
+    ServerFrame,
+    decode_frame,
     event_body,
+    frame_body,
     parse_client_frame,
     parse_options,
 )
@@ -383,3 +391,50 @@ def test_parse_options_refuses_what_a_chat_frame_refuses(
     with pytest.raises(ProtocolError) as caught:
         parse_options(defaults, name="default_options")
     assert says in caught.value.message
+
+
+EVENTS = [
+    Queued(1, "session"),
+    Accepted("s", "u", "echo", 0, False),
+    TextDelta("hi \ud800"),
+    ThinkingDelta("hm"),
+    ToolCallStarted("c", "calculator", {"expression": "1"}),
+    ToolCallFinished("c", "calculator", "1", None, 1.5),
+    ToolCallFinished("c", "calculator", None, "boom", 1.5),
+    Completed("m", "stop", Usage(1, 2), Timings(None, None, 0.0), {"recovered": True}),
+    Failed("internal", "oops"),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda event: type(event).__name__)
+def test_a_typed_frame_reads_back_from_its_text(event: ChatEvent) -> None:
+    frame = RequestFrames("r").next(frame_body(event))
+    assert json.loads(frame.encode()) == {"request_id": "r", "seq": 0, **event_body(event)}
+    back = decode_frame(frame.text)
+    assert (back, back.text) == (frame, frame.text)
+    assert back.final == isinstance(event, Completed | Failed)
+
+
+def test_frames_outside_a_request_have_no_seq() -> None:
+    pong = ServerFrame("r", None, PongBody())
+    assert json.loads(pong.text) == {"request_id": "r", "status": "pong"}
+    refusal = ServerFrame("r", None, ErrorBody("busy", "later", {"retry": 1}))
+    assert json.loads(refusal.text)["error"] == {"code": "busy", "message": "later", "retry": 1}
+    assert decode_frame(refusal.text) == refusal
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"status": "chunk"}',
+        '{"request_id": "r", "seq": 0}',
+        '{"request_id": "r", "seq": 0, "status": "later"}',
+        '{"request_id": "r", "seq": 0, "status": "chunk", "chunk": {"type": "audio"}}',
+        '{"request_id": "r", "seq": 0, "status": "error", "error": {"code": "x"}}',
+    ],
+)
+def test_a_text_that_is_no_server_frame_is_refused(text: str) -> None:
+    with pytest.raises(FrameError):
+        decode_frame(text)

@@ -47,7 +47,18 @@ from tether import jsonsafe
 from tether.chat import Turn
 from tether.errors import BadRequest, TooLarge
 from tether.http_errors import error_body
-from tether.protocol import ChatFrame, ProtocolError, parse_client_frame
+from tether.protocol import (
+    ChatFrame,
+    ChunkBody,
+    CompleteBody,
+    ErrorBody,
+    ProcessingBody,
+    ProtocolError,
+    QueuedBody,
+    ServerFrame,
+    ToolBody,
+    parse_client_frame,
+)
 from tether.runs import Run, Watcher
 from tether.transports.http_body import read_body
 from tether.transports.ws import turn_from_frame
@@ -59,16 +70,16 @@ SEED_000_TYPES: Mapping[str, str] = {
     "tool_call": "tool_started",
     "tool_result": "tool_complete",
 }
-LineRenderer = Callable[[dict[str, Any]], bytes]
+LineRenderer = Callable[[ServerFrame], bytes]
 
 
 class StreamSink:
     """A run's frames for one HTTP response, in order; `None` once the final one is in."""
 
     def __init__(self) -> None:
-        self.frames: asyncio.Queue[str | None] = asyncio.Queue()
+        self.frames: asyncio.Queue[ServerFrame | None] = asyncio.Queue()
 
-    def put(self, frame: str) -> None:
+    def put(self, frame: ServerFrame) -> None:
         self.frames.put_nowait(frame)
 
     async def room(self) -> bool:
@@ -102,7 +113,7 @@ async def _answer(request: Request, frame: ChatFrame, render: LineRenderer) -> R
     answered = await request.app.state.services.runs.answered(frame.request_id, frame.text)
     if answered:  # sent again after it ended: what became of it, as a resume would send
         return StreamingResponse(
-            (render(json.loads(text)) for text in answered),
+            (render(frame) for frame in answered),
             media_type=NDJSON,
             headers=_stream_headers(frame.request_id),
         )
@@ -118,14 +129,12 @@ async def stream_turn(request: Request, turn: Turn, render: LineRenderer | None 
     watcher = services.runs.start(turn, sink, sink.end, transport="ndjson")  # Conflict, Busy
     first = await sink.frames.get()
     assert first is not None  # a run's last frame is `complete` or `error`
-    body = json.loads(first)
-    if body["status"] == "error":  # refused before it started: say so with the status
+    if isinstance(first.body, ErrorBody):  # refused before it started: say so with the status
         watcher.run.unwatch(watcher)
-        refusal = body["error"]
-        status, error = error_body(request.url.path, refusal["code"], refusal["message"])
+        status, error = error_body(request.url.path, first.body.code, first.body.message)
         return JSONResponse(error, status_code=status)
     return StreamingResponse(
-        _lines(body, sink, watcher.run, watcher, render or ndjson_line),
+        _lines(first, sink, watcher.run, watcher, render or ndjson_line),
         media_type=NDJSON,
         headers=_stream_headers(turn.request_id),
     )
@@ -139,12 +148,12 @@ def _stream_headers(request_id: str) -> dict[str, str]:
 
 
 async def _lines(
-    first: dict[str, Any], sink: StreamSink, run: Run, watcher: Watcher, render: LineRenderer
+    first: ServerFrame, sink: StreamSink, run: Run, watcher: Watcher, render: LineRenderer
 ) -> AsyncIterator[bytes]:
     try:
         yield render(first)
         while (frame := await sink.frames.get()) is not None:
-            yield render(json.loads(frame))
+            yield render(frame)
     finally:
         # The answer ended, or the client went away (the response is cancelled): in that case
         # the run goes on under the disconnect policy, resumable on /ws/chat.
@@ -185,45 +194,43 @@ def parse_chat_body(raw: bytes, *, max_text_chars: int) -> ChatFrame:
     return frame
 
 
-def ndjson_line(frame: dict[str, Any]) -> bytes:
+def ndjson_line(frame: ServerFrame) -> bytes:
     """One protocol frame as an NDJSON line."""
     return _encode(ndjson_event(frame))
 
 
-def seed_000_line(frame: dict[str, Any]) -> bytes:
+def seed_000_line(frame: ServerFrame) -> bytes:
     """One protocol frame as a line of `/api/v1/generate/stream` (seed 000's type names)."""
     line = ndjson_event(frame)
     line["type"] = SEED_000_TYPES.get(line["type"], line["type"])
     return _encode(line)
 
 
-def ndjson_event(frame: dict[str, Any]) -> dict[str, Any]:
+def ndjson_event(frame: ServerFrame) -> dict[str, Any]:
     """One protocol frame as the `{"type", "seq", "data"}` object of its NDJSON line."""
-    status = frame["status"]
-    chunk = frame.get("chunk") or {}
     kind: str
     data: dict[str, Any]
-    if status == "queued":
-        kind, data = "queued", chunk["metadata"]
-    elif status == "processing":
-        kind, data = "start", {"request_id": frame["request_id"], **chunk["metadata"]}
-    elif status == "chunk":
-        kind = "token" if chunk["type"] == "text" else chunk["type"]
-        data = {"text": chunk["data"]}
-    elif status == "tool" and chunk["type"] == "tool_call":
-        kind, data = "tool_call", chunk["data"]
-    elif status == "tool":
-        result = dict(chunk["data"])
-        kind = "tool_result"
-        name = result.pop("name")  # `name` as on the socket; `tool_name` as seed 002 has it
-        data = {"id": result.pop("id"), "name": name, "tool_name": name, **result}
-    elif status == "complete":
-        kind, data = "done", chunk["metadata"]
-    elif status == "error":
-        kind, data = "error", frame["error"]
-    else:  # pong, or anything a later protocol adds: passed on as it is
-        kind, data = status, {key: value for key, value in frame.items() if key != "status"}
-    return {"type": kind, "seq": frame["seq"], "data": data}
+    match frame.body:
+        case QueuedBody(queue_position=position, waiting_for=waiting_for):
+            kind, data = "queued", {"queue_position": position, "waiting_for": waiting_for}
+        case ProcessingBody(metadata=metadata):
+            kind, data = "start", {"request_id": frame.request_id, **metadata}
+        case ChunkBody(kind=chunk_kind, text=text):
+            kind, data = ("token" if chunk_kind == "text" else chunk_kind), {"text": text}
+        case ToolBody(kind="tool_call", data=call):
+            kind, data = "tool_call", call
+        case ToolBody(data=outcome):
+            result = dict(outcome)
+            kind = "tool_result"
+            name = result.pop("name")  # `name` as on the socket; `tool_name` as seed 002 has it
+            data = {"id": result.pop("id"), "name": name, "tool_name": name, **result}
+        case CompleteBody(metadata=metadata):
+            kind, data = "done", metadata
+        case ErrorBody():
+            kind, data = "error", frame.body.wire()["error"]
+        case _:  # a pong is never one of a run's frames
+            raise ValueError(f"no NDJSON line for {frame.body!r}")
+    return {"type": kind, "seq": frame.seq, "data": data}
 
 
 def _encode(line: dict[str, Any]) -> bytes:

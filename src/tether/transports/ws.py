@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections import OrderedDict
-from typing import Any
 
 import structlog
 from starlette.websockets import WebSocket
@@ -29,17 +28,18 @@ from tether.chat import Regenerate, Turn
 from tether.config import LimitsSettings
 from tether.errors import TetherError
 from tether.protocol import (
-    PONG_BODY,
     CancelFrame,
     ChatFrame,
+    ErrorBody,
+    FrameBody,
     PingFrame,
+    PongBody,
     ProtocolError,
     RegenerateFrame,
     RequestFrames,
     ResumeFrame,
-    error_body,
+    ServerFrame,
     parse_client_frame,
-    render_unnumbered,
 )
 from tether.runs import RunRegistry, Watcher
 from tether.tokens import matches
@@ -47,6 +47,20 @@ from tether.transports.ws_limits import SocketGuard
 from tether.transports.ws_outbox import Outbox
 
 log = structlog.get_logger("tether.ws")
+
+
+class OutboxSink:
+    """A socket's `Outbox` as the runs it watches see it (a `tether.runs.FrameSink`)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def put(self, frame: ServerFrame) -> None:
+        self._outbox.put(frame.text)
+
+    async def room(self) -> bool:
+        return await self._outbox.room()
+
 
 # Requests remembered per socket (started here, or their token presented): they need no token,
 # a late `cancel` of an ended one is quiet, and frames about them are sent unnumbered.
@@ -97,6 +111,7 @@ class ChatSocket:
             timeout_sec=limits.send_timeout_sec,
             on_stall=self._stalled,
         )
+        self.frames = OutboxSink(self.outbox)
 
     async def serve(self) -> None:
         await self.websocket.accept()
@@ -144,7 +159,7 @@ class ChatSocket:
         self.guard.activity()
         await self.websocket.send_text(text)
 
-    def send_body(self, request_id: str, body: dict[str, Any]) -> None:
+    def send_body(self, request_id: str, body: FrameBody) -> None:
         """Send a frame about `request_id` from outside its turn (a refusal, a pong), to this
         socket only.
 
@@ -154,9 +169,9 @@ class ChatSocket:
         0 (it is all this socket hears of that id).
         """
         if request_id in self.watching or request_id in self.known:
-            self.outbox.put(render_unnumbered(request_id, body))
+            self.outbox.put(ServerFrame(request_id, None, body).text)
         else:
-            self.outbox.put(RequestFrames(request_id).render(body))
+            self.outbox.put(RequestFrames(request_id).next(body).text)
 
     def _ended(self, watcher: Watcher) -> None:
         """A watched run ended (its final frame is queued)."""
@@ -183,7 +198,7 @@ class ChatSocket:
         return True
 
     def _not_found(self, request_id: str, message: str) -> None:
-        self.send_body(request_id, error_body("not_found", message))
+        self.send_body(request_id, ErrorBody("not_found", message))
 
     async def handle(self, raw: str | bytes) -> None:
         if not self.outbox.open:  # closing (dropped or shut down): late frames are not acted on
@@ -193,21 +208,21 @@ class ChatSocket:
         try:
             frame = parse_client_frame(raw, max_text_chars=self.limits.max_text_chars)
         except ProtocolError as exc:
-            self.send_body(exc.request_id or "", error_body(exc.code, exc.message))
+            self.send_body(exc.request_id or "", ErrorBody(exc.code, exc.message))
             return
         if isinstance(frame, ChatFrame | RegenerateFrame):
             await self._start(frame)
         elif isinstance(frame, CancelFrame):
             self._cancel(frame)
         elif isinstance(frame, PingFrame):
-            self.send_body(frame.request_id, PONG_BODY)
+            self.send_body(frame.request_id, PongBody())
         elif isinstance(frame, ResumeFrame):
             await self._resume(frame)
 
-    def _too_busy(self) -> dict[str, Any] | None:
+    def _too_busy(self) -> ErrorBody | None:
         if len(self.watching) < self.limits.max_requests_per_socket:
             return None
-        return error_body(
+        return ErrorBody(
             "busy",
             f"this socket already runs {len(self.watching)} requests "
             f"(limit {self.limits.max_requests_per_socket}); wait for one to complete",
@@ -219,7 +234,7 @@ class ChatSocket:
         if running is not None and not running.finished:
             self.send_body(
                 request_id,
-                error_body("conflict", f"request {request_id!r} is already running"),
+                ErrorBody("conflict", f"request {request_id!r} is already running"),
             )
             return
         refusal = self._too_busy()
@@ -241,10 +256,10 @@ class ChatSocket:
             return
         try:
             watcher = self.runs.start(
-                turn_from_frame(frame), self.outbox, self._ended, transport="ws"
+                turn_from_frame(frame), self.frames, self._ended, transport="ws"
             )
         except TetherError as exc:  # the server is shutting down, or the id began meanwhile
-            self.send_body(request_id, error_body(exc.code, exc.message))
+            self.send_body(request_id, ErrorBody(exc.code, exc.message))
             return
         self.watching[request_id] = watcher
         self._remember(request_id, watcher.run.token_digest)
@@ -268,7 +283,7 @@ class ChatSocket:
             if refusal is not None:
                 self.send_body(request_id, refusal)
                 return
-            watcher = run.watch(self.outbox, after_seq, self._ended)
+            watcher = run.watch(self.frames, after_seq, self._ended)
             self.watching[request_id] = watcher
             await watcher.replay()
             return
@@ -285,15 +300,15 @@ class ChatSocket:
             "or the token (its processing frame's resume_token) is missing or wrong"
         )
 
-    async def _replay(self, frames: list[str], after_seq: int) -> None:
+    async def _replay(self, frames: list[ServerFrame], after_seq: int) -> None:
         """Queue an ended request's journaled frames after `after_seq` at the client's pace.
 
         The client has every frame already: send the final one again, so that it learns the
         request is over (a resume always ends in the request's `complete` or `error`)."""
-        for text in frames[after_seq + 1 :] or frames[-1:]:
+        for frame in frames[after_seq + 1 :] or frames[-1:]:
             if not await self.outbox.room():
                 return
-            self.outbox.put(text)
+            self.outbox.put(frame.text)
 
     def _cancel(self, frame: CancelFrame) -> None:
         request_id = frame.request_id

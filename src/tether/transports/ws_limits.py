@@ -21,13 +21,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 
 from tether import jsonsafe
 from tether.config import LimitsSettings
-from tether.protocol import error_body, usable_request_id
+from tether.protocol import ErrorBody, usable_request_id
 from tether.ratelimit import Clock, RateLimiter, Verdict
 
 log = structlog.get_logger("tether.ws")
@@ -35,7 +34,7 @@ log = structlog.get_logger("tether.ws")
 CLOSE_IDLE = 1001
 CLOSE_ABUSE = 1008
 
-Reply = Callable[[str, dict[str, Any]], None]  # (request_id, body): queue an error frame
+Reply = Callable[[str, ErrorBody], None]  # (request_id, body): queue an error frame
 Close = Callable[[int, str], Awaitable[None]]  # (code, reason): close the socket
 
 
@@ -84,7 +83,7 @@ class SocketGuard:
             wait_ms = max(1, round(self.rate.retry_after() * 1000))
             reply(
                 request_id_of(raw),
-                error_body(
+                ErrorBody(
                     "rate_limited",
                     f"more than {self.rate.bucket.rate:g} frames a second on this socket "
                     f"(limits.messages_per_sec); this frame was dropped, send it again in "
