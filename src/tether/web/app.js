@@ -4,7 +4,7 @@ import { renderMarkdown } from '/ui/markdown.js'
 
 const $ = (id) => document.getElementById(id)
 const els = {
-  sidebar: $('sidebar'), sessions: $('sessions'), newChat: $('new-chat'), toggle: $('toggle-sidebar'),
+  sidebar: $('sidebar'), sessions: $('sessions'), search: $('search'), results: $('search-results'), newChat: $('new-chat'), toggle: $('toggle-sidebar'),
   title: $('title'), model: $('model'), thoughts: $('show-thoughts'), status: $('status'),
   messages: $('messages'), composer: $('composer'), input: $('input'), send: $('send'), stop: $('stop'),
   tokenDialog: $('token-dialog'), tokenForm: $('token-form'), tokenInput: $('token-input'), tokenError: $('token-error'),
@@ -84,13 +84,19 @@ function renderSessions() {
       open.textContent = session.title || 'Untitled chat'
       open.title = session.title
       open.addEventListener('click', () => openSession(session.id))
+      const rename = document.createElement('button')
+      rename.className = 'rename'
+      rename.type = 'button'
+      rename.textContent = '✎'
+      rename.setAttribute('aria-label', `Rename ${session.title || 'chat'}`)
+      rename.addEventListener('click', () => startRename(li, session))
       const remove = document.createElement('button')
       remove.className = 'delete'
       remove.type = 'button'
       remove.textContent = '✕'
       remove.setAttribute('aria-label', `Delete ${session.title || 'chat'}`)
       remove.addEventListener('click', () => deleteSession(session.id))
-      li.append(open, remove)
+      li.append(open, rename, remove)
       return li
     })
   )
@@ -127,6 +133,111 @@ function newChat() {
   showEmpty()
   els.input.focus()
 }
+
+/** Swap the session's row for a title field: Enter (or leaving it) saves, Escape cancels. */
+function startRename(li, session) {
+  const field = document.createElement('input')
+  field.className = 'rename-field'
+  field.value = session.title
+  field.maxLength = 200
+  field.setAttribute('aria-label', 'New title')
+  let done = false
+  const finish = async (save) => {
+    if (done) return
+    done = true
+    const title = field.value.trim()
+    if (save && title && title !== session.title) {
+      try {
+        await rest((c) => c.renameSession(session.id, title))
+      } catch (error) {
+        setStatus(`Rename failed: ${error.message}`, true)
+      }
+    }
+    await loadSessions()
+  }
+  field.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') void finish(true)
+    if (event.key === 'Escape') void finish(false)
+  })
+  field.addEventListener('blur', () => void finish(true))
+  li.replaceChildren(field)
+  field.focus()
+  field.select()
+}
+
+// ---- search
+
+/** The snippet as text nodes and <mark> elements: the server marks hits, the rest is plain text. */
+function snippetNodes(snippet) {
+  const nodes = []
+  for (const [i, part] of snippet.split(/<mark>|<\/mark>/).entries()) {
+    if (!part) continue
+    if (i % 2 === 1) {
+      const mark = document.createElement('mark')
+      mark.textContent = part
+      nodes.push(mark)
+    } else nodes.push(document.createTextNode(part))
+  }
+  return nodes
+}
+
+let searchSerial = 0
+async function runSearch() {
+  const q = els.search.value.trim()
+  const serial = ++searchSerial
+  if (!q) {
+    els.results.hidden = true
+    els.sessions.hidden = false
+    return
+  }
+  let results
+  try {
+    results = await rest((c) => c.searchMessages(q, { limit: 30 }))
+  } catch (error) {
+    results = []
+    setStatus(`Search failed: ${error.message}`, true)
+  }
+  if (serial !== searchSerial) return // a newer query is under way
+  els.sessions.hidden = true
+  els.results.hidden = false
+  if (results.length === 0) {
+    const none = document.createElement('li')
+    none.className = 'none'
+    none.textContent = 'No messages match.'
+    els.results.replaceChildren(none)
+    return
+  }
+  els.results.replaceChildren(
+    ...results.map((hit) => {
+      const li = document.createElement('li')
+      const open = document.createElement('button')
+      open.type = 'button'
+      open.className = 'hit'
+      const title = document.createElement('span')
+      title.className = 'hit-title'
+      title.textContent = hit.session_title || 'Untitled chat'
+      const snippet = document.createElement('span')
+      snippet.className = 'snippet'
+      snippet.append(...snippetNodes(hit.snippet))
+      open.append(title, snippet)
+      open.addEventListener('click', () => void openSession(hit.session_id))
+      li.append(open)
+      return li
+    })
+  )
+}
+
+let searchTimer = 0
+els.search.addEventListener('input', () => {
+  clearTimeout(searchTimer)
+  searchTimer = setTimeout(() => void runSearch(), 200)
+})
+els.search.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape') {
+    els.search.value = ''
+    void runSearch()
+  }
+})
 
 async function deleteSession(id) {
   if (!confirm('Delete this chat?')) return
