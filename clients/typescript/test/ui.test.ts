@@ -178,6 +178,37 @@ describe('the browser UI', { skip: haveChromium ? false : `no Chromium at ${exec
     await page.close()
   })
 
+  test('Regenerate on the last answer asks again: one answer shown, two stored side by side', async () => {
+    const page = await openPage(server.httpUrl)
+    await page.locator('#new-chat').click()
+    await sendMessage(page, 'say it twice')
+    await lastAnswer(page).locator('.meta').waitFor()
+    await sendMessage(page, 'and once more')
+    await lastAnswer(page).locator('.meta button.regenerate').waitFor()
+    assert.equal(await page.locator('button.regenerate').count(), 1) // only on the last answer
+    await lastAnswer(page).locator('button.regenerate').click()
+    await lastAnswer(page).locator('.meta button.regenerate').waitFor()
+    assert.equal(await page.locator('.message.assistant').count(), 2)
+    assert.equal(await lastAnswer(page).locator('.body').textContent(), 'and once more')
+    const sessions = (await (await fetch(`${server.httpUrl}/sessions`)).json()) as { id: string; title: string }[]
+    const session = sessions.find((s) => s.title === 'say it twice')
+    assert.ok(session !== undefined)
+    const messages = (await (await fetch(`${server.httpUrl}/sessions/${session.id}/messages`)).json()) as {
+      role: string
+      siblings: string[]
+    }[]
+    assert.equal(messages.length, 4)
+    assert.equal(messages[3]!.role, 'assistant')
+    assert.equal(messages[3]!.siblings.length, 2)
+    await shot(page, 'regenerate')
+    await page.reload()
+    await page.locator('body[data-ready="true"]').waitFor()
+    await page.locator('.sessions li button.open', { hasText: 'say it twice' }).click()
+    await page.locator('.message.assistant .meta button.regenerate').waitFor()
+    assert.equal(await page.locator('.message.assistant').count(), 2)
+    await page.close()
+  })
+
   test('a socket cut mid-answer: the page reconnects and the answer completes, every word once', async () => {
     const proxy = await TcpProxy.start(server.port)
     try {

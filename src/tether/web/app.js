@@ -27,7 +27,7 @@ for (const [key, value] of params) {
   }
 }
 
-const state = { client: null, connection: null, sessionId: null, sessions: [], turn: null }
+const state = { client: null, connection: null, sessionId: null, sessions: [], turn: null, lastUserMessageId: null }
 
 function connect() {
   const token = sessionStorage.getItem('tether.token') ?? undefined
@@ -111,8 +111,12 @@ async function openSession(id) {
   const messages = await rest((c) => c.listMessages(id))
   els.messages.replaceChildren()
   const toolCards = new Map()
+  state.lastUserMessageId = null
   for (const message of messages) {
-    if (message.role === 'user') addUserMessage(message.content)
+    if (message.role === 'user') {
+      addUserMessage(message.content)
+      state.lastUserMessageId = message.id
+    }
     else if (message.role === 'assistant') {
       const view = addAssistantMessage()
       for (const call of message.tool_calls ?? []) toolCards.set(call.id, view.toolCard(call))
@@ -123,11 +127,13 @@ async function openSession(id) {
     }
   }
   if (messages.length === 0) showEmpty()
+  offerRegenerate()
   scrollDown()
 }
 
 function newChat() {
   state.sessionId = null
+  state.lastUserMessageId = null
   els.sidebar.classList.remove('open')
   renderSessions()
   showEmpty()
@@ -374,33 +380,58 @@ function setRunning(running) {
   els.stop.hidden = !running
 }
 
+/** A Regenerate button under the last answer (only there, and not while a turn runs). */
+function offerRegenerate() {
+  els.messages.querySelector('.regenerate')?.remove()
+  const last = els.messages.lastElementChild
+  if (state.turn || !state.sessionId || !state.lastUserMessageId || !last?.classList.contains('assistant')) return
+  const button = document.createElement('button')
+  button.type = 'button'
+  button.className = 'regenerate'
+  button.textContent = '↻ Regenerate'
+  button.addEventListener('click', () => void regenerate())
+  last.querySelector('.meta')?.append(button)
+}
+
 async function send() {
   const text = els.input.value.trim()
   if (!text || state.turn) return
   els.input.value = ''
   resizeInput()
   addUserMessage(text)
+  await runTurn((onEvent) =>
+    state.connection.chat({ text, options: options(), ...(state.sessionId && { sessionId: state.sessionId }), onEvent })
+  )
+}
+
+/** Answer the last question again: the new answer replaces the old one on screen (both are kept). */
+async function regenerate() {
+  if (state.turn || !state.sessionId || !state.lastUserMessageId) return
+  els.messages.lastElementChild?.remove()
+  const sessionId = state.sessionId
+  const messageId = state.lastUserMessageId
+  await runTurn((onEvent) => state.connection.regenerate({ sessionId, messageId, options: options(), onEvent }))
+}
+
+async function runTurn(start) {
+  els.messages.querySelector('.regenerate')?.remove()
   const view = addAssistantMessage()
   view.streaming(true)
   scrollDown()
   const cards = new Map()
   let model = null
-  const turn = state.connection.chat({
-    text,
-    options: options(),
-    ...(state.sessionId && { sessionId: state.sessionId }),
-    onEvent: (event) => {
-      if (event.type === 'start') {
-        model = event.model
-        if (!state.sessionId) {
-          state.sessionId = event.sessionId
-          void loadSessions()
-        }
-      } else if (event.type === 'token') view.append(event.token)
-      else if (event.type === 'thinking') view.thinking(event.token)
-      else if (event.type === 'tool' && event.phase === 'call') cards.set(event.payload.id, view.toolCard(event.payload))
-      else if (event.type === 'tool' && event.phase === 'result') cards.get(event.payload.id)?.setResult(event.payload)
-    },
+  const turn = start((event) => {
+    if (event.type === 'start') {
+      model = event.model
+      state.lastUserMessageId = event.userMessageId ?? state.lastUserMessageId
+      if (!state.sessionId) {
+        state.sessionId = event.sessionId
+        void loadSessions()
+      }
+    } else if (event.type === 'token') view.append(event.token)
+    else if (event.type === 'thinking') view.thinking(event.token)
+    else if (event.type === 'tool' && event.phase === 'call') cards.set(event.payload.id, view.toolCard(event.payload))
+    else if (event.type === 'tool' && event.phase === 'result') cards.get(event.payload.id)?.setResult(event.payload)
   })
   state.turn = turn
   setRunning(true)
@@ -417,6 +448,7 @@ async function send() {
   } finally {
     state.turn = null
     setRunning(false)
+    offerRegenerate()
     void loadSessions()
   }
 }
