@@ -66,6 +66,12 @@ export class TetherClient {
   listMessages(sessionId: string): Promise<rest.StoredMessage[]> {
     return rest.listMessages(sessionId, this.options)
   }
+  renameSession(id: string, title: string): Promise<rest.Session> {
+    return rest.renameSession(id, title, this.options)
+  }
+  searchMessages(q: string, filter?: { limit?: number; session_id?: string }): Promise<rest.SearchResult[]> {
+    return rest.searchMessages(q, this.options, filter)
+  }
   deleteSession(id: string): Promise<void> {
     return rest.deleteSession(id, this.options)
   }

@@ -17,6 +17,7 @@
 import {
   parseServerFrame,
   type ChatFrame,
+  type RegenerateFrame,
   type ChatOptionsV1,
   type ClientFrame,
   type CompleteMetadata,
@@ -96,6 +97,15 @@ export interface ChatRequest {
   onEvent?: (event: ChatEvent) => void
 }
 
+export interface RegenerateRequest {
+  sessionId: string
+  messageId: string
+  requestId?: string
+  options?: ChatOptions
+  signal?: AbortSignal
+  onEvent?: (event: ChatEvent) => void
+}
+
 export interface ConnectionOptions {
   /** `ws://host:port/ws/chat` (http(s) URLs are turned into ws(s)). */
   url: string
@@ -134,7 +144,7 @@ export function newRequestId(): string {
 interface Running {
   requestId: string
   /** The chat frame to send (again); undefined for a request this connection only resumes. */
-  frame: ChatFrame | undefined
+  frame: ChatFrame | RegenerateFrame | undefined
   lastSeq: number
   sent: boolean
   resent: boolean
@@ -205,6 +215,16 @@ export class TetherConnection {
     return this.track(requestId, frame, -1, undefined, request)
   }
 
+  /** Answer the stored user message `messageId` (or any message of its turn) again. */
+  regenerate(request: RegenerateRequest): ChatTurn {
+    const frame: RegenerateFrame = {
+      type: 'regenerate', request_id: request.requestId ?? newRequestId(), session_id: request.sessionId, message_id: request.messageId,
+    }
+    if (request.options !== undefined) frame.options = toWireOptions(request.options)
+    if (this.running.has(frame.request_id)) throw new TetherError('conflict', `request ${frame.request_id} is already running`)
+    return this.track(frame.request_id, frame, -1, undefined, request)
+  }
+
   /**
    * Follow a request started elsewhere (another socket, a page before its reload): its frames
    * after `afterSeq` (-1: all of them), then live ones while it runs. `resumeToken` is its
@@ -223,7 +243,7 @@ export class TetherConnection {
 
   private track(
     requestId: string,
-    frame: ChatFrame | undefined,
+    frame: ChatFrame | RegenerateFrame | undefined,
     afterSeq: number,
     resumeToken: string | undefined,
     request: { signal?: AbortSignal; onEvent?: (event: ChatEvent) => void }

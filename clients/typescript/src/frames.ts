@@ -27,6 +27,15 @@ export interface ChatFrame {
   options?: ChatOptionsV1
 }
 
+/** Answer a stored user message again: a new answer beside the earlier ones. */
+export interface RegenerateFrame {
+  type: 'regenerate'
+  request_id: string
+  session_id: string
+  message_id: string
+  options?: ChatOptionsV1
+}
+
 export interface CancelFrame {
   type: 'cancel'
   request_id: string
@@ -47,7 +56,7 @@ export interface PingFrame {
   request_id?: string
 }
 
-export type ClientFrame = ChatFrame | CancelFrame | ResumeFrame | PingFrame
+export type ClientFrame = ChatFrame | RegenerateFrame | CancelFrame | ResumeFrame | PingFrame
 
 export type FinishReason = 'stop' | 'length' | 'cancelled' | 'tool_loop_limit' | 'interrupted'
 

@@ -57,6 +57,18 @@ export interface Session {
   updated_at: string
 }
 
+/** One hit of `GET /search`: `snippet` marks the matched words with `<mark>`…`</mark>` and is
+ * otherwise the stored text as is (not HTML-escaped): show it as text, never as HTML. */
+export interface SearchResult {
+  message_id: string
+  session_id: string
+  session_title: string
+  role: string
+  snippet: string
+  created_at: string
+  rank: number
+}
+
 export interface StoredToolCall {
   id: string
   name: string
@@ -210,6 +222,23 @@ export function getSession(id: string, target?: RestTarget): Promise<Session> {
 
 export function listMessages(sessionId: string, target?: RestTarget): Promise<StoredMessage[]> {
   return request(target, 'GET', `/sessions/${seg(sessionId)}/messages`)
+}
+
+export function renameSession(id: string, title: string, target?: RestTarget): Promise<Session> {
+  return request(target, 'PATCH', `/sessions/${seg(id)}`, { title })
+}
+
+/** Full-text search over stored messages, best first. */
+export async function searchMessages(
+  q: string,
+  target?: RestTarget,
+  filter: { limit?: number; session_id?: string } = {}
+): Promise<SearchResult[]> {
+  const query = new URLSearchParams({ q })
+  if (filter.limit !== undefined) query.set('limit', String(filter.limit))
+  if (filter.session_id !== undefined) query.set('session_id', filter.session_id)
+  const body = await request<{ results: SearchResult[] }>(target, 'GET', `/search?${query}`)
+  return body.results
 }
 
 export function deleteSession(id: string, target?: RestTarget): Promise<void> {

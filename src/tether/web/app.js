@@ -4,7 +4,7 @@ import { renderMarkdown } from '/ui/markdown.js'
 
 const $ = (id) => document.getElementById(id)
 const els = {
-  sidebar: $('sidebar'), sessions: $('sessions'), newChat: $('new-chat'), toggle: $('toggle-sidebar'),
+  sidebar: $('sidebar'), sessions: $('sessions'), search: $('search'), results: $('search-results'), newChat: $('new-chat'), toggle: $('toggle-sidebar'),
   title: $('title'), model: $('model'), thoughts: $('show-thoughts'), status: $('status'),
   messages: $('messages'), composer: $('composer'), input: $('input'), send: $('send'), stop: $('stop'),
   tokenDialog: $('token-dialog'), tokenForm: $('token-form'), tokenInput: $('token-input'), tokenError: $('token-error'),
@@ -27,7 +27,7 @@ for (const [key, value] of params) {
   }
 }
 
-const state = { client: null, connection: null, sessionId: null, sessions: [], turn: null }
+const state = { client: null, connection: null, sessionId: null, sessions: [], turn: null, lastUserMessageId: null }
 
 function connect() {
   const token = sessionStorage.getItem('tether.token') ?? undefined
@@ -84,13 +84,19 @@ function renderSessions() {
       open.textContent = session.title || 'Untitled chat'
       open.title = session.title
       open.addEventListener('click', () => openSession(session.id))
+      const rename = document.createElement('button')
+      rename.className = 'rename'
+      rename.type = 'button'
+      rename.textContent = '✎'
+      rename.setAttribute('aria-label', `Rename ${session.title || 'chat'}`)
+      rename.addEventListener('click', () => startRename(li, session))
       const remove = document.createElement('button')
       remove.className = 'delete'
       remove.type = 'button'
       remove.textContent = '✕'
       remove.setAttribute('aria-label', `Delete ${session.title || 'chat'}`)
       remove.addEventListener('click', () => deleteSession(session.id))
-      li.append(open, remove)
+      li.append(open, rename, remove)
       return li
     })
   )
@@ -105,8 +111,12 @@ async function openSession(id) {
   const messages = await rest((c) => c.listMessages(id))
   els.messages.replaceChildren()
   const toolCards = new Map()
+  state.lastUserMessageId = null
   for (const message of messages) {
-    if (message.role === 'user') addUserMessage(message.content)
+    if (message.role === 'user') {
+      addUserMessage(message.content)
+      state.lastUserMessageId = message.id
+    }
     else if (message.role === 'assistant') {
       const view = addAssistantMessage()
       for (const call of message.tool_calls ?? []) toolCards.set(call.id, view.toolCard(call))
@@ -117,16 +127,123 @@ async function openSession(id) {
     }
   }
   if (messages.length === 0) showEmpty()
+  offerRegenerate()
   scrollDown()
 }
 
 function newChat() {
   state.sessionId = null
+  state.lastUserMessageId = null
   els.sidebar.classList.remove('open')
   renderSessions()
   showEmpty()
   els.input.focus()
 }
+
+/** Swap the session's row for a title field: Enter (or leaving it) saves, Escape cancels. */
+function startRename(li, session) {
+  const field = document.createElement('input')
+  field.className = 'rename-field'
+  field.value = session.title
+  field.maxLength = 200
+  field.setAttribute('aria-label', 'New title')
+  let done = false
+  const finish = async (save) => {
+    if (done) return
+    done = true
+    const title = field.value.trim()
+    if (save && title && title !== session.title) {
+      try {
+        await rest((c) => c.renameSession(session.id, title))
+      } catch (error) {
+        setStatus(`Rename failed: ${error.message}`, true)
+      }
+    }
+    await loadSessions()
+  }
+  field.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') void finish(true)
+    if (event.key === 'Escape') void finish(false)
+  })
+  field.addEventListener('blur', () => void finish(true))
+  li.replaceChildren(field)
+  field.focus()
+  field.select()
+}
+
+// ---- search
+
+/** The snippet as text nodes and <mark> elements: the server marks hits, the rest is plain text. */
+function snippetNodes(snippet) {
+  const nodes = []
+  for (const [i, part] of snippet.split(/<mark>|<\/mark>/).entries()) {
+    if (!part) continue
+    if (i % 2 === 1) {
+      const mark = document.createElement('mark')
+      mark.textContent = part
+      nodes.push(mark)
+    } else nodes.push(document.createTextNode(part))
+  }
+  return nodes
+}
+
+let searchSerial = 0
+async function runSearch() {
+  const q = els.search.value.trim()
+  const serial = ++searchSerial
+  if (!q) {
+    els.results.hidden = true
+    els.sessions.hidden = false
+    return
+  }
+  let results
+  try {
+    results = await rest((c) => c.searchMessages(q, { limit: 30 }))
+  } catch (error) {
+    results = []
+    setStatus(`Search failed: ${error.message}`, true)
+  }
+  if (serial !== searchSerial) return // a newer query is under way
+  els.sessions.hidden = true
+  els.results.hidden = false
+  if (results.length === 0) {
+    const none = document.createElement('li')
+    none.className = 'none'
+    none.textContent = 'No messages match.'
+    els.results.replaceChildren(none)
+    return
+  }
+  els.results.replaceChildren(
+    ...results.map((hit) => {
+      const li = document.createElement('li')
+      const open = document.createElement('button')
+      open.type = 'button'
+      open.className = 'hit'
+      const title = document.createElement('span')
+      title.className = 'hit-title'
+      title.textContent = hit.session_title || 'Untitled chat'
+      const snippet = document.createElement('span')
+      snippet.className = 'snippet'
+      snippet.append(...snippetNodes(hit.snippet))
+      open.append(title, snippet)
+      open.addEventListener('click', () => void openSession(hit.session_id))
+      li.append(open)
+      return li
+    })
+  )
+}
+
+let searchTimer = 0
+els.search.addEventListener('input', () => {
+  clearTimeout(searchTimer)
+  searchTimer = setTimeout(() => void runSearch(), 200)
+})
+els.search.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape') {
+    els.search.value = ''
+    void runSearch()
+  }
+})
 
 async function deleteSession(id) {
   if (!confirm('Delete this chat?')) return
@@ -263,33 +380,58 @@ function setRunning(running) {
   els.stop.hidden = !running
 }
 
+/** A Regenerate button under the last answer (only there, and not while a turn runs). */
+function offerRegenerate() {
+  els.messages.querySelector('.regenerate')?.remove()
+  const last = els.messages.lastElementChild
+  if (state.turn || !state.sessionId || !state.lastUserMessageId || !last?.classList.contains('assistant')) return
+  const button = document.createElement('button')
+  button.type = 'button'
+  button.className = 'regenerate'
+  button.textContent = '↻ Regenerate'
+  button.addEventListener('click', () => void regenerate())
+  last.querySelector('.meta')?.append(button)
+}
+
 async function send() {
   const text = els.input.value.trim()
   if (!text || state.turn) return
   els.input.value = ''
   resizeInput()
   addUserMessage(text)
+  await runTurn((onEvent) =>
+    state.connection.chat({ text, options: options(), ...(state.sessionId && { sessionId: state.sessionId }), onEvent })
+  )
+}
+
+/** Answer the last question again: the new answer replaces the old one on screen (both are kept). */
+async function regenerate() {
+  if (state.turn || !state.sessionId || !state.lastUserMessageId) return
+  els.messages.lastElementChild?.remove()
+  const sessionId = state.sessionId
+  const messageId = state.lastUserMessageId
+  await runTurn((onEvent) => state.connection.regenerate({ sessionId, messageId, options: options(), onEvent }))
+}
+
+async function runTurn(start) {
+  els.messages.querySelector('.regenerate')?.remove()
   const view = addAssistantMessage()
   view.streaming(true)
   scrollDown()
   const cards = new Map()
   let model = null
-  const turn = state.connection.chat({
-    text,
-    options: options(),
-    ...(state.sessionId && { sessionId: state.sessionId }),
-    onEvent: (event) => {
-      if (event.type === 'start') {
-        model = event.model
-        if (!state.sessionId) {
-          state.sessionId = event.sessionId
-          void loadSessions()
-        }
-      } else if (event.type === 'token') view.append(event.token)
-      else if (event.type === 'thinking') view.thinking(event.token)
-      else if (event.type === 'tool' && event.phase === 'call') cards.set(event.payload.id, view.toolCard(event.payload))
-      else if (event.type === 'tool' && event.phase === 'result') cards.get(event.payload.id)?.setResult(event.payload)
-    },
+  const turn = start((event) => {
+    if (event.type === 'start') {
+      model = event.model
+      state.lastUserMessageId = event.userMessageId ?? state.lastUserMessageId
+      if (!state.sessionId) {
+        state.sessionId = event.sessionId
+        void loadSessions()
+      }
+    } else if (event.type === 'token') view.append(event.token)
+    else if (event.type === 'thinking') view.thinking(event.token)
+    else if (event.type === 'tool' && event.phase === 'call') cards.set(event.payload.id, view.toolCard(event.payload))
+    else if (event.type === 'tool' && event.phase === 'result') cards.get(event.payload.id)?.setResult(event.payload)
   })
   state.turn = turn
   setRunning(true)
@@ -306,6 +448,7 @@ async function send() {
   } finally {
     state.turn = null
     setRunning(false)
+    offerRegenerate()
     void loadSessions()
   }
 }

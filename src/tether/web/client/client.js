@@ -53,6 +53,12 @@ export class TetherClient {
     listMessages(sessionId) {
         return rest.listMessages(sessionId, this.options);
     }
+    renameSession(id, title) {
+        return rest.renameSession(id, title, this.options);
+    }
+    searchMessages(q, filter) {
+        return rest.searchMessages(q, this.options, filter);
+    }
     deleteSession(id) {
         return rest.deleteSession(id, this.options);
     }

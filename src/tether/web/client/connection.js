@@ -94,6 +94,17 @@ export class TetherConnection {
             throw new TetherError('conflict', `request ${requestId} is already running`);
         return this.track(requestId, frame, -1, undefined, request);
     }
+    /** Answer the stored user message `messageId` (or any message of its turn) again. */
+    regenerate(request) {
+        const frame = {
+            type: 'regenerate', request_id: request.requestId ?? newRequestId(), session_id: request.sessionId, message_id: request.messageId,
+        };
+        if (request.options !== undefined)
+            frame.options = toWireOptions(request.options);
+        if (this.running.has(frame.request_id))
+            throw new TetherError('conflict', `request ${frame.request_id} is already running`);
+        return this.track(frame.request_id, frame, -1, undefined, request);
+    }
     /**
      * Follow a request started elsewhere (another socket, a page before its reload): its frames
      * after `afterSeq` (-1: all of them), then live ones while it runs. `resumeToken` is its

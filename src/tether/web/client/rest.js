@@ -105,6 +105,19 @@ export function getSession(id, target) {
 export function listMessages(sessionId, target) {
     return request(target, 'GET', `/sessions/${seg(sessionId)}/messages`);
 }
+export function renameSession(id, title, target) {
+    return request(target, 'PATCH', `/sessions/${seg(id)}`, { title });
+}
+/** Full-text search over stored messages, best first. */
+export async function searchMessages(q, target, filter = {}) {
+    const query = new URLSearchParams({ q });
+    if (filter.limit !== undefined)
+        query.set('limit', String(filter.limit));
+    if (filter.session_id !== undefined)
+        query.set('session_id', filter.session_id);
+    const body = await request(target, 'GET', `/search?${query}`);
+    return body.results;
+}
 export function deleteSession(id, target) {
     return request(target, 'DELETE', `/sessions/${seg(id)}`);
 }
