@@ -30,7 +30,7 @@ from tether.jsonsafe import is_unicode
 pytestmark = pytest.mark.e2e
 
 MAX_TEXT = 1000
-STATUSES = {"processing", "chunk", "tool", "complete", "error", "pong"}
+STATUSES = {"queued", "processing", "chunk", "tool", "complete", "error", "pong"}
 LEAKS = ("Traceback", 'File "', "Exception", "sqlite3.", "pydantic_core")
 
 
@@ -80,7 +80,7 @@ class Prober:
             assert frame["seq"] >= 0
         else:
             assert status in {"error", "pong"}, frame
-        if status == "processing":
+        if status in ("queued", "processing"):  # queued: waits for its session's earlier turn
             self.running.add(request_id)
         elif status == "complete":
             self.running.discard(request_id)
