@@ -224,17 +224,17 @@ class Run:
         if not isinstance(event, TextDelta | ThinkingDelta):
             self.post(frame_body(event))
             return
-        full = self._merging.add(event)
-        if full is not None:
-            self.frames.append(self._numbering.next(frame_body(full)))
+        self._log_joined(self._merging.add(event))
         self.registry.journal_later(self)
 
     def logged(self) -> int:
         """Render the deltas waiting into a frame; how many frames the log holds."""
-        joined = self._merging.take()
+        self._log_joined(self._merging.take())
+        return len(self.frames)
+
+    def _log_joined(self, joined: TextDelta | ThinkingDelta | None) -> None:
         if joined is not None:
             self.frames.append(self._numbering.next(frame_body(joined)))
-        return len(self.frames)
 
     async def keep_pace(self) -> None:
         """Let the other runs, the sockets' writers and the journal go first; wait while this
