@@ -90,10 +90,23 @@ export interface ChatRequest {
   sessionId?: string
   agentId?: string
   parentId?: string
+  /** Put the new message beside this user message (an edit); not with `parentId`. */
+  siblingOf?: string
   options?: ChatOptions
   /** Aborting sends `cancel`. */
   signal?: AbortSignal
   /** This request's events (the connection's `onEvent` gets them too). */
+  onEvent?: (event: ChatEvent) => void
+}
+
+/** A new version of the stored user message `messageId`: stored beside it, then answered. */
+export interface EditRequest {
+  sessionId: string
+  messageId: string
+  text: string
+  requestId?: string
+  options?: ChatOptions
+  signal?: AbortSignal
   onEvent?: (event: ChatEvent) => void
 }
 
@@ -209,13 +222,25 @@ export class TetherConnection {
     if (request.sessionId !== undefined) frame.session_id = request.sessionId
     if (request.agentId !== undefined) frame.agent_id = request.agentId
     if (request.parentId !== undefined) frame.parent_id = request.parentId
+    if (request.siblingOf !== undefined) frame.sibling_of = request.siblingOf
     if (request.options !== undefined) frame.options = toWireOptions(request.options)
     const requestId = frame.request_id
     if (this.running.has(requestId)) throw new TetherError('conflict', `request ${requestId} is already running`)
     return this.track(requestId, frame, -1, undefined, request)
   }
 
-  /** Answer the stored user message `messageId` (or any message of its turn) again. */
+  /**
+   * Edit the stored user message `messageId`: the new text goes beside it (a new branch, the
+   * session's active one; the old message and its answers stay) and is answered. Any user
+   * message, a session's first too.
+   */
+  edit(request: EditRequest): ChatTurn {
+    const { messageId, ...fields } = request
+    return this.chat({ ...fields, siblingOf: messageId })
+  }
+
+  /** Answer the stored user message `messageId` (or any message of its turn) again: a new
+   * answer beside the earlier ones, the session's active branch. */
   regenerate(request: RegenerateRequest): ChatTurn {
     const frame: RegenerateFrame = {
       type: 'regenerate', request_id: request.requestId ?? newRequestId(), session_id: request.sessionId, message_id: request.messageId,

@@ -87,6 +87,8 @@ export class TetherConnection {
             frame.agent_id = request.agentId;
         if (request.parentId !== undefined)
             frame.parent_id = request.parentId;
+        if (request.siblingOf !== undefined)
+            frame.sibling_of = request.siblingOf;
         if (request.options !== undefined)
             frame.options = toWireOptions(request.options);
         const requestId = frame.request_id;
@@ -94,7 +96,17 @@ export class TetherConnection {
             throw new TetherError('conflict', `request ${requestId} is already running`);
         return this.track(requestId, frame, -1, undefined, request);
     }
-    /** Answer the stored user message `messageId` (or any message of its turn) again. */
+    /**
+     * Edit the stored user message `messageId`: the new text goes beside it (a new branch, the
+     * session's active one; the old message and its answers stay) and is answered. Any user
+     * message, a session's first too.
+     */
+    edit(request) {
+        const { messageId, ...fields } = request;
+        return this.chat({ ...fields, siblingOf: messageId });
+    }
+    /** Answer the stored user message `messageId` (or any message of its turn) again: a new
+     * answer beside the earlier ones, the session's active branch. */
     regenerate(request) {
         const frame = {
             type: 'regenerate', request_id: request.requestId ?? newRequestId(), session_id: request.sessionId, message_id: request.messageId,
