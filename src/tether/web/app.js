@@ -27,11 +27,10 @@ for (const [key, value] of params) {
   }
 }
 
-// `branch`: the stored messages the page shows (the session's active branch); `timings`,
-// `thoughts` (of answers, by message id) and `toolTimes` (by call id): what the server does not
-// store, kept for the answers streamed on this page.
+// `timings`, `thoughts` (of answers, by message id) and `toolTimes` (by call id): what the server
+// does not store, kept for the answers streamed on this page.
 const state = {
-  client: null, connection: null, sessionId: null, sessions: [], turn: null, branch: [],
+  client: null, connection: null, sessionId: null, sessions: [], turn: null,
   timings: new Map(), thoughts: new Map(), toolTimes: new Map(),
 }
 
@@ -110,12 +109,21 @@ function renderSessions() {
   els.title.textContent = current ? current.title || 'Untitled chat' : 'New chat'
 }
 
-/** Show session `id`; with `focusId`, scrolled to that message (its branch made the active one
- * when it is on another). */
+/** Open session `id` (the sidebar folds away on a phone); with `focusId`, at that message. */
 async function openSession(id, focusId = null) {
   state.sessionId = id
   els.sidebar.classList.remove('open')
   renderSessions()
+  try {
+    await showBranch(id, focusId)
+  } catch (error) {
+    setStatus(`Cannot load the chat: ${error.message}`, true)
+  }
+}
+
+/** Show session `id`'s active branch; with `focusId`, scrolled to that message and highlighted
+ * (its branch made the active one first when it is on another). */
+async function showBranch(id, focusId = null) {
   let branch = await rest((c) => c.listMessages(id))
   if (focusId && !branch.some((m) => m.id === focusId)) {
     await rest((c) => c.setActiveBranch(id, focusId))
@@ -132,15 +140,14 @@ async function openSession(id, focusId = null) {
   } else scrollDown()
 }
 
-/** Reload the current session's branch from the server (after a turn or a branch switch). */
+/** Reload the current session's branch from the server (after a turn). */
 async function reloadBranch() {
-  if (state.sessionId) await openSession(state.sessionId)
+  if (state.sessionId) await showBranch(state.sessionId)
 }
 
 /** The branch as the page shows it: each user message, then its answer as one box (the answer's
  * rounds, tool calls and their results together, as it streamed). */
 function renderBranch(messages) {
-  state.branch = messages
   els.messages.replaceChildren()
   if (messages.length === 0) {
     showEmpty()
@@ -154,13 +161,26 @@ function renderBranch(messages) {
       turns.at(-1).answer.push(message)
     }
   }
-  for (const [i, turn] of turns.entries()) {
+  for (const turn of turns) {
     if (turn.user) addUserMessage(turn.user.content, turn.user)
-    if (turn.answer.length > 0) renderAnswer(turn.answer, i === turns.length - 1)
+    if (turn.answer.length > 0) renderAnswer(turn.answer)
   }
+  const last = turns.at(-1)?.answer[0]
+  if (last?.role === 'assistant') offerRegenerate(els.messages.lastElementChild, last.id)
 }
 
-function renderAnswer(messages, last) {
+/** A Regenerate button in the meta line of the answer `box` (the last one). */
+function offerRegenerate(box, answerId) {
+  const button = document.createElement('button')
+  button.type = 'button'
+  button.className = 'regenerate'
+  button.textContent = '↻ Regenerate'
+  button.addEventListener('click', () => void regenerate(answerId))
+  box.querySelector('.meta').append(button)
+}
+
+/** One answer: its rounds' text, tool cards with their results, usage, its switcher. */
+function renderAnswer(messages) {
   const view = addAssistantMessage()
   view.box.dataset.ids = messages.map((m) => m.id).join(' ')
   const cards = new Map()
@@ -184,17 +204,7 @@ function renderAnswer(messages, last) {
     timings: final ? state.timings.get(final.id) : null,
     model: final?.model,
   })
-  const first = messages[0]
-  const actions = view.box.querySelector('.meta')
-  actions.prepend(...siblingSwitcher(first, 'answer'))
-  if (last && first.role === 'assistant') {
-    const button = document.createElement('button')
-    button.type = 'button'
-    button.className = 'regenerate'
-    button.textContent = '↻ Regenerate'
-    button.addEventListener('click', () => void regenerate(first.id))
-    actions.append(button)
-  }
+  view.box.querySelector('.meta').prepend(...siblingSwitcher(messages[0], 'answer'))
 }
 
 /** "‹ 2/3 ›" for a message with siblings (edits of a question, regenerations of an answer);
@@ -227,17 +237,16 @@ async function switchBranch(messageId) {
   const sessionId = state.sessionId
   try {
     await rest((c) => c.setActiveBranch(sessionId, messageId))
+    await showBranch(sessionId)
   } catch (error) {
     setStatus(`Switching failed: ${error.message}`, true)
     return
   }
-  await openSession(sessionId)
   els.messages.querySelector(`[data-ids~="${CSS.escape(messageId)}"]`)?.scrollIntoView({ block: 'nearest' })
 }
 
 function newChat() {
   state.sessionId = null
-  state.branch = []
   els.sidebar.classList.remove('open')
   renderSessions()
   showEmpty()
@@ -573,6 +582,7 @@ function options() {
 function setRunning(running) {
   els.send.hidden = running
   els.stop.hidden = !running
+  document.body.classList.toggle('running', running) // edits and switches wait for the answer
 }
 
 async function send() {
