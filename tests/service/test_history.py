@@ -303,6 +303,17 @@ async def test_sibling_of_on_the_socket_edits_any_message_even_the_first(
     assert contents(await messages(http, sid)) == ["one", "one", "two", "two"]
 
 
+async def test_sibling_of_in_a_chat_stream_body_is_the_edit_route(http: httpx.AsyncClient) -> None:
+    first = await chat(http, "one")
+    sid, root = first["session_id"], first["user_message_id"]
+    body = {"text": "1", "session_id": sid, "sibling_of": root}
+    lines = await ndjson(http, "/chat/stream", body)
+    assert (lines[-1]["type"], tokens(lines)) == ("done", "1")
+    active = await messages(http, sid)
+    assert contents(active) == ["1", "1"]
+    assert active[0]["siblings"] == [root, active[0]["id"]]
+
+
 @pytest.mark.parametrize(
     ("fields", "code"),
     [
