@@ -103,6 +103,13 @@ describe('the browser UI', { skip: haveChromium ? false : `no Chromium at ${exec
     assert.equal(await card.locator('.result').textContent(), '42')
     await lastAnswer(page).locator('.meta').waitFor()
     assert.equal(await lastAnswer(page).locator('.body').textContent(), 'Tool calculator returned: 42')
+    // A failing call stays a failed card once the answer is stored (and shown from the store).
+    await sendMessage(page, '<tool_call>{"name": "calculator", "arguments": {"expression": "6*"}}</tool_call>')
+    const failed = lastAnswer(page).locator('details.tool-card[data-tool="calculator"]')
+    await lastAnswer(page).locator('.meta button.regenerate').waitFor()
+    assert.match((await failed.locator('summary').textContent()) ?? '', /^Tool calculator: failed \(\d+\.\d ms\)$/)
+    await failed.locator('summary').click()
+    assert.match((await failed.locator('.result.failed').textContent()) ?? '', /Error/)
     await shot(page, 'tool')
     await page.close()
   })

@@ -189,7 +189,8 @@ function renderAnswer(messages) {
     if (message.role === 'assistant') {
       for (const call of message.tool_calls ?? []) cards.set(call.id, view.toolCard(call))
     } else if (message.role === 'tool') {
-      cards.get(message.tool_call_id)?.setResult({ result: message.content, duration_ms: state.toolTimes.get(message.tool_call_id) })
+      const outcome = message.status === 'error' ? { error: message.content } : { result: message.content }
+      cards.get(message.tool_call_id)?.setResult({ ...outcome, duration_ms: state.toolTimes.get(message.tool_call_id) })
     }
   }
   view.setText(replies.map((m) => m.content).filter((text) => text).join('\n\n'))
