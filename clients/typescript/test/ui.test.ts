@@ -243,7 +243,11 @@ describe('the browser UI', { skip: haveChromium ? false : `no Chromium at ${exec
     await lastAnswer(page).locator('.meta').waitFor()
     await sendMessage(page, 'and once more')
     await lastAnswer(page).locator('.meta button.regenerate').waitFor()
-    assert.equal(await page.locator('button.regenerate').count(), 1) // only on the last answer
+    // Shown on the last answer; on an older one only under the pointer.
+    const opacity = (n: number) => page.locator('.message.assistant').nth(n).locator('button.regenerate').evaluate((b) => getComputedStyle(b).opacity)
+    assert.equal(await opacity(1), '1')
+    await page.mouse.move(0, 0)
+    await page.waitForFunction(() => getComputedStyle(document.querySelector('.message.assistant button.regenerate')!).opacity === '0')
     assert.equal(await page.locator('.switcher').count(), 0) // nothing to switch yet
     const before = await lastAnswer(page).getAttribute('data-ids')
     await lastAnswer(page).locator('button.regenerate').click()
@@ -270,6 +274,26 @@ describe('the browser UI', { skip: haveChromium ? false : `no Chromium at ${exec
     await lastAnswer(page).locator('.meta .switcher .count', { hasText: '1/2' }).waitFor()
     assert.equal(await lastAnswer(page).getAttribute('data-ids'), older)
     assert.equal(await page.locator('.message.assistant').count(), 2)
+    await page.close()
+  })
+
+  test('Regenerate on an older answer: the chat goes on from the new one; ‹ brings back the old answer and all after it', async () => {
+    const page = await openPage(server.httpUrl)
+    await page.locator('#new-chat').click()
+    for (const text of ['alpha one', 'beta two', 'gamma three']) {
+      await sendMessage(page, text)
+      await lastAnswer(page).locator('.meta button.regenerate').waitFor()
+    }
+    const first = page.locator('.message.assistant').first()
+    await first.hover()
+    await first.locator('button.regenerate').click()
+    await page.locator('.message.assistant .switcher .count', { hasText: '2/2' }).waitFor()
+    assert.deepEqual(await shownTexts(page), ['alpha one', 'alpha one'])
+    await page.locator('.message.assistant .switcher button.previous').click()
+    await page.locator('.message.assistant').first().locator('.switcher .count', { hasText: '1/2' }).waitFor()
+    assert.deepEqual(await shownTexts(page), ['alpha one', 'alpha one', 'beta two', 'beta two', 'gamma three', 'gamma three'])
+    const { messages: tree } = await stored('alpha one', true)
+    assert.equal(tree.length, 7) // one question stored once, answered twice
     await page.close()
   })
 

@@ -165,18 +165,6 @@ function renderBranch(messages) {
     if (turn.user) addUserMessage(turn.user.content, turn.user)
     if (turn.answer.length > 0) renderAnswer(turn.answer)
   }
-  const last = turns.at(-1)?.answer[0]
-  if (last?.role === 'assistant') offerRegenerate(els.messages.lastElementChild, last.id)
-}
-
-/** A Regenerate button in the meta line of the answer `box` (the last one). */
-function offerRegenerate(box, answerId) {
-  const button = document.createElement('button')
-  button.type = 'button'
-  button.className = 'regenerate'
-  button.textContent = '↻ Regenerate'
-  button.addEventListener('click', () => void regenerate(answerId))
-  box.querySelector('.meta').append(button)
 }
 
 /** One answer: its rounds' text, tool cards with their results, usage, its switcher. */
@@ -205,7 +193,15 @@ function renderAnswer(messages) {
     timings: final ? state.timings.get(final.id) : null,
     model: final?.model,
   })
-  view.box.querySelector('.meta').prepend(...siblingSwitcher(messages[0], 'answer'))
+  const meta = view.box.querySelector('.meta')
+  meta.prepend(...siblingSwitcher(messages[0], 'answer'))
+  if (messages[0].role !== 'assistant') return
+  const again = document.createElement('button')
+  again.type = 'button'
+  again.className = 'regenerate'
+  again.textContent = '↻ Regenerate'
+  again.addEventListener('click', () => void regenerate(view.box, messages[0].id))
+  meta.append(again)
 }
 
 /** "‹ 2/3 ›" for a message with siblings (edits of a question, regenerations of an answer);
@@ -610,11 +606,13 @@ async function sendEdit(box, message, text) {
   )
 }
 
-/** Answer the last question again: the new answer takes the old one's place (both are kept,
- * switchable with ‹ ›). `answerId`: a message of the answer being replaced. */
-async function regenerate(answerId) {
+/** Answer a question again: the new answer takes the old one's place (`box`, which goes with
+ * what came after it; both answers are kept, switchable with ‹ ›). `answerId`: a message of the
+ * answer being replaced. */
+async function regenerate(box, answerId) {
   if (state.turn || !state.sessionId) return
-  els.messages.lastElementChild?.remove()
+  while (box.nextElementSibling) box.nextElementSibling.remove()
+  box.remove()
   const sessionId = state.sessionId
   await runTurn((onEvent) => state.connection.regenerate({ sessionId, messageId: answerId, options: options(), onEvent }))
 }
