@@ -555,7 +555,7 @@ function addAssistantMessage() {
       }
       const facts = []
       if (model) facts.push(model)
-      if (usage?.completion_tokens != null) facts.push(`${usage.completion_tokens} tokens`)
+      if (usage?.completion_tokens != null) facts.push(`${usage.completion_tokens} ${usage.completion_tokens === 1 ? 'token' : 'tokens'}`)
       if (timings?.ttft_ms != null) facts.push(`first token ${Math.round(timings.ttft_ms)} ms`)
       if (timings?.tokens_per_s != null) facts.push(`${Math.round(timings.tokens_per_s)} tok/s`)
       const shownFacts = document.createElement('span')
