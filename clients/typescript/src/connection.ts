@@ -133,6 +133,8 @@ export const DEFAULT_RECONNECT_DELAYS_MS: readonly number[] = [100, 250, 500, 10
 
 const OPEN = 1
 const UNAUTHORIZED = 4401
+// Failures that trying again cannot mend: the running requests end with them at once.
+const PERMANENT = new Set(['unauthorized', 'no_websocket'])
 
 const OPTION_NAMES: Record<string, keyof ChatOptionsV1> = {
   maxNewTokens: 'max_tokens',
@@ -440,10 +442,10 @@ export class TetherConnection {
           return
         } catch (error) {
           failure = error instanceof TetherError ? error : new TetherError('unreachable', String(error))
-          if (failure.code === 'unauthorized') break
+          if (PERMANENT.has(failure.code)) break
         }
       }
-      this.failAll(new TetherError(failure.code === 'unauthorized' ? 'unauthorized' : 'disconnected', failure.message))
+      this.failAll(new TetherError(PERMANENT.has(failure.code) ? failure.code : 'disconnected', failure.message))
     } finally {
       this.connecting = undefined
       resolveConnecting()

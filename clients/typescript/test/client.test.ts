@@ -258,6 +258,12 @@ describe('failures and restarts', () => {
       streamChat({ backendUrl: 'ws://127.0.0.1:1/ws/chat', onEvent: () => undefined }),
       (error: unknown) => error instanceof TetherError && error.code === 'no_websocket' && /socketFactory/.test(error.message)
     )
+    // A turn on a connection never opened says so at once, rather than retrying for 30 s.
+    const started = Date.now()
+    const connection = new TetherConnection({ url: 'ws://127.0.0.1:1/ws/chat' })
+    await assert.rejects(connection.chat({ text: 'x' }), (error: unknown) => error instanceof TetherError && error.code === 'no_websocket')
+    assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`)
+    connection.close()
   })
 
   test('a bearer token: sent as a header through the socket factory and by fetch', async () => {

@@ -18,6 +18,8 @@ import { TetherError } from './rest.js';
 export const DEFAULT_RECONNECT_DELAYS_MS = [100, 250, 500, 1000, 2000, 4000, 8000, 15000];
 const OPEN = 1;
 const UNAUTHORIZED = 4401;
+// Failures that trying again cannot mend: the running requests end with them at once.
+const PERMANENT = new Set(['unauthorized', 'no_websocket']);
 const OPTION_NAMES = {
     maxNewTokens: 'max_tokens',
     maxTokens: 'max_tokens',
@@ -297,11 +299,11 @@ export class TetherConnection {
                 }
                 catch (error) {
                     failure = error instanceof TetherError ? error : new TetherError('unreachable', String(error));
-                    if (failure.code === 'unauthorized')
+                    if (PERMANENT.has(failure.code))
                         break;
                 }
             }
-            this.failAll(new TetherError(failure.code === 'unauthorized' ? 'unauthorized' : 'disconnected', failure.message));
+            this.failAll(new TetherError(PERMANENT.has(failure.code) ? failure.code : 'disconnected', failure.message));
         }
         finally {
             this.connecting = undefined;
