@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any
 
-from harness import Goal, Outcome, Profile, Stopwatch, median, ms, pct, tether, ws_peer
+from harness import Goal, Outcome, Profile, Stopwatch, echo_servers, median, ms, pct
 from websockets.asyncio.client import ClientConnection, connect
 
 ANSWER_WORDS = 5000
@@ -63,13 +63,13 @@ async def _stream_round(url: str, answers: int) -> dict[str, float]:
 
 
 def stream_overhead(profile: Profile) -> Outcome:
-    rounds, answers = profile.pick(2, 5), profile.pick(2, 3)
+    rounds, answers = profile.pick(2, 5), profile.pick(1, 3)
     peer_runs: list[dict[str, float]] = []
     tether_runs: list[dict[str, float]] = []
-    with ws_peer() as peer, tether() as ours:
-        for _ in range(rounds):
-            peer_runs.append(asyncio.run(_stream_round(f"ws://127.0.0.1:{peer.port}/", answers)))
-            tether_runs.append(asyncio.run(_stream_round(ours.ws_url, answers)))
+    peer, ours = echo_servers(profile)
+    for _ in range(rounds):
+        peer_runs.append(asyncio.run(_stream_round(peer.peer_url, answers)))
+        tether_runs.append(asyncio.run(_stream_round(ours.ws_url, answers)))
     figures = {
         f"{side}_{key}": round(median([r[key] for r in runs]), 1)
         for side, runs in (("peer", peer_runs), ("tether", tether_runs))
@@ -128,14 +128,14 @@ async def _turn_round(url: str, turns: int, seconds: float) -> dict[str, float]:
 
 
 def turn_overhead(profile: Profile) -> Outcome:
-    rounds, turns = profile.pick(2, 5), profile.pick(150, 500)
-    seconds = profile.pick_s(1.5, 5.0)
+    rounds, turns = profile.pick(2, 5), profile.pick(60, 500)
+    seconds = profile.pick_s(1.0, 5.0)
     runs: dict[str, list[dict[str, float]]] = {"peer": [], "tether": []}
-    with ws_peer() as peer, tether() as ours:
-        urls = {"peer": f"ws://127.0.0.1:{peer.port}/", "tether": ours.ws_url}
-        for _ in range(rounds):
-            for side, url in urls.items():
-                runs[side].append(asyncio.run(_turn_round(url, turns, seconds)))
+    peer, ours = echo_servers(profile)
+    urls = {"peer": peer.peer_url, "tether": ours.ws_url}
+    for _ in range(rounds):
+        for side, url in urls.items():
+            runs[side].append(asyncio.run(_turn_round(url, turns, seconds)))
     med = {side: {k: median([r[k] for r in rs]) for k in rs[0]} for side, rs in runs.items()}
     peer_med, ours_ = med["peer"], med["tether"]
     figures: dict[str, float] = {}

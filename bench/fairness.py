@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from harness import PYTHON, Goal, Outcome, Profile, median, ms, tether
+from harness import PYTHON, Goal, Outcome, Profile, echo_servers, median, ms
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -127,8 +127,8 @@ async def one_round(url: str, index: int, turns: int, words: int) -> tuple[float
 def bench_fairness(profile: Profile) -> Outcome:
     rounds, turns = profile.pick(1, 3), profile.pick(10, 20)
     words = profile.pick(10_000, 49_000)
-    with tether() as server:
-        results = [asyncio.run(one_round(server.ws_url, i, turns, words)) for i in range(rounds)]
+    _, server = echo_servers(profile)
+    results = [asyncio.run(one_round(server.ws_url, i, turns, words)) for i in range(rounds)]
     ratio = median([beside / alone for alone, beside, _ in results])
     return Outcome(
         ratio,

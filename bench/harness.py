@@ -21,21 +21,48 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 MODEL = ROOT / "dist" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PYTHON = sys.executable
 START_TIMEOUT_S = 120.0
+IDLE_SOCKETS = 1000
+# The echo server the benchmarks share: room for the idle sockets.
+ECHO_SETTINGS = {
+    "SECURITY__MAX_CONNECTIONS": str(IDLE_SOCKETS + 200),
+    "SECURITY__MAX_CONNECTIONS_PER_CLIENT": str(IDLE_SOCKETS + 200),
+}
+_T = TypeVar("_T")
+
+
+class Shared:
+    """The servers the benchmarks of one run share: each started on first use, all stopped by
+    `close` (a quick run cannot afford a model load per benchmark)."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._started: dict[str, object] = {}
+
+    def get(self, key: str, start: Callable[[], contextlib.AbstractContextManager[_T]]) -> _T:
+        if key not in self._started:
+            self._started[key] = self._stack.enter_context(start())
+        return cast(_T, self._started[key])
+
+    def close(self) -> None:
+        self._stack.close()
+        self._started.clear()
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """How long to measure: `quick` (the whole run in under a minute) or the full run."""
+    """How long to measure (`quick`: the whole run in under a minute), llama.cpp's threads, and
+    the servers shared by the run's benchmarks."""
 
     quick: bool
     threads: int = os.cpu_count() or 1
+    shared: Shared = field(default_factory=Shared, compare=False)
 
     def pick(self, quick: int, full: int) -> int:
         return quick if self.quick else full
@@ -201,6 +228,11 @@ class Server:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/chat"
 
+    @property
+    def peer_url(self) -> str:
+        """The bare peer's socket (it serves every path)."""
+        return f"ws://127.0.0.1:{self.port}/"
+
     def rss_bytes(self) -> int:
         """The process's resident set size now."""
         with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
@@ -212,10 +244,16 @@ class Server:
 
 @contextlib.contextmanager
 def process(
-    command: list[str], port: int, *, env: Mapping[str, str], ready_path: str | None
+    command: list[str],
+    port: int,
+    *,
+    env: Mapping[str, str],
+    ready_path: str | None,
+    stderr: int | None = None,
 ) -> Iterator[Server]:
-    """`command` as a process listening on `port`, until the block ends (then terminated)."""
-    proc = subprocess.Popen(command, env=dict(env), stdout=subprocess.DEVNULL)
+    """`command` as a process listening on `port`, until the block ends (then terminated);
+    its output is dropped, its errors shown unless `stderr` says otherwise."""
+    proc = subprocess.Popen(command, env=dict(env), stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         _wait_ready(port, proc, ready_path)
         yield Server(port, proc.pid)
@@ -261,3 +299,11 @@ def ws_peer() -> Iterator[Server]:
 def need_model() -> None:
     if not MODEL.is_file():
         raise FileNotFoundError(f"{MODEL} is missing: run ./setup.sh")
+
+
+def echo_servers(profile: Profile) -> tuple[Server, Server]:
+    """The run's bare websockets peer and `tether serve --engine echo` (shared)."""
+    raise_fd_limit(IDLE_SOCKETS * 2 + 400)  # before they start: they inherit it
+    peer = profile.shared.get("ws-peer", ws_peer)
+    ours = profile.shared.get("tether-echo", lambda: tether(settings=ECHO_SETTINGS))
+    return peer, ours

@@ -10,10 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 
-from harness import Goal, Outcome, Profile, Server, median, raise_fd_limit, tether, ws_peer
+from harness import (
+    IDLE_SOCKETS,
+    Goal,
+    Outcome,
+    Profile,
+    Server,
+    echo_servers,
+    median,
+)
 from websockets.asyncio.client import ClientConnection, connect
 
-SOCKETS = 1000
+SOCKETS = IDLE_SOCKETS
 MB = 1024 * 1024
 
 
@@ -44,17 +52,11 @@ async def _added_rss(server: Server, url: str, count: int) -> int:
 
 def idle_sockets_rss(profile: Profile) -> Outcome:
     rounds = profile.pick(1, 3)
-    raise_fd_limit(SOCKETS * 2 + 400)
-    limits = {
-        "SECURITY__MAX_CONNECTIONS": str(SOCKETS + 100),
-        "SECURITY__MAX_CONNECTIONS_PER_CLIENT": str(SOCKETS + 100),
-    }
+    peer, ours = echo_servers(profile)
     peer_runs, tether_runs = [], []
-    with ws_peer() as peer, tether(settings=limits) as ours:
-        for _ in range(rounds):
-            peer_url = f"ws://127.0.0.1:{peer.port}/"
-            peer_runs.append(asyncio.run(_added_rss(peer, peer_url, SOCKETS)))
-            tether_runs.append(asyncio.run(_added_rss(ours, ours.ws_url, SOCKETS)))
+    for _ in range(rounds):
+        peer_runs.append(asyncio.run(_added_rss(peer, peer.peer_url, SOCKETS)))
+        tether_runs.append(asyncio.run(_added_rss(ours, ours.ws_url, SOCKETS)))
     peer_mb, tether_mb = median(peer_runs) / MB, median(tether_runs) / MB
     return Outcome(
         tether_mb / peer_mb if peer_mb > 0 else float("inf"),

@@ -26,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from subprocess import DEVNULL
 from typing import Any
 
 import httpx
@@ -49,6 +50,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 SYSTEM = "You are Tether, a helpful assistant running locally."  # config.yaml's system_prompt
 PROMPT = "Write a long story about a robot who learns to paint."
+OPENING = "Tell me about the history of painting, briefly."
 SEED = 42
 MODEL_ID = MODEL.stem
 Run = dict[str, Any]
@@ -83,7 +85,9 @@ def raw_peer(threads: int) -> Iterator[RawPeer]:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("raw llama-cpp-python did not start")
-        yield RawPeer(proc)
+        peer = RawPeer(proc)
+        peer.ask([{"role": "user", "content": "Hi"}], 2)  # warm up (Tether's start does too)
+        yield peer
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -97,7 +101,9 @@ def llama_server(threads: int) -> Iterator[str]:
     command = [PYTHON, "-m", "llama_cpp.server", "--model", str(MODEL), "--n_ctx", "4096",
                "--n_threads", str(threads), "--n_threads_batch", str(threads),
                "--seed", str(SEED), "--port", str(port), "--verbose", "false"]  # fmt: skip
-    with process(command, port, env=clean_env(), ready_path="/v1/models") as server:
+    # (its access log goes to stderr, a line a request)
+    ready = "/v1/models"
+    with process(command, port, env=clean_env(), ready_path=ready, stderr=DEVNULL) as server:
         yield server.http_url
 
 
@@ -144,6 +150,12 @@ async def ws_ask(ws: ClientConnection, text: str, max_tokens: int, session_id: s
             raise RuntimeError(f"error frame: {reply}")
 
 
+def model_servers(profile: Profile) -> tuple[RawPeer, str]:
+    """The run's raw llama-cpp-python and `tether serve --engine llamacpp` (shared)."""
+    raw = profile.shared.get("raw-llamacpp", lambda: raw_peer(profile.threads))
+    return raw, profile.shared.get("tether-llamacpp", lambda: tether_llamacpp(profile.threads))
+
+
 def sse_turn(client: httpx.Client, url: str, model: str, max_tokens: int) -> Run:
     body = {
         "model": model,
@@ -174,15 +186,12 @@ def sse_turn(client: httpx.Client, url: str, model: str, max_tokens: int) -> Run
 
 def llamacpp_stream(profile: Profile) -> Outcome:
     need_model()
-    rounds, max_tokens = profile.pick(2, 5), profile.pick(96, 200)
+    rounds, max_tokens = profile.pick(2, 5), profile.pick(64, 200)
     story = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
     runs: dict[str, list[Run]] = {"raw": [], "llama_cpp_server": [], "ws": [], "v1": []}
-    with (
-        raw_peer(profile.threads) as raw,
-        llama_server(profile.threads) as server_url,
-        tether_llamacpp(profile.threads) as tether_url,
-        httpx.Client(timeout=600) as client,
-    ):
+    raw, tether_url = model_servers(profile)
+    server_url = profile.shared.get("llama-cpp-server", lambda: llama_server(profile.threads))
+    with httpx.Client(timeout=600) as client:
         server_model = client.get(f"{server_url}/v1/models").json()["data"][0]["id"]
         raw.ask(story, 4)  # warm every side up on the prompt
         sse_turn(client, server_url, server_model, 4)
@@ -217,28 +226,28 @@ def llamacpp_stream(profile: Profile) -> Outcome:
 
 def multiturn_ttft(profile: Profile) -> Outcome:
     need_model()
-    turns, max_tokens = 20, profile.pick(12, 48)
+    turns, max_tokens = 20, profile.pick(8, 48)
     question = "Now tell me fact number {} about the history of painting."
     ours: list[float] = []
     theirs: list[float] = []
-    with raw_peer(profile.threads) as raw, tether_llamacpp(profile.threads) as tether_url:
-        raw.ask([{"role": "system", "content": "warm up"}, {"role": "user", "content": "Hi"}], 2)
-        history = [{"role": "system", "content": SYSTEM}]
-        session_id: str | None = None
+    raw, tether_url = model_servers(profile)
+    history = [{"role": "system", "content": SYSTEM}]
+    session_id: str | None = None
 
-        async def conversation() -> None:
-            nonlocal session_id
-            async with connect(tether_url.replace("http", "ws", 1) + "/ws/chat") as ws:
-                for turn in range(1, turns + 1):
-                    text = PROMPT if turn == 1 else question.format(turn)
-                    run = await ws_ask(ws, text, max_tokens, session_id)
-                    session_id = run["session_id"]
-                    ours.append(run["ttft"])
-                    history.append({"role": "user", "content": text})
-                    theirs.append(raw.ask(history, max_tokens)["ttft"])
-                    history.append({"role": "assistant", "content": run["text"]})
+    async def conversation() -> None:
+        nonlocal session_id
+        async with connect(tether_url.replace("http", "ws", 1) + "/ws/chat") as ws:
+            for turn in range(1, turns + 1):
+                # (turn 1 is no prompt another benchmark left in the prompt cache)
+                text = OPENING if turn == 1 else question.format(turn)
+                run = await ws_ask(ws, text, max_tokens, session_id)
+                session_id = run["session_id"]
+                ours.append(run["ttft"])
+                history.append({"role": "user", "content": text})
+                theirs.append(raw.ask(history, max_tokens)["ttft"])
+                history.append({"role": "assistant", "content": run["text"]})
 
-        asyncio.run(conversation())
+    asyncio.run(conversation())
     ratio, raw_ratio = ours[-1] / ours[0], theirs[-1] / theirs[0]
     return Outcome(
         ratio,

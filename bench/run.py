@@ -79,6 +79,23 @@ def table(results: dict[str, Outcome | str]) -> str:
     return "\n".join(lines)
 
 
+def run_one(bench: Benchmark, profile: Profile) -> Outcome | str:
+    """The benchmark's outcome, or why it has none."""
+    if bench.needs_model and not MODEL.is_file():
+        return f"{MODEL} is missing: run ./setup.sh"
+    started = time.perf_counter()
+    print(f"{bench.name}: {bench.what} ...", file=sys.stderr, flush=True)
+    try:
+        outcome = bench.run(profile)
+    except Exception as exc:
+        traceback.print_exc()
+        return f"{type(exc).__name__}: {exc}"
+    for goal in outcome.goals:
+        print(f"  {goal.describe()}", file=sys.stderr)
+    print(f"  ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+    return outcome
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shortened runs (under 50 s in all)")
@@ -90,22 +107,11 @@ def main() -> int:
     profile = Profile(quick=args.quick, threads=args.threads)
     results: dict[str, Outcome | str] = {}
     began = time.perf_counter()
-    for bench in chosen(args.only):
-        if bench.needs_model and not MODEL.is_file():
-            results[bench.name] = f"{MODEL} is missing: run ./setup.sh"
-            continue
-        started = time.perf_counter()
-        print(f"{bench.name}: {bench.what} ...", file=sys.stderr, flush=True)
-        try:
-            outcome = bench.run(profile)
-        except Exception as exc:
-            traceback.print_exc()
-            results[bench.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        results[bench.name] = outcome
-        for goal in outcome.goals:
-            print(f"  {goal.describe()}", file=sys.stderr)
-        print(f"  ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+    try:
+        for bench in chosen(args.only):
+            results[bench.name] = run_one(bench, profile)
+    finally:
+        profile.shared.close()
     mode = "quick" if args.quick else "full"
     print(f"\n{table(results)}\n\n({mode} run, {time.perf_counter() - began:.0f} s)")
     if args.json:
