@@ -128,7 +128,7 @@ async def _turn_round(url: str, turns: int, seconds: float) -> dict[str, float]:
 
 
 def turn_overhead(profile: Profile) -> Outcome:
-    rounds, turns = profile.pick(2, 5), profile.pick(60, 500)
+    rounds, turns = profile.pick(2, 5), profile.pick(40, 500)
     seconds = profile.pick_s(1.0, 5.0)
     runs: dict[str, list[dict[str, float]]] = {"peer": [], "tether": []}
     peer, ours = echo_servers(profile)

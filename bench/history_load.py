@@ -91,7 +91,7 @@ async def measure(url: str, sessions: dict[str, str | None], turns: int) -> dict
 
 
 def history_load(profile: Profile) -> Outcome:
-    turns = profile.pick(25, 150)
+    turns = profile.pick(20, 150)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "history.db"
         asyncio.run(_migrate(db))
