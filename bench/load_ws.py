@@ -7,7 +7,8 @@ Each answer is checked (its text, a contiguous seq, processing ... complete). Pr
 held at the end, turns/s, and p50/p95/p99 of the time from sending a turn to its `complete`.
 
 Without `--url` it starts `tether serve --engine echo` on a free loopback port with a throwaway
-database (and the message rate limit off, since a bench socket sends faster than any person).
+database (and the message rate limit off, since a bench socket sends faster than any person),
+as `bench/run.py`'s benchmarks do (`harness.py`). Not one of them: a load run, not a ratio.
 
     .venv/bin/python bench/load_ws.py --connections 1000 --streaming 100 --duration 30
     .venv/bin/python bench/load_ws.py --url ws://127.0.0.1:8000/ws/chat --connections 200
@@ -19,20 +20,15 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import resource
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from harness import pct, raise_fd_limit, tether
 from websockets.asyncio.client import ClientConnection, connect
 
 
@@ -45,56 +41,19 @@ class Tally:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return pct(values, q) if values else float("nan")
 
 
 @contextlib.contextmanager
 def local_server(connections: int, synchronous: str) -> Iterator[str]:
     """`tether serve --engine echo` on a free loopback port; its socket URL."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "MLC_"))}
-        env.update(
-            TETHER_LOG_LEVEL="warning",
-            TETHER_LIMITS__MESSAGES_PER_SEC="0",
-            TETHER_STORAGE__SYNCHRONOUS=synchronous,
-            TETHER_SECURITY__MAX_CONNECTIONS=str(connections + 100),
-            TETHER_SECURITY__MAX_CONNECTIONS_PER_CLIENT=str(connections + 100),
-        )
-        command = [sys.executable, "-m", "tether", "serve", "--engine", "echo"]
-        command += ["--port", str(port), "--db", str(Path(tmp) / "load.db")]
-        process = subprocess.Popen(command, env=env, cwd=tmp)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                        break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("tether serve did not start") from None
-                    time.sleep(0.1)
-            yield f"ws://127.0.0.1:{port}/ws/chat"
-        finally:
-            process.terminate()
-            process.wait(30)
+    settings = {
+        "STORAGE__SYNCHRONOUS": synchronous,
+        "SECURITY__MAX_CONNECTIONS": str(connections + 100),
+        "SECURITY__MAX_CONNECTIONS_PER_CLIENT": str(connections + 100),
+    }
+    with tether(settings=settings) as server:
+        yield server.ws_url
 
 
 async def streamer(

@@ -624,7 +624,9 @@ class _TurnSteps:
         """Engine rounds over the session's branch, running the tools the model calls between
         them, until a round calls none (or the loop limit)."""
         offers = self.chat.tool_policy.offers(self.model_info, self.turn.options)
-        history = await self.chat.store.branch(self.turn_id)
+        history = await self.chat.store.branch(
+            self.turn_id, covering_bytes=self.model_info.history_bytes
+        )
         messages = [self.system_message(agent, offers), *map(_to_chat_message, history)]
         for loop in range(self.chat.max_tool_loops + 1):
             await self.round(messages, offers, release)

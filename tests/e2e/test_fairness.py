@@ -4,8 +4,8 @@ Floods of long answers stream at full speed from a real `tether serve` while a s
 timed on its own socket; its latency beside the floods is compared with its latency alone,
 measured in the same test against the same server (a ratio, never an absolute time). Before
 text deltas were merged while the journal commits and runs kept pace with their journal, the
-audit measured a 30-word turn beside ten 49,000-word answers at 6-10 s (`bench/bench_fairness.py`:
-ratio ~41; now ~11 at that size).
+audit measured a 30-word turn beside ten 49,000-word answers at 6-10 s
+(`bench/run.py --only bench_fairness`: ratio ~41; now ~11 at that size).
 """
 
 from __future__ import annotations

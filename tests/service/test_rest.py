@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 
 from tests.support.servers import RunningServer, make_settings, serve_app
 from tests.support.wsclient import ProtocolClient, text_of
+from tether.engines.echo import HISTORY_BYTES
 
 
 @pytest.fixture
@@ -103,6 +104,7 @@ async def test_models_and_tools(http: httpx.AsyncClient) -> None:
             "path": None,
             "tools": True,
             "structured_output": False,  # no `response_format` on echo
+            "history_bytes": HISTORY_BYTES,  # the newest messages a turn on it reads
         }
     ]
     tools = {t["name"]: t for t in (await http.get("/tools")).json()}

@@ -31,6 +31,7 @@ from tether.engines.gguf_models import (
     discover_gguf,
     normalize_model_name,
     read_gguf_string,
+    read_longest_token,
     template_takes_tools,
 )
 from tether.engines.prompt_cache import PromptCache, SavedState, common_prefix
@@ -219,6 +220,34 @@ def test_a_remembered_cut_that_no_longer_fits_moves_on() -> None:
     assert tight.trimmed_messages > first.trimmed_messages
 
 
+def newest_covering(messages: list[ChatMessage], words: int) -> list[ChatMessage]:
+    """The system prompt and the newest messages from the user message at which they hold
+    `words` words (what the chat core loads of a long session, in this test's units)."""
+    held = 0
+    for start in range(len(messages) - 1, 0, -1):
+        held += len(messages[start].content.split())
+        if held >= words and messages[start].role == "user":
+            return [messages[0], *messages[start:]]
+    return messages
+
+
+def test_a_cut_is_found_again_when_the_history_starts_later() -> None:
+    # The chat core gives the engine only a long session's newest messages, so the history's
+    # start moves as the session grows: the fitted prompts are still those of the whole history.
+    whole, tail = TrimMemory(), TrimMemory()
+    messages = [ChatMessage("system", "be brief")]
+    trimmed = 0
+    for i in range(40):
+        messages.append(ChatMessage("user", f"question {i} " + "w " * 10))
+        expected = fit_prompt(messages, word_render, 200, whole)
+        got = fit_prompt(newest_covering(messages, 200), word_render, 200, tail)
+        assert got.messages == expected.messages
+        assert got.tokens == expected.tokens
+        trimmed = max(trimmed, expected.trimmed_messages)
+        messages.append(ChatMessage("assistant", f"answer {i} " + "w " * 10))
+    assert trimmed > 0
+
+
 def test_trim_memory_keeps_the_most_recent_cuts() -> None:
     memory = TrimMemory(capacity=2)
     for key in (b"a", b"b", b"c"):
@@ -323,6 +352,19 @@ def test_gguf_header_string_is_read_past_arrays(tmp_path: Path) -> None:
     (tmp_path / "junk.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\xff")
     assert read_gguf_string(tmp_path / "junk.gguf", "any") is None
     assert read_gguf_string(tmp_path / "absent.gguf", "any") is None
+
+
+def test_the_longest_token_is_read_from_the_vocabulary(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    writer = GGUFWriter(path, arch="llama")
+    writer.add_chat_template("{{ messages }}")
+    writer.add_token_list(["<s>", "a", "ĠĠĠĠ", "bc"])  # Ġ: a space, stored as two bytes
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    assert read_longest_token(path) == 8
+    assert read_gguf_string(path, "tokenizer.chat_template") == "{{ messages }}"
+    assert read_longest_token(tmp_path / "absent.gguf") is None
 
 
 def test_templates_without_tools_do_not_take_tools() -> None:

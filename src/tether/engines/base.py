@@ -160,6 +160,11 @@ class ModelInfo:
     tools: bool = True
     # Whether the engine can constrain the answer to `GenerationOptions.json_schema`.
     structured_output: bool = False
+    # How much history the model can read, in UTF-8 bytes of message content: a history's newest
+    # messages holding this many bytes hold more tokens than its context window, so the engine
+    # trims whatever is older; the chat core loads no more of a session than that
+    # (`Store.branch(covering_bytes=...)`). None: no bound is known, the whole branch goes.
+    history_bytes: int | None = None
 
 
 class EngineError(Exception):

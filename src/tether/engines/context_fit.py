@@ -10,8 +10,8 @@ too long, the longest message of the last turn is shortened (its start and end k
 Trimming one turn at a time would change the prompt's start at every turn of a session that has
 outgrown the window, and a changed start means re-evaluating the whole prompt each turn (the
 saved prompt states only help a prompt whose start they share). So, given a `TrimMemory`, a trim
-cuts deeper, down to `low_water` of the budget, and remembers where it cut (by the messages it
-dropped); the next turns of that conversation cut at the same place for as long as that fits,
+cuts deeper, down to `low_water` of the budget, and remembers where it cut (by the first turn it
+kept); the next turns of that conversation cut at the same place for as long as that fits,
 so they share the kept prefix and only their new turns are evaluated. When it no longer fits,
 the cut moves on once, again to the low water mark.
 """
@@ -43,8 +43,8 @@ class FittedPrompt:
 
 
 class TrimMemory:
-    """Where recent prompts were cut: digests of the messages each cut dropped (system included),
-    the most recently used `capacity` of them."""
+    """Where recent prompts were cut: digests of the leading messages and the first turn each
+    cut kept (`_cut_keys`), the most recently used `capacity` of them."""
 
     def __init__(self, capacity: int = TRIM_MEMORY_SIZE) -> None:
         self.capacity = capacity
@@ -72,14 +72,17 @@ class TrimMemory:
 
 
 def _cut_keys(head: Sequence[ChatMessage], turns: Sequence[Sequence[ChatMessage]]) -> list[bytes]:
-    """keys[k]: a digest of what dropping the first k turns drops, the leading messages included
-    (a changed system prompt is another conversation)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for message in head:
-        digest.update(repr(message).encode())
-    keys = [digest.digest()]
+    """keys[k]: a digest of where dropping the first k of `turns` cuts: the leading messages (a
+    changed system prompt is another conversation) and the first turn kept, `turns[k]`.
+
+    Named by what it keeps, not by what it drops, a cut is found again when the history starts
+    later (the chat core loads only a session's newest messages, so the start moves as the
+    session grows). Two identical turns share a key; the later one is taken, a cut that fits
+    either way."""
+    keys = []
     for turn in turns:
-        for message in turn:
+        digest = hashlib.blake2b(digest_size=16)
+        for message in (*head, *turn):
             digest.update(repr(message).encode())
         keys.append(digest.digest())
     return keys
@@ -155,7 +158,7 @@ def fit_prompt(
     if memory is None:
         dropped = _smallest_true(0, len(turns), fits(budget))
     else:
-        keys = _cut_keys(head, turns)
+        keys = _cut_keys(head, [*turns, last])
         remembered = memory.latest(keys)
         if remembered is not None and fits(budget)(remembered):
             dropped = remembered

@@ -23,6 +23,10 @@ from tether.engines.base import (
 )
 
 MAX_TOKEN_DELAY_MS = 1000
+# Echo has no context window; it takes a small one's worth of history (about 1k tokens of
+# English), so a long session on it costs what one on a real model does, whose history the
+# chat core bounds by its window (`ModelInfo.history_bytes`). It trims nothing itself.
+HISTORY_BYTES = 4096
 _WORD = re.compile(r"\s*\S+\s*|\s+")
 
 
@@ -70,7 +74,9 @@ class EchoEngine:
         yield Delta(finish_reason=finish, usage=usage)
 
     async def models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=self.model_id, engine=self.name, loaded=True)]
+        return [
+            ModelInfo(id=self.model_id, engine=self.name, loaded=True, history_bytes=HISTORY_BYTES)
+        ]
 
     def queue_position(self, model: str | None) -> int:
         return 0  # no shared model to wait for

@@ -5,7 +5,8 @@ and split shards beyond the first (`-00002-of-00003.gguf`) do not, since llama.c
 model from its first file. The scan is cheap, so it is redone whenever a name is not found.
 
 `read_gguf_string` reads one string field (the chat template) from a file's header without
-loading the model, so listing models can tell which ones take tools.
+loading the model, so listing models can tell which ones take tools; `read_longest_token` the
+longest token of its vocabulary, which bounds how much text its context window can hold.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import mmap
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 _LATER_SHARD = re.compile(r"-(\d{5})-of-\d{5}$")
+_T = TypeVar("_T")
 
 
 def model_id(path: Path) -> str:
@@ -82,8 +86,9 @@ class _Header:
             raise ValueError(f"unknown GGUF value type {kind}")
 
 
-def read_gguf_string(path: Path, key: str) -> str | None:
-    """The string value of `key` in the GGUF header of `path`; None if absent or unreadable."""
+def _read_field(path: Path, key: str, read: Callable[[_Header, int], _T | None]) -> _T | None:
+    """`read(header, kind)` at the value of `key` in the GGUF header of `path`; None if the key
+    is absent or the file unreadable."""
     wanted = key.encode()
     try:
         with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -93,12 +98,40 @@ def read_gguf_string(path: Path, key: str) -> str | None:
             header.take("<Q")  # tensor count
             for _ in range(header.take("<Q")):
                 name, kind = header.string(), header.take("<I")
-                if name == wanted and kind == _STRING:
-                    return header.string().decode("utf-8", errors="replace")
+                if name == wanted:
+                    return read(header, kind)
                 header.skip(kind)
     except (OSError, ValueError, struct.error):
         return None
     return None
+
+
+def _string(header: _Header, kind: int) -> str | None:
+    return header.string().decode("utf-8", errors="replace") if kind == _STRING else None
+
+
+def _longest_string(header: _Header, kind: int) -> int | None:
+    if kind != _ARRAY or header.take("<I") != _STRING:
+        return None
+    longest = 0
+    for _ in range(header.take("<Q")):
+        size = header.take("<Q")
+        header.at += size
+        longest = max(longest, size)
+    return longest
+
+
+def read_gguf_string(path: Path, key: str) -> str | None:
+    """The string value of `key` in the GGUF header of `path`; None if absent or unreadable."""
+    return _read_field(path, key, _string)
+
+
+def read_longest_token(path: Path) -> int | None:
+    """The UTF-8 bytes of the vocabulary's longest token as stored (`tokenizer.ggml.tokens`),
+    which is at least the bytes of any token's text: byte-level BPE stores each byte as one
+    character of one or two bytes, SentencePiece a space as the three bytes of `▁` and a byte
+    token as `<0xNN>`. None if absent or unreadable."""
+    return _read_field(path, "tokenizer.ggml.tokens", _longest_string)
 
 
 def template_takes_tools(template: str | None) -> bool:

@@ -40,6 +40,7 @@ from tether.engines.gguf_models import (
     discover_gguf,
     normalize_model_name,
     read_gguf_string,
+    read_longest_token,
     template_takes_tools,
 )
 from tether.engines.llama_model import LoadedModel, RunProgress, RunStats, Sampling
@@ -78,7 +79,8 @@ class _Slot:
     resident: _Resident | None = None
     worker: ThreadStream[Delta] | None = None  # the generation running now
     tools: bool = False  # whether its chat template renders tools
-    stamp: tuple[int, int] | None = None  # (size, mtime) of the file `tools` was read from
+    token_bytes: int | None = None  # its vocabulary's longest token (`read_longest_token`)
+    stamp: tuple[int, int] | None = None  # (size, mtime) of the file these were read from
 
 
 class LlamaCppEngine:
@@ -149,7 +151,7 @@ class LlamaCppEngine:
     async def models(self) -> list[ModelInfo]:
         on_disk = self._scan()
         slots = [self._slots[name] for name in sorted(set(on_disk) | set(self._loaded))]
-        await self._read_templates(slots)
+        await self._read_headers(slots)
         return [
             ModelInfo(
                 id=slot.name,
@@ -158,12 +160,15 @@ class LlamaCppEngine:
                 path=str(slot.path),
                 tools=slot.tools,
                 structured_output=True,  # a llama.cpp grammar from the JSON schema
+                # n_ctx tokens of at most token_bytes each: an upper bound of the text it reads.
+                history_bytes=self.n_ctx * slot.token_bytes if slot.token_bytes else None,
             )
             for slot in slots
         ]
 
-    async def _read_templates(self, slots: list[_Slot]) -> None:
-        """Learn which models' templates take tools, from files not read since they changed."""
+    async def _read_headers(self, slots: list[_Slot]) -> None:
+        """Learn which models' templates take tools and their longest tokens, from files not
+        read since they changed."""
         stale: list[tuple[_Slot, tuple[int, int]]] = []
         for slot in slots:
             with contextlib.suppress(OSError):
@@ -173,11 +178,12 @@ class LlamaCppEngine:
         if not stale:
             return
         paths = [slot.path for slot, _ in stale]
-        templates = await asyncio.to_thread(
-            lambda: [read_gguf_string(path, CHAT_TEMPLATE_KEY) for path in paths]
+        headers = await asyncio.to_thread(
+            lambda: [(read_gguf_string(p, CHAT_TEMPLATE_KEY), read_longest_token(p)) for p in paths]
         )
-        for (slot, stamp), template in zip(stale, templates, strict=True):
-            slot.tools, slot.stamp = template_takes_tools(template), stamp
+        for (slot, stamp), (template, token_bytes) in zip(stale, headers, strict=True):
+            slot.tools, slot.token_bytes = template_takes_tools(template), token_bytes
+            slot.stamp = stamp
 
     def queue_position(self, model: str | None) -> int:
         name = self._resolve(model)

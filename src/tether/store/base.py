@@ -251,8 +251,14 @@ class Store(Protocol):
         all. Raises `BadRequest` for an empty query or one that does not parse."""
         ...
 
-    async def branch(self, message_id: str) -> list[Message]:
-        """The messages from the root of the session down to `message_id`, in order."""
+    async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
+        """The messages from the root of the session down to `message_id`, in order.
+
+        With `covering_bytes`, only the branch's tail that covers that many bytes: up from
+        `message_id`, the messages until the UTF-8 bytes of their contents reach
+        `covering_bytes` and on to the first user message at or above that point (so the tail
+        starts a turn), or the root. Its cost is the tail's, whatever the branch's length.
+        """
         ...
 
     # The frame journal (`resume`)

@@ -106,6 +106,24 @@ _MESSAGE_COLUMNS = (
 )
 
 
+# A branch, or its tail (`Store.branch`): walked up by parent_id from the leaf, each step one
+# lookup of the primary key, the contents' UTF-8 bytes summed on the way; the walk stops at the
+# first user message where the sum reaches :bound (NULL: at the root), so it costs the tail's
+# length, not the branch's.
+BRANCH_SQL = f"""
+WITH RECURSIVE chain(id, up, is_user, depth, covered) AS (
+    SELECT id, parent_id, role = 'user', 0, length(CAST(content AS BLOB))
+    FROM messages WHERE id = :leaf
+    UNION ALL
+    SELECT m.id, m.parent_id, m.role = 'user', chain.depth + 1,
+           chain.covered + length(CAST(m.content AS BLOB))
+    FROM chain JOIN messages m ON m.id = chain.up
+    WHERE :bound IS NULL OR chain.covered < :bound OR NOT chain.is_user
+)
+SELECT {_MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
+"""
+
+
 def _message(row: aiosqlite.Row) -> Message:
     return Message(
         id=row["id"],
@@ -235,8 +253,11 @@ class SQLiteStore:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        return list(await self.reader.execute_fetchall(sql, tuple(params)))
+    async def _fetchall(
+        self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()
+    ) -> list[aiosqlite.Row]:
+        values = params if isinstance(params, Mapping) else tuple(params)
+        return list(await self.reader.execute_fetchall(sql, values))
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -632,19 +653,8 @@ class SQLiteStore:
             for row in rows
         ]
 
-    async def branch(self, message_id: str) -> list[Message]:
-        rows = await self._fetchall(
-            f"""
-            WITH RECURSIVE chain(id, depth) AS (
-                SELECT id, 0 FROM messages WHERE id = ?
-                UNION ALL
-                SELECT m.parent_id, chain.depth + 1 FROM messages m JOIN chain ON m.id = chain.id
-                WHERE m.parent_id IS NOT NULL
-            )
-            SELECT {_MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
-            """,
-            (message_id,),
-        )
+    async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
+        rows = await self._fetchall(BRANCH_SQL, {"leaf": message_id, "bound": covering_bytes})
         return [_message(row) for row in rows]
 
     # -- the frame journal ------------------------------------------------------------------
