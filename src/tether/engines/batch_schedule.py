@@ -5,8 +5,10 @@ asks it and does the ctypes calls.
 A context has `n_slots` sequences (llama.cpp seq ids 0..n_slots-1), each with its own KV cache
 of the model's window. A slot remembers the tokens its KV cells hold (`cached`), also once its
 generation has ended, so a returning session whose prefix is still there only evaluates what is
-new: `choose` gives a new prompt the free slot sharing the longest prefix with it (none shared:
-the least recently used one), and `start` says from which position its KV is to be dropped.
+new: `choose` gives a new prompt the free slot it continues (sharing at least half of what the
+slot holds: the same conversation, not just the same system prompt), the longest such prefix
+first, else the least recently used free slot (an empty one first), and `start` says from which
+position the slot's KV is to be dropped.
 
 Each step (`plan`) takes one token from every generating sequence (the token it sampled last)
 and fills up to `prefill_budget` tokens with the prompts still being read, oldest first, so a
@@ -89,8 +91,13 @@ class Scheduler(Generic[J]):
         free = [slot for slot in self._slots if slot.job is None]
         if not free:
             raise LookupError("no free slot")
-        best = max(free, key=lambda slot: (shared_prefix(slot.cached, prompt), -slot.used))
-        return best.seq_id, shared_prefix(best.cached, prompt)
+        shared = {slot.seq_id: shared_prefix(slot.cached, prompt) for slot in free}
+        continued = [s for s in free if shared[s.seq_id] and 2 * shared[s.seq_id] >= len(s.cached)]
+        if continued:
+            best = max(continued, key=lambda slot: shared[slot.seq_id])
+        else:
+            best = min(free, key=lambda slot: slot.used)
+        return best.seq_id, shared[best.seq_id]
 
     def start(
         self, seq_id: int, job: J, prompt: Sequence[int], cached: Sequence[int] | None = None

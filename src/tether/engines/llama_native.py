@@ -21,13 +21,27 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import structlog
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from tether.engines.base import EngineError
 from tether.engines.batch_schedule import Piece
 
+log = structlog.get_logger(__name__)
+
 N_BATCH = 512
 PENALTY_LAST_N = 64
+GGML_LOG_LEVEL_ERROR = 4
+
+
+def _log_errors_only(level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
+    """llama.cpp's log: its errors to ours, its chatter (every load, every graph) dropped."""
+    if level == GGML_LOG_LEVEL_ERROR and text:
+        log.warning("llama_cpp.error", message=text.decode("utf-8", "replace").rstrip())
+
+
+# Kept here so the callback outlives every call llama.cpp makes to it.
+_LOG_CALLBACK = llama_cpp.llama_log_callback(_log_errors_only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +76,7 @@ class NativeModel:
     def __init__(
         self, path: Path, *, n_ctx: int, n_seq: int, n_threads: int, n_batch: int = N_BATCH
     ) -> None:
+        llama_cpp.llama_log_set(_LOG_CALLBACK, None)
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
