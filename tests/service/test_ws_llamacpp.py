@@ -65,6 +65,35 @@ async def test_arrivals_together_get_distinct_places(tmp_path: Path, tiny_gguf: 
     assert sorted(places) == [1, 2, 3]
 
 
+async def test_a_waiting_turn_hears_its_place_go_down_as_others_finish(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    async with (
+        serve_app(llama_settings(tmp_path, tiny_gguf, max_queue=8)) as server,
+        connect(server.ws_url) as ws,
+    ):
+        client = ProtocolClient(ws)
+        await client.send(
+            {"type": "chat", "request_id": "a", "text": "Tell a story.", "options": LONG}
+        )
+        await client.until("a", "chunk")  # a holds the model
+        short = {"max_tokens": 8}
+        for request_id in ("b", "c", "d"):  # each its own session: served in turn
+            await client.send(
+                {"type": "chat", "request_id": request_id, "text": "Hi", "options": short}
+            )
+            await client.until(request_id, "processing")
+        await client.send({"type": "cancel", "request_id": "a"})
+        d_frames = await client.until("d")
+    statuses = [frame["status"] for frame in d_frames]
+    places = [frame["chunk"]["metadata"]["queue_position"] for frame in d_frames[:3]]
+    assert statuses[:3] == ["processing", "queued", "queued"]
+    assert places == [3, 2, 1]  # b and c finished before it: it moved up each time
+    assert {frame["chunk"]["metadata"]["waiting_for"] for frame in d_frames[1:3]} == {"model"}
+    assert statuses[3] == "chunk"
+    assert statuses[-1] == "complete"
+
+
 async def test_a_turn_reports_model_usage_and_timings(llama_server: RunningServer) -> None:
     async with connect(llama_server.ws_url) as ws:
         frames = await ProtocolClient(ws).chat("r1", "Hello!", options={"max_tokens": 5})

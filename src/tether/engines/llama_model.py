@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 from tether.engines.base import (
     ChatMessage,
@@ -51,6 +52,8 @@ from tether.engines.llama_native import NativeModel, Sampler, SamplerSpec, json_
 from tether.engines.prompt_cache import PromptCache, SavedState
 from tether.engines.stop_strings import StopMatcher
 from tether.engines.thread_stream import ThreadStream
+
+log = structlog.get_logger(__name__)
 
 # Prompt tokens evaluated per step, shared by the prompts being read (oldest first). Measured on
 # 2 cores, chunks of 64 to 512 evaluate a prompt equally fast; 128 keeps a step (and so a cancel,
@@ -247,16 +250,24 @@ class LoadedModel:
         """The decode loop, until `stop`; then the model is closed."""
         try:
             while (arrivals := self._next_arrivals()) is not None:
-                for job in arrivals:
-                    self._admit(job)
-                for seq_id, sequence in self.scheduler.running():
-                    if sequence.cancelled:
-                        self._end(seq_id, "cancelled")
-                pieces = self.scheduler.plan()
-                if pieces:
-                    self._step(pieces)
+                try:
+                    self._turn(arrivals)
+                except Exception as error:  # a bug here must not leave streams hanging
+                    log.exception("llamacpp.decode_loop_failed", model=self.name)
+                    for seq_id, _ in self.scheduler.running():
+                        self._fail(seq_id, EngineError(f"generation failed: {error}"))
         finally:
             self._shut()
+
+    def _turn(self, arrivals: list[Job]) -> None:
+        for job in arrivals:
+            self._admit(job)
+        for seq_id, sequence in self.scheduler.running():
+            if sequence.cancelled:
+                self._end(seq_id, "cancelled")
+        pieces = self.scheduler.plan()
+        if pieces:
+            self._step(pieces)
 
     def _next_arrivals(self) -> list[Job] | None:
         """The jobs that came since the last step (waiting while there is nothing to do), or
@@ -328,10 +339,12 @@ class LoadedModel:
                 continue
             if sequence.prefilled is None:
                 sequence.prefilled = now
-            finish = self._take(sequence, sequence.sampler.sample(output))
+            token = sequence.sampler.sample(output)
+            finish = self._take(sequence, token)
             if finish is None:
-                continue
-            self._end(piece.seq_id, finish)
+                self.scheduler.feed(piece.seq_id, token)
+            else:
+                self._end(piece.seq_id, finish)
 
     def _take(self, sequence: _Sequence, token: int) -> FinishReason | None:
         """Add a sampled token to the answer; why the sequence ends, if it does."""
@@ -346,14 +359,7 @@ class LoadedModel:
             return "stop"
         if sequence.completion >= sequence.limit:
             return "length"
-        self._feed(sequence, token)
         return None
-
-    def _feed(self, sequence: _Sequence, token: int) -> None:
-        for seq_id, running in self.scheduler.running():
-            if running is sequence:
-                self.scheduler.feed(seq_id, token)
-                return
 
     def _end(self, seq_id: int, finish: FinishReason) -> None:
         """The sequence is over: its final delta, its state saved, its stream ended."""
@@ -369,7 +375,10 @@ class LoadedModel:
             self._remember(seq_id)
         hook = sequence.job.on_run
         if hook is not None:
-            hook(sequence.stats(self.name, finish))
+            try:
+                hook(sequence.stats(self.name, finish))
+            except Exception:  # a broken hook must not fail a finished answer
+                log.exception("llamacpp.on_run_failed")
         stream.end()
 
     def _fail(self, seq_id: int, error: EngineError) -> None:
