@@ -52,10 +52,12 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], deadline_s: float = 1
     raise TimeoutError(f"{url} did not come up")
 
 
-def sse_turn(client: httpx.Client, url: str, model: str, max_tokens: int) -> Run:
+def sse_turn(
+    client: httpx.Client, url: str, model: str, max_tokens: int, prompt: str = PROMPT
+) -> Run:
     body = {
         "model": model,
-        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": max_tokens,
