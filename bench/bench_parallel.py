@@ -49,7 +49,8 @@ def start_servers(
     llama_server = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(MODEL), "--n_ctx", "4096",
          "--n_threads", str(threads), "--n_threads_batch", str(threads),
-         "--port", str(llama_port), "--verbose", "false"],
+         "--port", str(llama_port), "--verbose", "false",
+         "--interrupt_requests", "false"],  # its default drops a stream when another comes
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     env = {
