@@ -13,6 +13,7 @@ import pytest
 
 from tests.contract.engine_contract import EngineContract
 from tests.service.test_llamacpp_engine import (
+    SMOLLM2,
     TIMEOUT,
     answer,
     ask,
@@ -240,3 +241,13 @@ async def test_a_waiting_request_hears_its_place_go_down(dist: Path) -> None:
 
 class TestParallelContract(EngineContract):
     """The Engine contract, on an engine decoding up to four sequences together."""
+
+
+@pytest.mark.slow
+async def test_smollm2_answers_the_same_alone_and_in_a_batch() -> None:
+    async with open_engine(SMOLLM2.parent, default_model=SMOLLM2.name, parallel=4) as engine:
+        requests = [greedy(text, f"m{i}", max_tokens=32) for i, text in enumerate(PROMPTS)]
+        solo = await solo_outcomes(engine, requests)
+        batched = [outcome(deltas) for deltas in await together(engine, requests)]
+    assert batched == solo
+    assert "4" in solo[2][0] or "four" in solo[2][0].lower()
