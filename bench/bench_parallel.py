@@ -13,7 +13,10 @@ numbered variant, so no server answers from a cached prompt). Per load:
   its time to first token (TTFT);
 - `share`: the slowest stream's rate over the median solo (c = 1) stream rate.
 
-`ratio` is Tether's aggregate tokens/s at 4 at once over at 1 (the median of rounds).
+`ratio` is Tether's aggregate tokens/s at 4 at once over at 1 (the median of rounds). Beside it,
+`kernel`: what llama.cpp itself gains from batching on this CPU, with no server at all: the time
+of one decode step of n sequences (one token each) against n steps of one, in this process,
+before the servers start. No server can batch better than that.
 
     .venv/bin/python bench/bench_parallel.py [--quick] [--parallel 8] [--threads 2]
 """
@@ -91,6 +94,32 @@ def load(url: str, model: str, concurrent: int, max_tokens: int, tag: str) -> di
     }
 
 
+def kernel(threads: int, repeats: int) -> dict[int, float]:
+    """llama.cpp's throughput at n sequences a step over 1 a step (decode only)."""
+    from tether.engines.batch_schedule import Piece
+    from tether.engines.llama_native import NativeModel
+
+    model = NativeModel(MODEL, n_ctx=1024, n_seq=max(CONCURRENCY), n_threads=threads)
+    try:
+        tokens = model.tokenize("Write a long story about a robot who learns to paint.")
+        for seq in range(max(CONCURRENCY)):
+            model.decode([Piece(seq, tuple(tokens), 0, True)])
+        steps: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
+        for _ in range(repeats):
+            for c in CONCURRENCY:
+                started = time.perf_counter()
+                for k in range(10):
+                    pos = len(tokens) + k
+                    model.decode([Piece(seq, (tokens[k],), pos, True) for seq in range(c)])
+                steps[c].append((time.perf_counter() - started) / 10)
+                for seq in range(c):
+                    model.drop(seq, len(tokens))
+    finally:
+        model.close()
+    solo = statistics.median(steps[1])
+    return {c: c * solo / statistics.median(times) for c, times in steps.items()}
+
+
 def summary(loads: list[dict[str, Any]], solo_tps: float) -> dict[str, float]:
     """The median over rounds of a concurrency's figures."""
     return {
@@ -112,6 +141,7 @@ def run(
     threads = threads or os.cpu_count() or 1
     rounds, max_tokens = (1, max_tokens or 64) if quick else (3, max_tokens or 128)
     raw: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    gains = kernel(threads, 3 if quick else 6)
     with tempfile.TemporaryDirectory() as tmp:
         servers = start_servers(threads, parallel, tmp)
         try:
@@ -131,6 +161,7 @@ def run(
                 process.wait(timeout=30)
     result: dict[str, Any] = {"parallel": parallel, "threads": threads, "max_tokens": max_tokens}
     result["rounds"] = rounds
+    result["kernel"] = gains
     for name, by_c in raw.items():
         solo = statistics.median(statistics.median(x["stream_tps"]) for x in by_c[1])
         result[name] = {c: summary(loads, solo) for c, loads in by_c.items()}
@@ -160,6 +191,8 @@ def table(result: dict[str, Any]) -> str:
         f"slowest stream at 4 / solo: {result['share_at_4']:.2f}   "
         f"llama_cpp.server at 4 / at 1: {result['peer_ratio']:.2f}"
     )
+    gains = "   ".join(f"{c}: {gain:.2f}x" for c, gain in result["kernel"].items())
+    lines.append(f"llama.cpp's own batching gain on this CPU (decode steps, no server): {gains}")
     return "\n".join(lines)
 
 
