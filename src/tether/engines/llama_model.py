@@ -298,13 +298,16 @@ class LoadedModel:
             limit = min(limit, options.max_tokens)
         sequence = _Sequence(job, fitted, sampler, limit)
         seq_id = self._place(sequence)
+        if seq_id is None:
+            return
         if sequence.cancelled:
             self._end(seq_id, "cancelled")
         elif limit <= 0:
             self._end(seq_id, "length")
 
-    def _place(self, sequence: _Sequence) -> int:
-        """Give the sequence a slot, reusing the longest prefix of its prompt known."""
+    def _place(self, sequence: _Sequence) -> int | None:
+        """Give the sequence a slot, reusing the longest prefix of its prompt known; None when
+        llama.cpp refused to clear the slot (the sequence has failed)."""
         tokens = sequence.fitted.tokens
         seq_id, live = self.scheduler.choose(tokens)
         restored: Sequence[int] | None = None
@@ -318,7 +321,11 @@ class LoadedModel:
                     self.scheduler.forget(seq_id)  # what the slot holds now is unknown
                     restored = ()
         keep = self.scheduler.start(seq_id, sequence, tokens, restored)
-        self.native.drop(seq_id, keep)
+        try:
+            self.native.drop(seq_id, keep)
+        except EngineError as error:
+            self._fail(seq_id, error)
+            return None
         sequence.cached = keep
         return seq_id
 
