@@ -156,10 +156,12 @@ def model_servers(profile: Profile) -> tuple[RawPeer, str]:
     return raw, profile.shared.get("tether-llamacpp", lambda: tether_llamacpp(profile.threads))
 
 
-def sse_turn(client: httpx.Client, url: str, model: str, max_tokens: int) -> Run:
+def sse_turn(
+    client: httpx.Client, url: str, model: str, max_tokens: int, prompt: str = PROMPT
+) -> Run:
     body = {
         "model": model,
-        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": max_tokens,

@@ -660,6 +660,7 @@ class _TurnSteps:
             tools=policy.offered(offers),
             client=self.session_id,
             usage_sink=self.current.record_usage,
+            on_queue_position=self.moved_up,
         )
         release()  # from here the engine's own line counts this turn
         generation = _generate(
@@ -679,6 +680,10 @@ class _TurnSteps:
                 self.usage.completion_tokens + self.current.usage.completion_tokens,
             )
         self.finish_reason = self.current.finish_reason
+
+    async def moved_up(self, place: int) -> None:
+        """The turn's place in its model's line changed while it waits (told by the engine)."""
+        await self.emit(Queued(queue_position=place, waiting_for="model"))
 
     async def run_tools(self, messages: list[ChatMessage]) -> list[ChatMessage]:
         """Store the calling answer, run its calls, store the results; return the new prompt.

@@ -21,12 +21,15 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """The turn waits before anything of it is stored: `queue_position` turns are ahead of it
-    on the line `waiting_for` names ("session": earlier turns continuing the same session).
-    Sent only when the turn waits; `Accepted` follows once its message is stored."""
+    """The turn waits: `queue_position` requests go before it on the line `waiting_for` names.
+
+    "session": earlier turns continuing the same session; nothing of the turn is stored yet,
+    `Accepted` follows once its message is. "model": after `Accepted`, the turn's place in its
+    model's line changed (the first place is `Accepted.queue_position`). Sent only while the
+    turn waits, again each time its place changes."""
 
     queue_position: int
-    waiting_for: Literal["session"]
+    waiting_for: Literal["session", "model"]
 
 
 @dataclass(frozen=True, slots=True)

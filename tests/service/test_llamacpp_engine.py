@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +13,7 @@ import llama_cpp
 import pytest
 
 from tests.contract.engine_contract import EngineContract
+from tests.support.llama_runs import Runs
 from tests.support.timeouts import scaled
 from tests.support.tiny_gguf import ensure_tiny_gguf
 from tether.engines.base import (
@@ -27,7 +27,6 @@ from tether.engines.base import (
     UnknownModelError,
     Usage,
 )
-from tether.engines.llama_model import RunStats
 from tether.engines.llamacpp import LlamaCppEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,41 +36,16 @@ TIMEOUT = 30 * SCALE
 SYSTEM = "You are Tether, a helpful assistant running locally."
 
 
-@pytest.fixture
-def dist(tmp_path: Path, tiny_gguf: Path) -> Path:
-    folder = tmp_path / "dist"
-    folder.mkdir()
-    for name in ("tiny", "tiny-b"):
-        (folder / f"{name}.gguf").symlink_to(tiny_gguf)
-    return folder
-
-
-class Runs:
-    """Collects the engine's per-generation stats, which arrive from worker threads."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[RunStats] = queue.Queue()
-
-    def __call__(self, stats: RunStats) -> None:
-        self._queue.put(stats)
-
-    async def next(self) -> RunStats:
-        return await asyncio.to_thread(self._queue.get, timeout=TIMEOUT)
-
-
-@pytest.fixture
-def runs() -> Runs:
-    return Runs()
-
-
 @contextlib.asynccontextmanager
 async def open_engine(
     dist: Path,
     *,
     default_model: str = "tiny",
     n_ctx: int = 512,
+    parallel: int = 1,
     max_loaded: int = 1,
     max_queue: int = 16,
+    prompt_cache_bytes: int = 256 << 20,
     on_run: Runs | None = None,
 ) -> AsyncIterator[LlamaCppEngine]:
     # One thread: the machine is shared, and spinning OpenMP threads suffer most from that.
@@ -80,8 +54,10 @@ async def open_engine(
         default_model=default_model,
         n_ctx=n_ctx,
         n_threads=1,
+        parallel=parallel,
         max_loaded=max_loaded,
         max_queue=max_queue,
+        prompt_cache_bytes=prompt_cache_bytes,
         on_run=on_run,
     )
     try:

@@ -19,7 +19,7 @@ from tether.config import Settings
 LONG = {"max_tokens": 400, "temperature": 1.0, "seed": 1}
 
 
-def llama_settings(tmp_path: Path, tiny_gguf: Path, max_queue: int) -> Settings:
+def llama_settings(tmp_path: Path, tiny_gguf: Path, max_queue: int, parallel: int = 1) -> Settings:
     dist = tmp_path / "dist"
     dist.mkdir()
     (dist / "tiny.gguf").symlink_to(tiny_gguf)
@@ -31,6 +31,7 @@ def llama_settings(tmp_path: Path, tiny_gguf: Path, max_queue: int) -> Settings:
             "engine.llamacpp.n_threads": 1,
             "engine.llamacpp.n_ctx": 512,
             "engine.llamacpp.max_queue": max_queue,
+            "engine.llamacpp.parallel": parallel,
         },
     )
 
@@ -63,6 +64,56 @@ async def test_arrivals_together_get_distinct_places(tmp_path: Path, tiny_gguf: 
             await client.send({"type": "cancel", "request_id": request_id})
             await client.until(request_id)
     assert sorted(places) == [1, 2, 3]
+
+
+async def test_a_waiting_turn_hears_its_place_go_down_as_others_finish(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    async with (
+        serve_app(llama_settings(tmp_path, tiny_gguf, max_queue=8)) as server,
+        connect(server.ws_url) as ws,
+    ):
+        client = ProtocolClient(ws)
+        await client.send(
+            {"type": "chat", "request_id": "a", "text": "Tell a story.", "options": LONG}
+        )
+        await client.until("a", "chunk")  # a holds the model
+        short = {"max_tokens": 8}
+        for request_id in ("b", "c", "d"):  # each its own session: served in turn
+            await client.send(
+                {"type": "chat", "request_id": request_id, "text": "Hi", "options": short}
+            )
+            await client.until(request_id, "processing")
+        await client.send({"type": "cancel", "request_id": "a"})
+        d_frames = await client.until("d")
+    statuses = [frame["status"] for frame in d_frames]
+    places = [frame["chunk"]["metadata"]["queue_position"] for frame in d_frames[:3]]
+    assert statuses[:3] == ["processing", "queued", "queued"]
+    assert places == [3, 2, 1]  # b and c finished before it: it moved up each time
+    assert {frame["chunk"]["metadata"]["waiting_for"] for frame in d_frames[1:3]} == {"model"}
+    assert statuses[3] == "chunk"
+    assert statuses[-1] == "complete"
+
+
+async def test_with_two_slots_two_turns_stream_at_once(tmp_path: Path, tiny_gguf: Path) -> None:
+    async with (
+        serve_app(llama_settings(tmp_path, tiny_gguf, max_queue=8, parallel=2)) as server,
+        connect(server.ws_url) as ws,
+    ):
+        client = ProtocolClient(ws)
+        await client.send(
+            {"type": "chat", "request_id": "a", "text": "Tell a story.", "options": LONG}
+        )
+        await client.until("a", "chunk")  # a is generating
+        await client.send({"type": "chat", "request_id": "b", "text": "Hi", "options": LONG})
+        (processing,) = await client.until("b", "processing")
+        await client.until("b", "chunk")
+        a_running = not any(f["status"] == "complete" for f in client.frames["a"])
+        for request_id in ("a", "b"):
+            await client.send({"type": "cancel", "request_id": request_id})
+            await client.until(request_id)
+    assert processing["chunk"]["metadata"]["queue_position"] == 0  # a free slot: no wait
+    assert a_running  # b's text came while a was still answering
 
 
 async def test_a_turn_reports_model_usage_and_timings(llama_server: RunningServer) -> None:

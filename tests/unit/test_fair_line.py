@@ -49,3 +49,62 @@ async def test_ahead_counts_turns_round_robin() -> None:
     assert line.ahead("b") == 1
     line.release()
     assert not line.held
+
+
+async def test_a_line_of_capacity_two_holds_two_and_queues_the_third() -> None:
+    line = FairLine(capacity=2)
+    await line.acquire("a")
+    assert line.ahead("b") == 0
+    await line.acquire("b")
+    assert line.ahead("c") == 1
+    third = asyncio.create_task(line.acquire("c"))
+    await asyncio.sleep(0)
+    assert not third.done()
+    line.release()
+    await asyncio.wait_for(third, 1)
+    assert line.holders == 2
+
+
+async def test_a_waiter_hears_its_place_each_time_it_changes() -> None:
+    line = FairLine()
+    await line.acquire("holder")
+    others = [asyncio.create_task(line.acquire(f"w{i}")) for i in range(2)]
+    await asyncio.sleep(0)
+    places: list[int] = []
+
+    async def told(place: int) -> None:
+        places.append(place)
+
+    assert line.ahead("me") == 3
+    mine = asyncio.create_task(line.acquire("me", on_place=told))
+    await asyncio.sleep(0)
+    for waiter in others:  # the holder leaves, then each one served before me
+        line.release()
+        await waiter
+        await asyncio.sleep(0)
+    line.release()
+    await asyncio.wait_for(mine, 1)
+    assert places == [2, 1]
+
+
+async def test_a_new_clients_request_moves_a_busy_clients_back() -> None:
+    line = FairLine()
+    await line.acquire("busy")
+    busy = [asyncio.create_task(line.acquire("busy")) for _ in range(2)]
+    await asyncio.sleep(0)
+    places: list[int] = []
+    heard = asyncio.Event()
+
+    async def told(place: int) -> None:
+        places.append(place)
+        heard.set()
+
+    assert line.ahead("busy") == 3
+    last = asyncio.create_task(line.acquire("busy", on_place=told))
+    await asyncio.sleep(0)
+    other = asyncio.create_task(line.acquire("other"))  # served after busy's first waiter
+    await asyncio.wait_for(heard.wait(), 1)
+    assert places == [4]
+    for task in [*busy, other, last]:
+        task.cancel()
+    await asyncio.gather(*busy, other, last, return_exceptions=True)

@@ -433,7 +433,28 @@ def executor() -> Iterator[Executor]:
         yield pool
 
 
-def counting_work(limit: int, produced: list[int]) -> Callable[..., None]:
+Work = Callable[[Callable[[int], None], threading.Event], None]
+
+
+def started(
+    work: Work, executor: Executor, *, on_done: Callable[[], None] | None = None
+) -> ThreadStream[int]:
+    """A stream fed by `work` on the executor's thread, as a decode loop feeds one."""
+    stream: ThreadStream[int] = ThreadStream(on_done=on_done)
+
+    def run() -> None:
+        try:
+            work(stream.emit, stream.cancelled)
+        except BaseException as error:
+            stream.end(error)
+        else:
+            stream.end()
+
+    executor.submit(run)
+    return stream
+
+
+def counting_work(limit: int, produced: list[int]) -> Work:
     def work(emit: Callable[[int], None], cancelled: threading.Event) -> None:
         for i in range(limit):
             if cancelled.is_set():
@@ -446,8 +467,7 @@ def counting_work(limit: int, produced: list[int]) -> Callable[..., None]:
 
 async def test_thread_stream_delivers_items_in_order(executor: Executor) -> None:
     produced: list[int] = []
-    stream: ThreadStream[int] = ThreadStream(counting_work(100, produced), executor)
-    stream.start()
+    stream = started(counting_work(100, produced), executor)
     assert [i async for i in stream] == list(range(100))
     await asyncio.wait_for(stream.done, TIMEOUT)
 
@@ -456,10 +476,7 @@ async def test_done_callbacks_have_run_when_the_consumer_sees_the_end(
     executor: Executor,
 ) -> None:
     freed: list[bool] = []
-    stream: ThreadStream[int] = ThreadStream(
-        counting_work(3, []), executor, on_done=lambda: freed.append(True)
-    )
-    stream.start()
+    stream = started(counting_work(3, []), executor, on_done=lambda: freed.append(True))
     async for _ in stream:
         pass
     assert freed == [True]
@@ -470,8 +487,7 @@ async def test_thread_stream_reraises_the_workers_error(executor: Executor) -> N
         emit(1)
         raise EngineError("boom")
 
-    stream: ThreadStream[int] = ThreadStream(work, executor)
-    stream.start()
+    stream = started(work, executor)
     seen: list[int] = []
 
     async def consume() -> None:
@@ -495,8 +511,7 @@ async def test_what_the_worker_emits_after_a_cancel_can_be_drained(executor: Exe
             return
         emit(2)
 
-    stream: ThreadStream[int] = ThreadStream(work, executor)
-    stream.start()
+    stream = started(work, executor)
     async with contextlib.aclosing(aiter(stream)) as items:
         async for _ in items:
             break
@@ -514,8 +529,7 @@ async def test_a_drain_can_stop_at_the_item_it_waits_for(executor: Executor) -> 
         emit(-1)  # the summary
         finish.wait(TIMEOUT)  # e.g. saving state: the drain does not wait for this
 
-    stream: ThreadStream[int] = ThreadStream(work, executor)
-    stream.start()
+    stream = started(work, executor)
     async with contextlib.aclosing(aiter(stream)) as items:
         async for _ in items:
             break
@@ -538,8 +552,7 @@ async def test_leaving_the_stream_early_stops_the_worker(executor: Executor) -> 
             if i == 0:
                 gate.wait(TIMEOUT)  # let the consumer leave while the worker is mid-stream
 
-    stream: ThreadStream[int] = ThreadStream(work, executor)
-    stream.start()
+    stream = started(work, executor)
     async with contextlib.aclosing(aiter(stream)) as items:
         async for _ in items:
             break

@@ -122,7 +122,10 @@ class MLCSettings(_Section):
 
 
 class LlamaCppSettings(_Section):
-    n_ctx: int = Field(default=4096, ge=256)
+    n_ctx: int = Field(default=4096, ge=256)  # each sequence's window
+    # Sequences of one model decoded together (continuous batching); each holds n_ctx of KV
+    # cache (SmolLM2 at 4096: 90 MB a sequence).
+    parallel: int = Field(default=1, ge=1, le=64)
     n_threads: int | None = Field(default=None, ge=1)  # None: every core
     max_loaded: int = Field(default=1, ge=1)  # models kept in memory (LRU)
     max_queue: int = Field(default=16, ge=0)  # requests waiting per model before `busy`

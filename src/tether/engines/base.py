@@ -21,7 +21,7 @@ before any work started (e.g. while it waits in a model's line): zero usage is t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -89,6 +89,7 @@ class Usage:
 
 
 UsageSink = Callable[[Usage], None]
+QueuePositionSink = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,9 @@ class GenerationRequest:
     client: str | None = None
     # Told the final usage once, also when the consumer leaves early (see the module docstring).
     usage_sink: UsageSink | None = field(default=None, compare=False, repr=False)
+    # Told each new place while the request waits in a model's line (engines with a line:
+    # `llamacpp`); awaited in the consumer's task, so it may send the place on at once.
+    on_queue_position: QueuePositionSink | None = field(default=None, compare=False, repr=False)
 
 
 class UsageReport:

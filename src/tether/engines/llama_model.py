@@ -1,37 +1,40 @@
-"""One loaded GGUF model and the blocking generation loop that runs in a worker thread.
+"""One loaded GGUF model and its decode loop: up to `n_slots` generations decoded together.
 
-llama-cpp-python's `Llama` is used through `_Llama`, a protocol naming only what is used here, so
-mypy checks these calls even where the library's own annotations are loose. The loop is ours rather
-than `create_completion`'s so that it can check for cancellation between prompt chunks and after
-every token, count tokens exactly, and choose which cached state to start from:
+Every request for the model becomes a `Job` handed to `submit`; one thread (the model's own,
+`serve`) is the only one that touches the llama.cpp context (`NativeModel`). Each turn of its
+loop takes the jobs that arrived (fits the prompt into the window, makes the sequence's sampler,
+gives it a slot: `Scheduler.choose`/`start`), ends the sequences whose consumers left, and
+decodes one step for all the others together (`Scheduler.plan`): one token per generating
+sequence, plus chunks of the prompts being read. Then each sequence that wanted logits samples
+its next token with its own sampler chain (its options and seed: a greedy answer is the same
+alone or in a batch), its text goes through its stop strings, and it ends on an end-of-generation
+token, a stop string, `max_tokens` or its context window being full.
 
-- the context keeps the tokens it evaluated last and `Llama.generate` reuses their common prefix
-  with the next prompt, so a session's next turn only evaluates what is new;
-- when sessions interleave on one model, a `PromptCache` of saved states restores the one sharing
-  the longest prefix with the prompt before that;
-- a history too long for the window is cut where the last turn of that conversation was cut (a
-  `TrimMemory`), so the prompt's start stays the same and these reuses keep working.
+Prompt reuse:
 
-A `LoadedModel` is not thread-safe: the engine runs one generation at a time on it.
+- a slot's KV cells stay after its generation, and a new prompt goes to the free slot sharing
+  the longest prefix with it, so a returning session only evaluates what is new;
+- the state of each finished sequence is also saved in a `PromptCache` (byte-bounded LRU), and
+  restored into the chosen slot when it shares a longer prefix than the slot does;
+- a history too long for the window is cut where that conversation was cut last (`TrimMemory`),
+  so the prompt's start stays the same and these reuses keep working.
+
+Each job's stream (`ThreadStream`) gets its text deltas, then one final delta (also when
+cancelled: finish "cancelled", with the usage of what was evaluated and sampled), then its end.
 """
 
 from __future__ import annotations
 
 import codecs
-import ctypes
-import functools
-import json
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
-import llama_cpp
 import numpy as np
-import numpy.typing as npt
-from llama_cpp.llama_grammar import LlamaGrammar
+import structlog
 
 from tether.engines.base import (
     ChatMessage,
@@ -39,52 +42,23 @@ from tether.engines.base import (
     EngineError,
     FinishReason,
     GenerationOptions,
+    GenerationRequest,
     Usage,
 )
+from tether.engines.batch_schedule import Piece, Scheduler
 from tether.engines.chat_template import ChatTemplate
 from tether.engines.context_fit import FittedPrompt, TrimMemory, fit_prompt
-from tether.engines.prompt_cache import PromptCache, SavedState, common_prefix
+from tether.engines.llama_native import NativeModel, Sampler, SamplerSpec, json_grammar
+from tether.engines.prompt_cache import PromptCache, SavedState
 from tether.engines.stop_strings import StopMatcher
+from tether.engines.thread_stream import ThreadStream
 
-# Prompt tokens evaluated between two looks at the cancel flag. Measured on 2 cores, chunks of
-# 64 to 512 evaluate a prompt equally fast, and 64 keeps a cancel during a long prompt under a
-# second even for SmolLM2 on one busy core.
-PREFILL_CHUNK = 64
+log = structlog.get_logger(__name__)
 
-
-class _Llama(Protocol):
-    """The part of `llama_cpp.Llama` this module uses."""
-
-    input_ids: npt.NDArray[np.intc]
-    n_tokens: int
-    metadata: dict[str, str]
-
-    @property
-    def ctx(self) -> Any: ...  # llama_context_p
-    @property
-    def model(self) -> Any: ...  # llama_model_p
-    def tokenize(self, text: bytes, add_bos: bool = ..., special: bool = ...) -> list[int]: ...
-    def detokenize(
-        self, tokens: list[int], prev_tokens: list[int] | None = ..., special: bool = ...
-    ) -> bytes: ...
-    def n_ctx(self) -> int: ...
-    def token_bos(self) -> int: ...
-    def token_eos(self) -> int: ...
-    def set_seed(self, seed: int) -> None: ...
-    def eval(self, tokens: Sequence[int]) -> None: ...
-    def generate(
-        self,
-        tokens: Sequence[int],
-        top_k: int = ...,
-        top_p: float = ...,
-        min_p: float = ...,
-        typical_p: float = ...,
-        temp: float = ...,
-        repeat_penalty: float = ...,
-        reset: bool = ...,
-        grammar: LlamaGrammar | None = ...,
-    ) -> Generator[int, Sequence[int] | None, None]: ...
-    def close(self) -> None: ...
+# Prompt tokens evaluated per step, shared by the prompts being read (oldest first). Measured on
+# 2 cores, chunks of 64 to 512 evaluate a prompt equally fast; 128 keeps a step (and so a cancel,
+# and the pause the other sequences see) well under a second on SmolLM2 on one busy core.
+PREFILL_BUDGET = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +71,21 @@ class Sampling:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
 
+    def spec(self, options: GenerationOptions) -> SamplerSpec:
+        return SamplerSpec(
+            temperature=self.temperature if options.temperature is None else options.temperature,
+            top_p=self.top_p if options.top_p is None else options.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            seed=options.seed,
+            grammar=json_grammar(options.json_schema),
+        )
+
 
 @dataclass(slots=True)
 class RunProgress:
-    """Shared between the worker (which counts) and the event loop (which cancels)."""
+    """Shared between the decode thread (which counts) and the event loop (which cancels)."""
 
     tokens: int = 0  # tokens sampled so far, an end-of-generation token included
     tokens_at_cancel: int | None = None
@@ -113,52 +98,92 @@ class RunProgress:
 
 @dataclass(frozen=True, slots=True)
 class RunStats:
-    """What one generation did; handed to the engine's `on_run` hook, in the worker thread."""
+    """What one generation did; handed to the engine's `on_run` hook, in the decode thread."""
 
     request_id: str
     model: str
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
-    cached_tokens: int  # prompt tokens reused from the context or the prompt cache
+    cached_tokens: int  # prompt tokens reused from the KV cache or the prompt cache
     trimmed_messages: int
     prefill_s: float
     total_s: float
     tokens_after_cancel: int | None = None  # sampled after cancel was asked for
-    cancel_latency_s: float | None = None  # from cancel to the worker stopping
+    cancel_latency_s: float | None = None  # from cancel to the sequence ending
 
 
-@functools.lru_cache(maxsize=32)
-def _grammar_of(schema_json: str) -> LlamaGrammar:
-    try:
-        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
-    except (ValueError, KeyError, TypeError, RecursionError) as error:
-        raise EngineError(f"response_format: the JSON schema has no grammar: {error}") from error
+@dataclass(eq=False, slots=True)
+class Job:
+    """One request for the model, as the engine hands it over (on the event loop)."""
+
+    request: GenerationRequest
+    sampling: Sampling
+    stream: ThreadStream[Delta]
+    progress: RunProgress = field(default_factory=RunProgress)
+    on_run: Callable[[RunStats], None] | None = None
 
 
-def json_grammar(schema: dict[str, Any] | None) -> LlamaGrammar | None:
-    """The llama.cpp grammar that makes the answer JSON valid against `schema` (cached)."""
-    if schema is None:
-        return None
-    return _grammar_of(json.dumps(schema, sort_keys=True))
+@dataclass(eq=False, slots=True)
+class _Sequence:
+    """A job in its slot: what the decode thread keeps for it."""
 
+    job: Job
+    fitted: FittedPrompt
+    sampler: Sampler
+    limit: int  # completion tokens it may make: max_tokens, and the room left in its window
+    cached: int = 0
+    completion: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    prefilled: float | None = None
+    stops: StopMatcher = field(init=False)
+    decoder: codecs.IncrementalDecoder = field(init=False)
 
-def _save_state(llama: _Llama) -> SavedState:
-    size = int(llama_cpp.llama_state_get_size(llama.ctx))
-    buffer = (ctypes.c_uint8 * size)()
-    written = int(llama_cpp.llama_state_get_data(llama.ctx, buffer, size))
-    return SavedState(
-        tokens=llama.input_ids[: llama.n_tokens].copy(),
-        data=ctypes.string_at(buffer, written),
-    )
+    def __post_init__(self) -> None:
+        self.stops = StopMatcher(self.job.request.options.stop)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
+    @property
+    def cancelled(self) -> bool:
+        return self.job.stream.cancelled.is_set()
 
-def _load_state(llama: _Llama, state: SavedState) -> None:
-    buffer = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
-    if int(llama_cpp.llama_state_set_data(llama.ctx, buffer, len(state.data))) != len(state.data):
-        raise EngineError("could not restore a cached prompt state")
-    llama.input_ids[: len(state.tokens)] = state.tokens
-    llama.n_tokens = len(state.tokens)
+    def say(self, data: bytes, *, final: bool = False) -> None:
+        text = self.stops.feed(self.decoder.decode(data, final=final))
+        if final:
+            text += self.stops.flush()
+        if text:
+            self.job.stream.emit(Delta(text=text))
+
+    def final_delta(self, finish: FinishReason) -> Delta:
+        metadata: dict[str, Any] = {
+            "trimmed_messages": self.fitted.trimmed_messages,
+            "cached_tokens": self.cached,
+        }
+        if self.fitted.truncated_messages:
+            metadata["truncated_messages"] = self.fitted.truncated_messages
+        usage = Usage(prompt_tokens=len(self.fitted.tokens), completion_tokens=self.completion)
+        return Delta(finish_reason=finish, usage=usage, metadata=metadata)
+
+    def stats(self, model: str, finish: FinishReason) -> RunStats:
+        ended = time.perf_counter()
+        progress = self.job.progress
+        after_cancel = latency = None
+        if progress.tokens_at_cancel is not None and progress.cancelled_at is not None:
+            after_cancel = progress.tokens - progress.tokens_at_cancel
+            latency = ended - progress.cancelled_at
+        return RunStats(
+            request_id=self.job.request.request_id,
+            model=model,
+            finish_reason=finish,
+            prompt_tokens=len(self.fitted.tokens),
+            completion_tokens=self.completion,
+            cached_tokens=self.cached,
+            trimmed_messages=self.fitted.trimmed_messages,
+            prefill_s=(self.prefilled or ended) - self.started,
+            total_s=ended - self.started,
+            tokens_after_cancel=after_cancel,
+            cancel_latency_s=latency,
+        )
 
 
 class LoadedModel:
@@ -169,200 +194,220 @@ class LoadedModel:
         *,
         n_ctx: int,
         n_threads: int,
-        n_batch: int = 512,
-        prefill_chunk: int = PREFILL_CHUNK,
+        n_slots: int = 1,
+        prefill_budget: int = PREFILL_BUDGET,
         prompt_cache_bytes: int = 0,
     ) -> None:
+        """Load the model (blocking: call it on the thread that will `serve` it)."""
         self.name = name
         self.path = path
-        self.prefill_chunk = min(prefill_chunk, n_batch)
-        try:
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as error:
-            raise EngineError(f"could not load model {name!r} from {path}: {error}") from error
-        self._llama = cast(_Llama, llama)
-        self.n_ctx = self._llama.n_ctx()
-        self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
+        self.native = NativeModel(path, n_ctx=n_ctx, n_seq=n_slots, n_threads=n_threads)
+        self.n_ctx = self.native.n_ctx
+        budget = min(prefill_budget, self.native.n_batch - n_slots)
+        self.scheduler: Scheduler[_Sequence] = Scheduler(n_slots, budget)
         self.template = ChatTemplate(
-            self._llama.metadata.get("tokenizer.chat_template"),
-            bos_token=self._token_text(self._llama.token_bos()),
-            eos_token=self._token_text(self._llama.token_eos()),
+            self.native.metadata("tokenizer.chat_template"),
+            bos_token=self.native.token_text(self.native.bos),
+            eos_token=self.native.token_text(self.native.eos),
         )
         self.prompt_cache = PromptCache(prompt_cache_bytes)
         self.trims = TrimMemory()  # where long histories were cut: the same place next turn
-        self._closed = False
+        self._wake = threading.Condition()
+        self._inbox: list[Job] = []
+        self._stopping = False
 
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self._llama.detokenize([token], special=True).decode("utf-8", errors="replace")
+    # -- the event loop's side -----------------------------------------------------------------
 
-    def _is_end_of_generation(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+    def submit(self, job: Job) -> None:
+        """Hand a job to the decode loop (thread-safe); its stream tells the rest."""
+        with self._wake:
+            self._inbox.append(job)
+            self._wake.notify()
+
+    def stop(self) -> None:
+        """End `serve`: running sequences finish "cancelled", waiting jobs fail (thread-safe)."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+
+    # -- prompts -------------------------------------------------------------------------------
 
     def encode(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The prompt tokens for `messages`: the template's text, its special tokens parsed.
 
         The template writes BOS itself where the model wants one, so none is added here.
         """
-        text = self.template.render(messages)
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.prompt_cache.clear()
-            self.trims.clear()
-            self._llama.close()
-
-    # -- prompt reuse --------------------------------------------------------------------------
-
-    def _reuse_prefix(self, tokens: list[int]) -> int:
-        """Put the context at the longest known prefix of `tokens`; return its length.
-
-        At least the last prompt token is left to evaluate, so sampling starts from fresh logits.
-        """
-        llama = self._llama
-        wanted = np.asarray(tokens, dtype=np.intc)
-        live = common_prefix(llama.input_ids[: llama.n_tokens], wanted)
-        if len(self.prompt_cache):
-            saved_len, saved = self.prompt_cache.best(wanted)
-            if saved is not None and saved_len > live:
-                _load_state(llama, saved)
-                live = saved_len
-        llama.n_tokens = min(live, len(tokens) - 1)  # eval() drops the KV cells past this
-        return llama.n_tokens
-
-    def _remember(self) -> None:
-        if self.prompt_cache.capacity_bytes > 0 and self._llama.n_tokens > 0:
-            self.prompt_cache.put(_save_state(self._llama))
-
-    # -- generation ----------------------------------------------------------------------------
+        return self.native.tokenize(self.template.render(messages))
 
     def fit(self, messages: Sequence[ChatMessage], max_tokens: int | None) -> FittedPrompt:
         """The prompt, trimmed so that it leaves room for the answer in the context window."""
         room = min(max_tokens or self.n_ctx // 4, self.n_ctx // 2)
         return fit_prompt(messages, self.encode, self.n_ctx - room, self.trims)
 
-    def generate(
-        self,
-        request_id: str,
-        messages: Sequence[ChatMessage],
-        options: GenerationOptions,
-        sampling: Sampling,
-        emit: Callable[[Delta], None],
-        cancelled: threading.Event,
-        progress: RunProgress,
-    ) -> RunStats:
-        """Stream the answer through `emit`: text deltas, then the final one, also when
-        cancelled (finish "cancelled", with the usage of what was evaluated and sampled)."""
-        started = time.perf_counter()
-        llama = self._llama
-        fitted = self.fit(messages, options.max_tokens)
-        tokens = fitted.tokens
-        if not tokens:
-            raise EngineError("the chat template produced an empty prompt")
+    # -- the decode thread ---------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """The decode loop, until `stop`; then the model is closed."""
         try:
-            cached = self._reuse_prefix(tokens)
-            # The prompt is evaluated in chunks, so that a cancel is seen between them too.
-            while llama.n_tokens < len(tokens) - 1 and not cancelled.is_set():
-                end = min(llama.n_tokens + self.prefill_chunk, len(tokens) - 1)
-                llama.eval(tokens[llama.n_tokens : end])
-            prefilled = time.perf_counter()
-            finish, completion = self._sample(tokens, options, sampling, emit, cancelled, progress)
-        except BaseException:
-            llama.n_tokens = 0  # the context's contents are unknown now: reuse none of it
-            raise
-        usage = Usage(prompt_tokens=len(tokens), completion_tokens=completion)
-        metadata: dict[str, Any] = {
-            "trimmed_messages": fitted.trimmed_messages,
-            "cached_tokens": cached,
-        }
-        if fitted.truncated_messages:
-            metadata["truncated_messages"] = fitted.truncated_messages
-        emit(Delta(finish_reason=finish, usage=usage, metadata=metadata))
-        self._remember()  # after the final delta: the client need not wait for the copy
+            while (arrivals := self._next_arrivals()) is not None:
+                try:
+                    self._turn(arrivals)
+                except Exception as error:  # a bug here must not leave streams hanging
+                    log.exception("llamacpp.decode_loop_failed", model=self.name)
+                    for seq_id, _ in self.scheduler.running():
+                        self._fail(seq_id, EngineError(f"generation failed: {error}"))
+        finally:
+            self._shut()
 
-        ended = time.perf_counter()
-        after_cancel = latency = None
-        if progress.tokens_at_cancel is not None and progress.cancelled_at is not None:
-            after_cancel = progress.tokens - progress.tokens_at_cancel
-            latency = ended - progress.cancelled_at
-        return RunStats(
-            request_id=request_id,
-            model=self.name,
-            finish_reason=finish,
-            prompt_tokens=len(tokens),
-            completion_tokens=completion,
-            cached_tokens=cached,
-            trimmed_messages=fitted.trimmed_messages,
-            prefill_s=prefilled - started,
-            total_s=ended - started,
-            tokens_after_cancel=after_cancel,
-            cancel_latency_s=latency,
-        )
+    def _turn(self, arrivals: list[Job]) -> None:
+        for job in arrivals:
+            self._admit(job)
+        for seq_id, sequence in self.scheduler.running():
+            if sequence.cancelled:
+                self._end(seq_id, "cancelled")
+        pieces = self.scheduler.plan()
+        if pieces:
+            self._step(pieces)
 
-    def _sample(
-        self,
-        tokens: list[int],
-        options: GenerationOptions,
-        sampling: Sampling,
-        emit: Callable[[Delta], None],
-        cancelled: threading.Event,
-        progress: RunProgress,
-    ) -> tuple[FinishReason, int]:
-        """Sample the answer token by token; return why it ended and how many tokens it has."""
-        llama = self._llama
-        limit = self.n_ctx - len(tokens)
+    def _next_arrivals(self) -> list[Job] | None:
+        """The jobs that came since the last step (waiting while there is nothing to do), or
+        None once stopping."""
+        with self._wake:
+            while not (self._inbox or self._stopping or self.scheduler.running()):
+                self._wake.wait()
+            if self._stopping:
+                return None
+            arrivals, self._inbox = self._inbox, []
+            return arrivals
+
+    def _admit(self, job: Job) -> None:
+        options = job.request.options
+        try:
+            fitted = self.fit(job.request.messages, options.max_tokens)
+            if not fitted.tokens:
+                raise EngineError("the chat template produced an empty prompt")
+            sampler = self.native.sampler(job.sampling.spec(options), fitted.tokens)
+        except EngineError as error:
+            job.stream.end(error)
+            return
+        except Exception as error:  # llama.cpp or template failures reach the client
+            job.stream.end(EngineError(f"generation failed: {error}"))
+            return
+        limit = self.n_ctx - len(fitted.tokens)
         if options.max_tokens is not None:
             limit = min(limit, options.max_tokens)
-        if cancelled.is_set():
-            return "cancelled", 0
-        if limit <= 0:
-            return "length", 0
-        grammar = json_grammar(options.json_schema)
-        llama.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(options.stop)
-        finish: FinishReason = "length"
-        completion = 0
-        steps = llama.generate(
-            tokens,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p if options.top_p is None else options.top_p,
-            min_p=sampling.min_p,
-            temp=sampling.temperature if options.temperature is None else options.temperature,
-            repeat_penalty=sampling.repeat_penalty,
-            reset=True,  # reset=True is what makes generate() reuse the evaluated prefix
-            grammar=grammar,
-        )
+        sequence = _Sequence(job, fitted, sampler, limit)
+        seq_id = self._place(sequence)
+        if seq_id is None:
+            return
+        if sequence.cancelled:
+            self._end(seq_id, "cancelled")
+        elif limit <= 0:
+            self._end(seq_id, "length")
+
+    def _place(self, sequence: _Sequence) -> int | None:
+        """Give the sequence a slot, reusing the longest prefix of its prompt known; None when
+        llama.cpp refused to clear the slot (the sequence has failed)."""
+        tokens = sequence.fitted.tokens
+        seq_id, live = self.scheduler.choose(tokens)
+        restored: Sequence[int] | None = None
+        if len(self.prompt_cache):
+            saved_len, saved = self.prompt_cache.best(np.asarray(tokens, dtype=np.intc))
+            if saved is not None and saved_len > live:
+                try:
+                    self.native.restore(seq_id, saved.data)
+                    restored = saved.tokens.tolist()
+                except EngineError:
+                    self.scheduler.forget(seq_id)  # what the slot holds now is unknown
+                    restored = ()
+        keep = self.scheduler.start(seq_id, sequence, tokens, restored)
         try:
-            for token in steps:
-                progress.tokens += 1
-                if cancelled.is_set():
-                    return "cancelled", completion
-                if self._is_end_of_generation(token):
-                    finish = "stop"
-                    break
-                completion += 1
-                text = stops.feed(decoder.decode(llama.detokenize([token])))
-                if text:
-                    emit(Delta(text=text))
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if completion >= limit:
-                    break
-        finally:
-            steps.close()
-        rest = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
-        if rest:
-            emit(Delta(text=rest))
-        return finish, completion
+            self.native.drop(seq_id, keep)
+        except EngineError as error:
+            self._fail(seq_id, error)
+            return None
+        sequence.cached = keep
+        return seq_id
+
+    def _step(self, pieces: list[Piece]) -> None:
+        try:
+            outputs = self.native.decode(pieces)
+        except Exception as error:
+            failure = error if isinstance(error, EngineError) else EngineError(str(error))
+            for piece in pieces:
+                self._fail(piece.seq_id, failure)
+            return
+        self.scheduler.evaluated(pieces)
+        now = time.perf_counter()
+        wanting = [piece for piece in pieces if piece.logits]
+        for piece, output in zip(wanting, outputs, strict=True):
+            sequence = self.scheduler.job(piece.seq_id)
+            if sequence is None:
+                continue
+            if sequence.prefilled is None:
+                sequence.prefilled = now
+            token = sequence.sampler.sample(output)
+            finish = self._take(sequence, token)
+            if finish is None:
+                self.scheduler.feed(piece.seq_id, token)
+            else:
+                self._end(piece.seq_id, finish)
+
+    def _take(self, sequence: _Sequence, token: int) -> FinishReason | None:
+        """Add a sampled token to the answer; why the sequence ends, if it does."""
+        sequence.job.progress.tokens += 1
+        if sequence.cancelled:
+            return "cancelled"
+        if self.native.is_end_of_generation(token):
+            return "stop"
+        sequence.completion += 1
+        sequence.say(self.native.piece(token))
+        if sequence.stops.stopped:
+            return "stop"
+        if sequence.completion >= sequence.limit:
+            return "length"
+        return None
+
+    def _end(self, seq_id: int, finish: FinishReason) -> None:
+        """The sequence is over: its final delta, its state saved, its stream ended."""
+        sequence = self.scheduler.finish(seq_id)
+        if sequence is None:
+            return
+        sequence.sampler.free()
+        stream = sequence.job.stream
+        if finish != "cancelled":
+            sequence.say(b"", final=True)
+        stream.emit(sequence.final_delta(finish))
+        if finish != "cancelled":
+            self._remember(seq_id)
+        hook = sequence.job.on_run
+        if hook is not None:
+            try:
+                hook(sequence.stats(self.name, finish))
+            except Exception:  # a broken hook must not fail a finished answer
+                log.exception("llamacpp.on_run_failed")
+        stream.end()
+
+    def _fail(self, seq_id: int, error: EngineError) -> None:
+        sequence = self.scheduler.finish(seq_id)
+        self.scheduler.forget(seq_id)
+        if sequence is not None:
+            sequence.sampler.free()
+            sequence.job.stream.end(error)
+
+    def _remember(self, seq_id: int) -> None:
+        tokens = self.scheduler.cached(seq_id)
+        if self.prompt_cache.capacity_bytes > 0 and tokens:
+            data = self.native.save(seq_id)
+            self.prompt_cache.put(SavedState(np.asarray(tokens, dtype=np.intc), data))
+
+    def _shut(self) -> None:
+        with self._wake:
+            waiting, self._inbox = self._inbox, []
+        for job in waiting:
+            job.stream.end(EngineError("the llamacpp engine is shut down"))
+        for seq_id, _ in self.scheduler.running():
+            self._end(seq_id, "cancelled")
+        self.prompt_cache.clear()
+        self.trims.clear()
+        self.native.close()

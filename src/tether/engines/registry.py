@@ -52,6 +52,7 @@ def _llamacpp(config: EngineSettings) -> Engine:
         default_model=_default_model(config, "llamacpp"),
         n_ctx=llama.n_ctx,
         n_threads=llama.n_threads,
+        parallel=llama.parallel,
         max_loaded=llama.max_loaded,
         max_queue=llama.max_queue,
         prompt_cache_bytes=llama.prompt_cache_mb << 20,

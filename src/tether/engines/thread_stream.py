@@ -1,17 +1,14 @@
-"""Run blocking, item-producing work on a worker thread and consume the items from asyncio.
+"""Items made on a worker thread, consumed from asyncio: one `ThreadStream` per generation.
 
-The worker gets an `emit` callback and a `threading.Event`; every `emit` hops onto the event loop
-with `call_soon_threadsafe`, so the loop never blocks on the worker and other sockets keep being
-served. Leaving the consumer early (task cancelled, `aclose()`, `break`) sets the event; the worker
-checks it between items, so it stops within one item. `done` resolves when the work has really
-finished, which is when a shared resource it used (a llama.cpp context) is free again.
+The thread side calls `emit(item)` for each item and `end()` (or `end(error)`) once; each hops
+onto the event loop with `call_soon_threadsafe`, so the loop never blocks on the worker and other
+sockets keep being served. Leaving the consumer early (task cancelled, `aclose()`, `break`) sets
+`cancelled`; the worker checks it between items, so it stops within one item. `done` resolves
+when the worker has ended the stream, which is when what it used for it (a llama.cpp sequence)
+is free again.
 
 What the worker emits after a cancel (at most an item, plus whatever it emits on its way out,
 such as a summary) is still queued: the owner can `drain` it once the consumer has left.
-
-The thread comes from the caller's executor: llama.cpp's OpenMP build keeps a team of compute
-threads per calling thread, and once a process has more of those than cores they stop spinning
-and decoding runs at half speed, so each model is driven from one long-lived thread of its own.
 """
 
 from __future__ import annotations
@@ -20,16 +17,13 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-Work = Callable[[Callable[[T], None], threading.Event], None]
-
 
 class _End:
-    """Sentinel: the worker returned."""
+    """Sentinel: the worker ended the stream."""
 
 
 class _Failed:
@@ -38,20 +32,16 @@ class _Failed:
 
 
 class ThreadStream(Generic[T]):
-    """One run of `work` on `executor`, iterated once with `async for`."""
+    """Fed from one worker thread, iterated once with `async for` on the loop that made it."""
 
     def __init__(
         self,
-        work: Work[T],
-        executor: Executor,
         *,
         on_cancel: Callable[[], None] | None = None,
         on_done: Callable[[], None] | None = None,
     ) -> None:
-        """`on_cancel` runs when the consumer leaves early; `on_done` (on the loop) when the work
-        has finished, before the consumer can see the end of the stream."""
-        self._work = work
-        self._executor = executor
+        """`on_cancel` runs when the consumer leaves early; `on_done` (on the loop) when the
+        worker has ended the stream, before the consumer can see that end."""
         self._on_cancel = on_cancel
         self._on_done = on_done
         self._loop = asyncio.get_running_loop()
@@ -59,9 +49,6 @@ class ThreadStream(Generic[T]):
         self._ended = False  # the end (or the failure) has been taken from the queue
         self.cancelled = threading.Event()
         self.done: asyncio.Future[None] = self._loop.create_future()
-
-    def start(self) -> None:
-        self._executor.submit(self._run)
 
     def cancel(self) -> None:
         """Ask the worker to stop; it sees this before producing its next item."""
@@ -83,8 +70,8 @@ class ThreadStream(Generic[T]):
             self.cancel()
 
     async def drain(self, until: Callable[[T], bool] | None = None) -> list[T]:
-        """Once the consumer has left: cancel, then the items the worker emits until it returns,
-        or up to the first item `until` accepts (what comes after that is not waited for).
+        """Once the consumer has left: cancel, then the items the worker emits until it ends
+        the stream, or up to the first item `until` accepts (what comes after is not waited for).
 
         Waits as long as the worker takes to see the cancel (one item). A failure of the worker
         ends the list: the consumer it was meant for is gone. Not for use while iterating.
@@ -112,19 +99,17 @@ class ThreadStream(Generic[T]):
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback)
 
-    def _emit(self, item: T) -> None:
+    def emit(self, item: T) -> None:
         self._post(lambda: self._queue.put_nowait(item))
 
-    def _run(self) -> None:
-        outcome: _End | _Failed = _End()
-        try:
-            self._work(self._emit, self.cancelled)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            outcome = _Failed(error)
-        finally:
-            self._post(lambda: self._finish(outcome))
+    def end(self, error: BaseException | None = None) -> None:
+        """The last call of the worker: the stream is over (failed with `error` if given)."""
+        outcome: _End | _Failed = _End() if error is None else _Failed(error)
+        self._post(lambda: self._finish(outcome))
 
     def _finish(self, outcome: _End | _Failed) -> None:
+        if self.done.done():
+            return  # ended twice: the first end counts
         try:
             if self._on_done is not None:
                 self._on_done()  # directly: a consumer that saw the end finds resources freed

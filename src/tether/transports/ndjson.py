@@ -11,7 +11,7 @@ a shutdown drains it. A body sent again with the `request_id` and `text` of an e
 client never learned the outcome) streams that request's journal instead of asking again. Each
 line is one frame rendered as `{"type", "seq", "data"}`:
 
-    queued       queue_position, waiting_for (only a turn that waits for its session)
+    queued       queue_position, waiting_for (a turn waiting for its session or its model)
     start        request_id, session_id, user_message_id, model, queue_position, created_session,
                  resume_token
     token        text
