@@ -94,7 +94,7 @@ from tether.protocol import (
     frame_body,
     processing_body,
 )
-from tether.store.base import JournalAppend, JournalStart, Store
+from tether.store.base import JournalAppend, JournalStart, JournalStore
 from tether.tokens import digest, new_token
 
 log = structlog.get_logger("tether.runs")
@@ -340,7 +340,11 @@ class RunRegistry:
     """The server's running requests, by request_id, and the journal of ended ones."""
 
     def __init__(
-        self, chat: ChatService, store: Store, settings: ReliabilitySettings, metrics: Metrics
+        self,
+        chat: ChatService,
+        store: JournalStore,
+        settings: ReliabilitySettings,
+        metrics: Metrics,
     ) -> None:
         self.chat = chat
         self.store = store

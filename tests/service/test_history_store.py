@@ -14,7 +14,7 @@ from tether.engines.base import ToolCall
 from tether.engines.echo import EchoEngine
 from tether.errors import BadRequest, Conflict, NotFound
 from tether.events import ChatEvent, Completed, Failed
-from tether.store.base import NewMessage, Session
+from tether.store.base import NewMessage, Orphans, Session
 from tether.store.sqlite import SQLiteStore, load_migrations
 
 
@@ -27,12 +27,11 @@ async def session_of(store: SQLiteStore, session_id: str) -> Session:
 async def answered(store: SQLiteStore, text: str, session_id: str | None = None) -> list[str]:
     """A plain turn and its answer; returns [session_id, user message id, answer id]."""
     start = await store.begin_turn(session_id=session_id, text=text)
-    answer = await store.append_message(
+    answer = await store.end_turn(
         start.session.id,
         start.message.id,
         NewMessage("assistant", f"re: {text}"),
         turn_id=start.message.id,
-        ends_turn=True,
     )
     return [start.session.id, start.message.id, answer.id]
 
@@ -76,9 +75,7 @@ async def test_a_regeneration_stores_no_second_user_message(store: SQLiteStore) 
     assert (start.message.id, start.created_session) == (user, False)
     with pytest.raises(Conflict):  # one answer of a message at a time
         await store.begin_regeneration(user, session_id=sid)
-    again = await store.append_message(
-        sid, user, NewMessage("assistant", "again"), turn_id=user, ends_turn=True
-    )
+    again = await store.end_turn(sid, user, NewMessage("assistant", "again"), turn_id=user)
     messages = await store.list_messages(sid)
     assert [(m.role, m.parent_id) for m in messages] == [
         ("user", None),
@@ -86,7 +83,7 @@ async def test_a_regeneration_stores_no_second_user_message(store: SQLiteStore) 
         ("assistant", user),
     ]
     assert (await session_of(store, sid)).active_leaf_id == again.id
-    assert await store.close_open_turns() == {}  # the regeneration's turn was closed
+    assert await store.close_open_turns(Orphans()) == {}  # the regeneration's turn was closed
     # Any message of the turn names it: an answer, a tool call, a tool result.
     call = await store.append_message(
         sid, user, NewMessage("assistant", "", tool_calls=(ToolCall("c1", "calculator", {}),))
@@ -95,9 +92,7 @@ async def test_a_regeneration_stores_no_second_user_message(store: SQLiteStore) 
     for message_id in (first_answer, call.id, result.id):
         start = await store.begin_regeneration(message_id, session_id=sid)
         assert start.message.id == user
-        await store.append_message(
-            sid, user, NewMessage("assistant", "x"), turn_id=user, ends_turn=True
-        )
+        await store.end_turn(sid, user, NewMessage("assistant", "x"), turn_id=user)
     other, _, other_answer = await answered(store, "elsewhere")
     for message_id, session_id in (("no-such-message", sid), (other_answer, sid), (user, other)):
         with pytest.raises(NotFound, match="is not in session"):

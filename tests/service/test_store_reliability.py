@@ -12,7 +12,7 @@ from tether.chat import Turn
 from tether.engines.base import ToolCall
 from tether.engines.echo import EchoEngine
 from tether.events import ChatEvent
-from tether.store.base import JournalAppend, NewMessage, OpenJournal
+from tether.store.base import JournalAppend, NewMessage, OpenJournal, Orphans
 from tether.store.lock import DatabaseInUse
 from tether.store.sqlite import SQLiteStore
 
@@ -28,20 +28,18 @@ async def test_a_turn_is_open_from_its_question_to_its_answer(store: SQLiteStore
     start = await store.begin_turn(session_id=None, text="6*7?")
     sid, turn = start.session.id, start.message.id
     assert open_turns(store.path) == [(turn, turn)]
-    said = await store.append_message(
+    said = await store.append_to_turn(
         sid,
         turn,
         NewMessage("assistant", "", tool_calls=(ToolCall("c1", "calculator", {}),)),
         turn_id=turn,
     )
     assert open_turns(store.path) == [(turn, said.id)]
-    result = await store.append_message(
+    result = await store.append_to_turn(
         sid, said.id, NewMessage("tool", "42", tool_call_id="c1"), turn_id=turn
     )
     assert open_turns(store.path) == [(turn, result.id)]
-    await store.append_message(
-        sid, result.id, NewMessage("assistant", "42"), turn_id=turn, ends_turn=True
-    )
+    await store.end_turn(sid, result.id, NewMessage("assistant", "42"), turn_id=turn)
     assert open_turns(store.path) == []
 
 
@@ -51,7 +49,7 @@ async def test_open_turns_are_closed_as_interrupted_after_a_restart(tmp_path: Pa
     await store.open()
     plain = await store.begin_turn(session_id=None, text="never answered")
     tooled = await store.begin_turn(session_id=None, text="6*7?")
-    call = await store.append_message(
+    call = await store.append_to_turn(
         tooled.session.id,
         tooled.message.id,
         NewMessage("assistant", "Let me", tool_calls=(ToolCall("c1", "calculator", {}),)),
@@ -64,7 +62,7 @@ async def test_open_turns_are_closed_as_interrupted_after_a_restart(tmp_path: Pa
         # What the clients were sent: the plain turn's text is kept; the tooled turn's text
         # after its unanswered call can only be the calling message's own, so it is not.
         closed = await reopened.close_open_turns(
-            {plain.message.id: "half an ans", tooled.message.id: "Let me"}
+            Orphans(), {plain.message.id: "half an ans", tooled.message.id: "Let me"}
         )
         assert set(closed) == {plain.message.id, tooled.message.id}
         assert closed[plain.message.id].parent_id == plain.message.id
@@ -83,7 +81,7 @@ async def test_open_turns_are_closed_as_interrupted_after_a_restart(tmp_path: Pa
         assert tooled_branch[1].id == call.id
         assert "interrupted" in tooled_branch[2].content
         assert open_turns(path) == []
-        assert await reopened.close_open_turns() == {}
+        assert await reopened.close_open_turns(Orphans()) == {}
         assert await reopened.turn_answer(tooled.message.id) == closed[tooled.message.id]
     finally:
         await reopened.close()
@@ -112,13 +110,9 @@ async def test_a_regenerated_turns_answer_is_the_newest_under_its_question(
 ) -> None:
     start = await store.begin_turn(session_id=None, text="again?")
     sid, turn = start.session.id, start.message.id
-    await store.append_message(
-        sid, turn, NewMessage("assistant", "once"), turn_id=turn, ends_turn=True
-    )
+    await store.end_turn(sid, turn, NewMessage("assistant", "once"), turn_id=turn)
     await store.begin_regeneration(turn, session_id=sid)
-    again = await store.append_message(
-        sid, turn, NewMessage("assistant", "twice"), turn_id=turn, ends_turn=True
-    )
+    again = await store.end_turn(sid, turn, NewMessage("assistant", "twice"), turn_id=turn)
     assert await store.turn_answer(turn) == again
 
 
@@ -141,12 +135,15 @@ async def test_journals_grow_by_appends_and_are_replaced_when_an_id_is_reused(
     await store.append_journals([JournalAppend("r1", 2, ["c"], ended=True)])
     assert await store.read_journal("r1") == ["a", "b", "c"]
     assert await store.read_journal("r2") == ["x"]
-    assert await store.open_journals() == [OpenJournal("r2", ["x"])]
+    assert await store.open_journals(Orphans()) == [OpenJournal("r2", ["x"])]
     await store.append_journals([JournalAppend("r1", 0, ["new"])])  # the id was reused
     assert await store.read_journal("r1") == ["new"]
-    assert await store.open_journals() == [OpenJournal("r2", ["x"]), OpenJournal("r1", ["new"])]
+    assert await store.open_journals(Orphans()) == [
+        OpenJournal("r2", ["x"]),
+        OpenJournal("r1", ["new"]),
+    ]
     await store.append_journals([JournalAppend("r1", 1, [], ended=True)])  # only the end
-    assert await store.open_journals() == [OpenJournal("r2", ["x"])]
+    assert await store.open_journals(Orphans()) == [OpenJournal("r2", ["x"])]
 
 
 async def test_journals_are_pruned_whole_by_age_and_by_rows(store: SQLiteStore) -> None:

@@ -32,6 +32,7 @@ from tether.store.base import (
     Message,
     NewMessage,
     OpenJournal,
+    Orphans,
     SearchHit,
     SearchSyntax,
     Session,
@@ -78,6 +79,8 @@ def fts_query(text: str, syntax: SearchSyntax) -> str:
         raise BadRequest("q must not be empty")
     if syntax == "words":
         return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+    if syntax != "fts5":
+        raise BadRequest(f"syntax {syntax} is PostgreSQL's; this server stores in SQLite: use fts5")
     # Checked against an empty in-memory index: what fails there is the query's syntax, never
     # the database.
     with contextlib.closing(sqlite3.connect(":memory:")) as probe:
@@ -467,27 +470,38 @@ class SQLiteStore:
             ),
         )
 
-    async def append_message(
-        self,
-        session_id: str,
-        parent_id: str,
-        message: NewMessage,
-        *,
-        turn_id: str | None = None,
-        ends_turn: bool = False,
+    async def append_message(self, session_id: str, parent_id: str, message: NewMessage) -> Message:
+        async with self._transaction() as conn:
+            return await self._insert_message(conn, session_id, parent_id, message)
+
+    async def append_to_turn(
+        self, session_id: str, parent_id: str, message: NewMessage, *, turn_id: str
     ) -> Message:
         async with self._transaction() as conn:
             stored = await self._insert_message(conn, session_id, parent_id, message)
-            if turn_id is not None and ends_turn:
-                await conn.execute("DELETE FROM turns WHERE user_message_id = ?", (turn_id,))
-            elif turn_id is not None:
-                await conn.execute(
-                    "UPDATE turns SET head_id = ? WHERE user_message_id = ?", (stored.id, turn_id)
-                )
+            await conn.execute(
+                "UPDATE turns SET head_id = ? WHERE user_message_id = ?", (stored.id, turn_id)
+            )
             return stored
 
+    async def end_turn(
+        self, session_id: str, parent_id: str, message: NewMessage, *, turn_id: str
+    ) -> Message:
+        async with self._transaction() as conn:
+            stored = await self._insert_message(conn, session_id, parent_id, message)
+            await conn.execute("DELETE FROM turns WHERE user_message_id = ?", (turn_id,))
+            return stored
+
+    # -- recovery (one process per file: whatever is open at start-up is a dead one's) ------
+
+    recovery_interval_sec: float | None = None
+
+    @asynccontextmanager
+    async def orphans(self) -> AsyncIterator[Orphans]:
+        yield Orphans(None)
+
     async def close_open_turns(
-        self, partial_answers: Mapping[str, str] | None = None
+        self, orphans: Orphans, partial_answers: Mapping[str, str] | None = None
     ) -> dict[str, Message]:
         partial_answers = partial_answers or {}
         closed: dict[str, Message] = {}
@@ -691,7 +705,7 @@ class SQLiteStore:
                     "UPDATE journals SET ended_at = ? WHERE request_id = ?", ended
                 )
 
-    async def open_journals(self) -> list[OpenJournal]:
+    async def open_journals(self, orphans: Orphans) -> list[OpenJournal]:
         rows = await self._fetchall(
             "SELECT j.request_id, j.user_message_id, e.frame FROM journals j "
             "LEFT JOIN events e USING (request_id) "
