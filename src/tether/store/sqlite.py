@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -39,6 +38,19 @@ from tether.store.base import (
     TurnStart,
 )
 from tether.store.lock import DatabaseLock
+from tether.store.records import (
+    INTERRUPTED_TOOL_RESULT,
+    MESSAGE_COLUMNS,
+    agent_from,
+    iso,
+    message_from,
+    message_values,
+    new_id,
+    new_message,
+    now_iso,
+    session_from,
+    tool_calls_from,
+)
 from tether.tokens import digest
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -47,20 +59,10 @@ Synchronous = Literal["FULL", "NORMAL"]
 # Frames per INSERT statement: 4 variables each, within the 999 variables of older SQLites.
 FRAMES_PER_INSERT = 240
 
-INTERRUPTED_TOOL_RESULT = "Error: interrupted: the server stopped before the tool returned"
 
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def load_migrations() -> list[tuple[int, str]]:
-    """(version, sql) for every `NNNN_*.sql` file shipped in the migrations package."""
-    folder = resources.files("tether.store.migrations")
+def load_migrations(package: str = "tether.store.migrations") -> list[tuple[int, str]]:
+    """(version, sql) for every `NNNN_*.sql` file shipped in the migrations `package`."""
+    folder = resources.files(package)
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -90,65 +92,6 @@ def fts_query(text: str, syntax: SearchSyntax) -> str:
         except sqlite3.OperationalError as exc:
             raise BadRequest(f"q is not an FTS5 query: {exc}") from None
     return text
-
-
-def _tool_calls_json(calls: Iterable[ToolCall]) -> str | None:
-    encoded = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]
-    return json.dumps(encoded) if encoded else None
-
-
-def _tool_calls_from(raw: str | None) -> tuple[ToolCall, ...]:
-    if not raw:
-        return ()
-    return tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(raw))
-
-
-_MESSAGE_COLUMNS = (
-    "id, session_id, parent_id, role, content, created_at, status, name, tool_call_id, "
-    "tool_calls, model, finish_reason, prompt_tokens, completion_tokens"
-)
-
-
-def _message(row: aiosqlite.Row) -> Message:
-    return Message(
-        id=row["id"],
-        session_id=row["session_id"],
-        parent_id=row["parent_id"],
-        role=row["role"],
-        content=row["content"],
-        created_at=row["created_at"],
-        status=row["status"],
-        name=row["name"],
-        tool_call_id=row["tool_call_id"],
-        tool_calls=_tool_calls_from(row["tool_calls"]),
-        model=row["model"],
-        finish_reason=row["finish_reason"],
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-    )
-
-
-def _session(row: aiosqlite.Row) -> Session:
-    return Session(
-        id=row["id"],
-        title=row["title"],
-        agent_id=row["agent_id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        active_leaf_id=row["active_leaf_id"],
-    )
-
-
-def _agent(row: aiosqlite.Row) -> Agent:
-    return Agent(
-        id=row["id"],
-        name=row["name"],
-        system_prompt=row["system_prompt"],
-        markdown_context=row["markdown_context"],
-        default_options=json.loads(row["default_options"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
 
 
 class SQLiteStore:
@@ -279,14 +222,14 @@ class SQLiteStore:
 
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
-        return _session(row) if row else None
+        return session_from(row) if row else None
 
     async def list_sessions(self, limit: int = 100, offset: int = 0) -> list[Session]:
         rows = await self._fetchall(
             "SELECT * FROM sessions ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
             (limit, offset),
         )
-        return [_session(row) for row in rows]
+        return [session_from(row) for row in rows]
 
     async def update_session(self, session_id: str, *, title: str) -> Session | None:
         async with self._transaction() as conn:
@@ -296,7 +239,7 @@ class SQLiteStore:
             )
             async with conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
                 row = await cur.fetchone()
-        return _session(row) if row else None
+        return session_from(row) if row else None
 
     async def delete_session(self, session_id: str) -> bool:
         async with self._transaction() as conn:
@@ -313,45 +256,14 @@ class SQLiteStore:
     async def _insert_message(
         self, conn: aiosqlite.Connection, session_id: str, parent_id: str | None, new: NewMessage
     ) -> Message:
-        stamp = now_iso()
-        message = Message(
-            id=new_id(),
-            session_id=session_id,
-            parent_id=parent_id,
-            role=new.role,
-            content=new.content,
-            created_at=stamp,
-            status=new.status,
-            name=new.name,
-            tool_call_id=new.tool_call_id,
-            tool_calls=new.tool_calls,
-            model=new.model,
-            finish_reason=new.finish_reason,
-            prompt_tokens=new.prompt_tokens,
-            completion_tokens=new.completion_tokens,
-        )
+        message = new_message(session_id, parent_id, new)
         await conn.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-            (
-                message.id,
-                session_id,
-                parent_id,
-                message.role,
-                message.content,
-                stamp,
-                message.status,
-                message.name,
-                message.tool_call_id,
-                _tool_calls_json(message.tool_calls),
-                message.model,
-                message.finish_reason,
-                message.prompt_tokens,
-                message.completion_tokens,
-            ),
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+            message_values(message),
         )
         await conn.execute(
             "UPDATE sessions SET updated_at = ?, active_leaf_id = ? WHERE id = ?",
-            (stamp, message.id, session_id),
+            (message.created_at, message.id, session_id),
         )
         return message
 
@@ -428,19 +340,19 @@ class SQLiteStore:
             row = await cursor.fetchone()
         if row is None:
             raise NotFound(f"session {session_id!r} does not exist")
-        return _session(row)
+        return session_from(row)
 
     async def _message_in(
         self, conn: aiosqlite.Connection, message_id: str, session_id: str
     ) -> Message:
         async with conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND session_id = ?",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND session_id = ?",
             (message_id, session_id),
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
             raise NotFound(f"message {message_id!r} is not in session {session_id!r}")
-        return _message(row)
+        return message_from(row)
 
     async def _user_message_in(
         self, conn: aiosqlite.Connection, message_id: str, session_id: str
@@ -549,18 +461,18 @@ class SQLiteStore:
         # message again (one turn of a message runs at a time); a user message there (a chat
         # with that parent_id) starts another turn.
         row = await self._fetchone(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? AND role != 'user' "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? AND role != 'user' "
             "ORDER BY rowid DESC LIMIT 1",
             (user_message_id,),
         )
         while True:
             if row is None or row["role"] == "user":
                 return None
-            message = _message(row)
+            message = message_from(row)
             if message.role == "assistant" and not message.tool_calls:
                 return message
             row = await self._fetchone(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
                 "ORDER BY rowid LIMIT 1",
                 (message.id,),
             )
@@ -584,29 +496,29 @@ class SQLiteStore:
                 continue
             if row["role"] != "assistant":
                 return []
-            return [c for c in _tool_calls_from(row["tool_calls"]) if c.id not in answered]
+            return [c for c in tool_calls_from(row["tool_calls"]) if c.id not in answered]
         return []
 
     async def list_messages(self, session_id: str) -> list[Message]:
         rows = await self._fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY rowid",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY rowid",
             (session_id,),
         )
-        return [_message(row) for row in rows]
+        return [message_from(row) for row in rows]
 
     async def set_active_leaf(self, session_id: str, message_id: str) -> Message:
         async with self._transaction() as conn:
             leaf = await self._message_in(conn, message_id, session_id)
             while True:
                 async with conn.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
                     "ORDER BY rowid DESC LIMIT 1",
                     (leaf.id,),
                 ) as cursor:
                     row = await cursor.fetchone()
                 if row is None:
                     break
-                leaf = _message(row)
+                leaf = message_from(row)
             await conn.execute(
                 "UPDATE sessions SET active_leaf_id = ? WHERE id = ?", (leaf.id, session_id)
             )
@@ -655,11 +567,11 @@ class SQLiteStore:
                 SELECT m.parent_id, chain.depth + 1 FROM messages m JOIN chain ON m.id = chain.id
                 WHERE m.parent_id IS NOT NULL
             )
-            SELECT {_MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
+            SELECT {MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
             """,
             (message_id,),
         )
-        return [_message(row) for row in rows]
+        return [message_from(row) for row in rows]
 
     # -- the frame journal ------------------------------------------------------------------
 
@@ -737,8 +649,7 @@ class SQLiteStore:
         return JournalRecord(request_id, row["token_digest"], row["question_digest"])
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
-        cutoff = datetime.now(UTC) - timedelta(seconds=max_age_sec)
-        stamp = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        stamp = iso(datetime.now(UTC) - timedelta(seconds=max_age_sec))
         async with self._transaction() as conn:
             # Ended more than max_age_sec ago; then, newest kept first, the ended journals
             # beyond max_rows frames.
@@ -793,14 +704,16 @@ class SQLiteStore:
             async with conn.execute("SELECT * FROM agents WHERE id = ?", (agent.id,)) as cursor:
                 row = await cursor.fetchone()
         assert row is not None
-        return _agent(row)
+        return agent_from(row)
 
     async def get_agent(self, agent_id: str) -> Agent | None:
         row = await self._fetchone("SELECT * FROM agents WHERE id = ?", (agent_id,))
-        return _agent(row) if row else None
+        return agent_from(row) if row else None
 
     async def list_agents(self) -> list[Agent]:
-        return [_agent(row) for row in await self._fetchall("SELECT * FROM agents ORDER BY name")]
+        return [
+            agent_from(row) for row in await self._fetchall("SELECT * FROM agents ORDER BY name")
+        ]
 
     async def delete_agent(self, agent_id: str) -> bool:
         async with self._transaction() as conn:
