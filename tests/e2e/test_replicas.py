@@ -1,0 +1,115 @@
+"""Two `tether serve` replicas on one real PostgreSQL database: what one stores the other
+serves, and a replica killed mid-answer is recovered by the other once its lease expires."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.support.servers import ServerProcess, stored_answer, tether_serve
+from tests.support.timeouts import scaled
+from tests.support.wsclient import ProtocolClient, resume_frame, resume_token, text_of
+
+pytestmark = pytest.mark.e2e
+
+LEASE_SEC = 1.0
+
+
+def replica_env(url: str) -> dict[str, str]:
+    return {
+        "TETHER_STORAGE__URL": url,
+        "TETHER_STORAGE__LEASE_SEC": str(LEASE_SEC),
+        "TETHER_ENGINE__NAME": "echo",
+    }
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    with ExitStack() as stack:
+        a = stack.enter_context(tether_serve(tmp_path, env=replica_env(postgres_url)))
+        b = stack.enter_context(tether_serve(tmp_path, env=replica_env(postgres_url)))
+        yield a, b
+
+
+async def test_what_one_replica_stores_the_other_serves(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = replicas
+    async with connect(a.ws_url) as ws:
+        frames = await ProtocolClient(ws).chat("r1", "hello from a")
+    session_id = frames[0]["chunk"]["metadata"]["session_id"]
+    async with httpx.AsyncClient(base_url=b.http_url) as http:
+        listed = (await http.get("/sessions")).json()
+        assert [s["id"] for s in listed] == [session_id]
+        messages = (await http.get(f"/sessions/{session_id}/messages")).json()
+        assert [(m["role"], m["content"]) for m in messages] == [
+            ("user", "hello from a"),
+            ("assistant", "hello from a"),
+        ]
+        found = (await http.get("/search", params={"q": "hello"})).json()["results"]
+        assert {hit["session_id"] for hit in found} == {session_id}
+    # The session goes on on b, after a's answer.
+    async with connect(b.ws_url) as ws:
+        more = await ProtocolClient(ws).chat("r2", "and from b", session_id=session_id)
+    assert more[-1]["status"] == "complete"
+    async with httpx.AsyncClient(base_url=a.http_url) as http:
+        messages = (await http.get(f"/sessions/{session_id}/messages")).json()
+    assert [m["content"] for m in messages] == [
+        "hello from a",
+        "hello from a",
+        "and from b",
+        "and from b",
+    ]
+    # A finished request resumes on either replica, its journal being shared.
+    async with connect(b.ws_url) as ws:
+        client = ProtocolClient(ws)
+        await client.send(resume_frame("r1", -1, resume_token(frames)))
+        assert await client.until("r1") == frames
+
+
+async def test_a_replica_killed_mid_answer_is_recovered_by_the_other(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = replicas
+    text = " ".join(f"w{i}" for i in range(400))
+    async with connect(a.ws_url) as ws:
+        client = ProtocolClient(ws)
+        await client.send(
+            {
+                "type": "chat",
+                "request_id": "long",
+                "text": text,
+                "options": {"token_delay_ms": 20},
+            }
+        )
+        while len(client.frames["long"]) < 5:  # processing and a few chunks
+            await client.next_frame()
+        a.process.kill()
+        a.process.wait()
+    seen = list(client.frames["long"])
+    session_id = seen[0]["chunk"]["metadata"]["session_id"]
+    # b recovers a's turn once a's lease expires (within a lease and a recovery interval).
+    async with asyncio.timeout(scaled(10 * LEASE_SEC)):
+        answer = await stored_answer(b, session_id)
+    assert answer["status"] == "interrupted"
+    async with connect(b.ws_url) as ws:
+        client = ProtocolClient(ws)
+        await client.send(resume_frame("long", seen[-1]["seq"], resume_token(seen)))
+        rest = await client.until("long")
+    journal = seen + rest
+    assert [frame["seq"] for frame in journal] == list(range(len(journal)))
+    final = journal[-1]
+    assert (final["status"], final["chunk"]["metadata"]["finish_reason"]) == (
+        "complete",
+        "interrupted",
+    )
+    assert final["chunk"]["metadata"]["message_id"] == answer["id"]
+    assert answer["content"] == text_of(journal)
+    assert text.startswith(answer["content"])
+    assert "turn.interrupted" in b.log()
