@@ -113,3 +113,79 @@ async def test_a_replica_killed_mid_answer_is_recovered_by_the_other(
     assert answer["content"] == text_of(journal)
     assert text.startswith(answer["content"])
     assert "turn.interrupted" in b.log()
+
+
+def long_chat(request_id: str, words: int, delay_ms: int) -> dict[str, object]:
+    return {
+        "type": "chat",
+        "request_id": request_id,
+        "text": " ".join(f"w{i}" for i in range(words)),
+        "options": {"token_delay_ms": delay_ms},
+    }
+
+
+async def test_a_request_resumed_on_the_other_replica_follows_it_live(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = replicas
+    chat = long_chat("live", 150, 20)
+    async with connect(a.ws_url) as ws:
+        client = ProtocolClient(ws)
+        await client.send(chat)
+        while len(client.frames["live"]) < 4:
+            await client.next_frame()
+    seen = list(client.frames["live"])  # the socket to a is gone; the answer goes on there
+    async with connect(b.ws_url) as ws:
+        client = ProtocolClient(ws)
+        await client.send(resume_frame("live", seen[-1]["seq"], resume_token(seen)))
+        rest = await client.until("live")
+        # Before its end b had frames of it to send: it followed a's answer as it came.
+        assert len(rest) > 2
+    frames = seen + rest
+    assert [frame["seq"] for frame in frames] == list(range(len(frames)))  # each once
+    final = frames[-1]
+    assert (final["status"], final["chunk"]["metadata"]["finish_reason"]) == ("complete", "stop")
+    assert text_of(frames) == chat["text"]
+    session_id = frames[0]["chunk"]["metadata"]["session_id"]
+    answer = await stored_answer(b, session_id)
+    assert (answer["id"], answer["content"]) == (
+        final["chunk"]["metadata"]["message_id"],
+        chat["text"],
+    )
+
+
+async def test_a_running_requests_id_is_a_conflict_on_the_other_replica(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = replicas
+    async with connect(a.ws_url) as on_a, connect(b.ws_url) as on_b:
+        first, second = ProtocolClient(on_a), ProtocolClient(on_b)
+        await first.send(long_chat("twice", 100, 20))
+        await first.until("twice", "processing")
+        await second.send(long_chat("twice", 100, 20))
+        [refusal] = await second.until("twice", "error")
+        assert refusal["error"]["code"] == "conflict"
+        assert (await first.until("twice"))[-1]["status"] == "complete"
+
+
+async def test_cancel_on_the_other_replica_reaches_the_one_running_it(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = replicas
+    async with connect(a.ws_url) as on_a, connect(b.ws_url) as on_b:
+        starter, other = ProtocolClient(on_a), ProtocolClient(on_b)
+        await starter.send(long_chat("stop", 400, 20))
+        processing = await starter.until("stop", "chunk")
+        token = resume_token(processing)
+        await other.send(resume_frame("stop", -1, token))
+        await other.until("stop", "chunk")  # b follows it
+        await other.send({"type": "cancel", "request_id": "stop", "token": token})
+        ended_on_b = await other.until("stop")
+        ended_on_a = await starter.until("stop")
+    for frames in (ended_on_a, ended_on_b):
+        assert frames[-1]["chunk"]["metadata"]["finish_reason"] == "cancelled"
+    assert [f["seq"] for f in ended_on_b] == list(range(len(ended_on_b)))
+    assert ended_on_b == ended_on_a
+    session_id = ended_on_a[0]["chunk"]["metadata"]["session_id"]
+    answer = await stored_answer(a, session_id)
+    assert answer["status"] == "cancelled"

@@ -2,15 +2,17 @@
 `PostgresStore` (several replicas on one database) implement them; `factory.open_store` picks
 one from `storage.url`.
 
-`Store` is the union of five small protocols, each what one kind of user needs:
+`Store` is the union of six small protocols, each what one kind of user needs:
 `SessionStore` (sessions and their messages: the REST and history routes), `AgentStore`,
 `TurnStore` (a turn's writes: the chat core), `RecoveryStore` (closing what a dead process left
-open: `tether.recovery`) and `JournalStore` (the frame journal: `tether.runs`).
+open: `tether.recovery`), `JournalStore` (the frame journal: `tether.runs`) and `RunSignals`
+(cancels between the processes sharing a store).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -134,6 +136,15 @@ class OpenJournal:
     request_id: str
     frames: list[str]
     user_message_id: str | None = None  # from the row `begin_turn` wrote
+
+
+@dataclass(frozen=True, slots=True)
+class JournalTail:
+    """A journal's frames after some seq, in order, and whether it has ended (read together:
+    an ended tail holds the journal's last frames)."""
+
+    frames: list[str]
+    ended: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +359,17 @@ class JournalStore(Protocol):
         """Who the journal of `request_id` belongs to, or None when there is none."""
         ...
 
+    async def journal_tail(self, request_id: str, after_seq: int) -> JournalTail | None:
+        """The frames of `request_id` after `after_seq` and whether its journal ended; None
+        when there is no journal."""
+        ...
+
+    def journal_changes(self, request_id: str) -> AbstractAsyncContextManager[asyncio.Event]:
+        """An event set (while the block runs) each time another process sharing this store
+        commits frames of `request_id` (PostgreSQL: LISTEN/NOTIFY; SQLite, one process: never).
+        A wake-up only: the journal itself says what changed."""
+        ...
+
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
         """Delete the journals that ended more than `max_age_sec` ago, then the oldest ended
         journals until at most `max_rows` frames of ended journals remain; a running journal is
@@ -355,7 +377,19 @@ class JournalStore(Protocol):
         ...
 
 
-class Store(SessionStore, AgentStore, TurnStore, RecoveryStore, JournalStore, Protocol):
+class RunSignals(Protocol):
+    """What the processes sharing a store tell each other about running requests."""
+
+    async def request_cancel(self, request_id: str) -> None:
+        """Ask whichever process runs `request_id` to cancel it (its handlers get it)."""
+        ...
+
+    def on_cancel_request(self, handler: Callable[[str], None]) -> None:
+        """Call `handler(request_id)` for every `request_cancel`, from any process."""
+        ...
+
+
+class Store(SessionStore, AgentStore, TurnStore, RecoveryStore, JournalStore, RunSignals, Protocol):
     async def open(self) -> None:
         """Connect, creating and migrating the schema."""
         ...

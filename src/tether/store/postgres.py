@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -46,6 +46,7 @@ from tether.store.base import (
     JournalAppend,
     JournalRecord,
     JournalStart,
+    JournalTail,
     Message,
     NewMessage,
     OpenJournal,
@@ -76,6 +77,11 @@ log = structlog.get_logger("tether.store.postgres")
 # (strings: asyncpg's classes take no type parameters at run time; its stubs do)
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+
+# NOTIFY channels: a journal's frames were committed (payload: its request_id); a cancel is
+# asked of whichever replica runs a request (payload: its request_id).
+JOURNAL_CHANNEL = "tether_journal"
+CANCEL_CHANNEL = "tether_cancel"
 
 # Advisory lock keys (one namespace per purpose): migrating the schema, recovering.
 MIGRATION_LOCK = 7_346_001
@@ -138,6 +144,11 @@ class PostgresStore:
         self.recovery_interval_sec: float | None = lease_sec / 2
         self._pool: Pool | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # LISTEN needs a connection of its own, outside the pool, for as long as the store is
+        # open; notifications wake the journal's followers and call the cancel handlers.
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self._journal_waiters: dict[str, set[asyncio.Event]] = {}
+        self._cancel_handlers: list[Callable[[str], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -149,9 +160,11 @@ class PostgresStore:
             async with self._pool.acquire() as conn:
                 await self._migrate(conn)
                 await conn.execute("INSERT INTO replicas (id) VALUES ($1)", self.replica_id)
+            self._listener = await asyncpg.connect(self.url)
+            await self._listener.add_listener(JOURNAL_CHANNEL, self._journal_notified)
+            await self._listener.add_listener(CANCEL_CHANNEL, self._cancel_notified)
         except BaseException:
-            await self._pool.close()
-            self._pool = None
+            await self._close_connections()
             raise
         self._heartbeat = asyncio.create_task(self._beat(), name="store-heartbeat")
 
@@ -166,6 +179,14 @@ class PostgresStore:
             # the next recovery, at once, since this replica's lease is gone.
             with contextlib.suppress(Exception):
                 await self._pool.execute("DELETE FROM replicas WHERE id = $1", self.replica_id)
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
@@ -393,13 +414,16 @@ class PostgresStore:
         self, conn: Connection, journal: JournalStart, question: Message
     ) -> None:
         # (the journal_restarted trigger drops the frames of an ended journal of the same id)
-        await conn.execute(
+        # A journal still open is a request running, maybe on another replica: Conflict (on
+        # SQLite the one process knows its runs before it gets here).
+        status = await conn.execute(
             "INSERT INTO journals (request_id, started_at, token_digest, user_message_id, "
             "question_digest, replica_id) VALUES ($1, $2, $3, $4, $5, $6) "
             "ON CONFLICT (request_id) DO UPDATE SET started_at = excluded.started_at, "
             "ended_at = NULL, token_digest = excluded.token_digest, "
             "user_message_id = excluded.user_message_id, "
-            "question_digest = excluded.question_digest, replica_id = excluded.replica_id",
+            "question_digest = excluded.question_digest, replica_id = excluded.replica_id "
+            "WHERE journals.ended_at IS NOT NULL",
             journal.request_id,
             question.created_at,
             journal.token_digest,
@@ -407,6 +431,8 @@ class PostgresStore:
             digest(question.content),
             self.replica_id,
         )
+        if _count(status) == 0:
+            raise Conflict(f"request {journal.request_id!r} is already running")
 
     async def append_message(self, session_id: str, parent_id: str, message: NewMessage) -> Message:
         async with self._transaction() as conn:
@@ -696,6 +722,12 @@ class PostgresStore:
                 await conn.execute(
                     "UPDATE journals SET ended_at = $1 WHERE request_id = ANY($2)", stamp, ended
                 )
+            # Delivered at commit, to every replica listening (followers of these requests).
+            await conn.execute(
+                "SELECT pg_notify($1, request_id) FROM unnest($2::text[]) AS request_id",
+                JOURNAL_CHANNEL,
+                list(dict.fromkeys(a.request_id for a in appends)),
+            )
 
     async def read_journal(self, request_id: str) -> list[str] | None:
         rows = await self.pool.fetch(
@@ -710,6 +742,48 @@ class PostgresStore:
         if row is None:
             return None
         return JournalRecord(request_id, row["token_digest"], row["question_digest"])
+
+    async def journal_tail(self, request_id: str, after_seq: int) -> JournalTail | None:
+        # One statement, one snapshot: frames and end as one commit left them.
+        rows = await self.pool.fetch(
+            "SELECT j.ended_at, e.frame FROM journals j "
+            "LEFT JOIN events e ON e.request_id = j.request_id AND e.seq > $2 "
+            "WHERE j.request_id = $1 ORDER BY e.seq",
+            request_id,
+            after_seq,
+        )
+        if not rows:
+            return None
+        frames = [row["frame"] for row in rows if row["frame"] is not None]
+        return JournalTail(frames, rows[0]["ended_at"] is not None)
+
+    @asynccontextmanager
+    async def journal_changes(self, request_id: str) -> AsyncIterator[asyncio.Event]:
+        changed = asyncio.Event()
+        waiters = self._journal_waiters.setdefault(request_id, set())
+        waiters.add(changed)
+        try:
+            yield changed
+        finally:
+            waiters.discard(changed)
+            if not waiters:
+                del self._journal_waiters[request_id]
+
+    def _journal_notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        for changed in self._journal_waiters.get(str(payload), ()):
+            changed.set()
+
+    # -- run signals: NOTIFY, to every replica --------------------------------------------------
+
+    async def request_cancel(self, request_id: str) -> None:
+        await self.pool.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, request_id)
+
+    def on_cancel_request(self, handler: Callable[[str], None]) -> None:
+        self._cancel_handlers.append(handler)
+
+    def _cancel_notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        for handler in self._cancel_handlers:
+            handler(str(payload))
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
         stamp = iso(datetime.now(UTC) - timedelta(seconds=max_age_sec))

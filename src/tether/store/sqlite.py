@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +28,7 @@ from tether.store.base import (
     JournalAppend,
     JournalRecord,
     JournalStart,
+    JournalTail,
     Message,
     NewMessage,
     OpenJournal,
@@ -106,6 +107,7 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._file_lock = DatabaseLock(path)
+        self._cancel_handlers: list[Callable[[str], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -647,6 +649,31 @@ class SQLiteStore:
         if row is None:
             return None
         return JournalRecord(request_id, row["token_digest"], row["question_digest"])
+
+    async def journal_tail(self, request_id: str, after_seq: int) -> JournalTail | None:
+        rows = await self._fetchall(
+            "SELECT j.ended_at, e.frame FROM journals j "
+            "LEFT JOIN events e ON e.request_id = j.request_id AND e.seq > ? "
+            "WHERE j.request_id = ? ORDER BY e.seq",
+            (after_seq, request_id),
+        )
+        if not rows:
+            return None
+        frames = [row["frame"] for row in rows if row["frame"] is not None]
+        return JournalTail(frames, rows[0]["ended_at"] is not None)
+
+    @asynccontextmanager
+    async def journal_changes(self, request_id: str) -> AsyncIterator[asyncio.Event]:
+        yield asyncio.Event()  # one process per file: no other process writes its journals
+
+    # -- run signals (one process per file: they stay in it) --------------------------------
+
+    async def request_cancel(self, request_id: str) -> None:
+        for handler in self._cancel_handlers:
+            handler(request_id)
+
+    def on_cancel_request(self, handler: Callable[[str], None]) -> None:
+        self._cancel_handlers.append(handler)
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
         stamp = iso(datetime.now(UTC) - timedelta(seconds=max_age_sec))
