@@ -3,11 +3,9 @@ PostgreSQL server (one per test session) with a fresh database per test."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.support.postgres import PostgresServer, PostgresUnavailable, postgres_server
@@ -59,13 +57,6 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-async def postgres_url(postgres: PostgresServer) -> AsyncIterator[str]:
+async def postgres_url(postgres: PostgresServer) -> str:
     """The URL of a fresh, empty database on the session's PostgreSQL server."""
-    name = f"test_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(postgres.url())
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield postgres.url(name)
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    return await postgres.create_database()

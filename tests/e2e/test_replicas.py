@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.support.postgres import PostgresServer
 from tests.support.servers import ServerProcess, stored_answer, tether_serve
 from tests.support.timeouts import scaled
 from tests.support.wsclient import ProtocolClient, resume_frame, resume_token, text_of
@@ -29,12 +30,23 @@ def replica_env(url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+@contextmanager
+def two_replicas(folder: Path, url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     with ExitStack() as stack:
-        a = stack.enter_context(tether_serve(tmp_path, env=replica_env(postgres_url)))
-        b = stack.enter_context(tether_serve(tmp_path, env=replica_env(postgres_url)))
+        a = stack.enter_context(tether_serve(folder, env=replica_env(url)))
+        b = stack.enter_context(tether_serve(folder, env=replica_env(url)))
         yield a, b
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two replicas on one database, shared by this module's tests (starting a pair takes
+    seconds); each test uses request ids and sessions of its own."""
+    url = asyncio.run(postgres.create_database())
+    with two_replicas(tmp_path_factory.mktemp("replicas"), url) as pair:
+        yield pair
 
 
 async def test_what_one_replica_stores_the_other_serves(
@@ -46,13 +58,13 @@ async def test_what_one_replica_stores_the_other_serves(
     session_id = frames[0]["chunk"]["metadata"]["session_id"]
     async with httpx.AsyncClient(base_url=b.http_url) as http:
         listed = (await http.get("/sessions")).json()
-        assert [s["id"] for s in listed] == [session_id]
+        assert listed[0]["id"] == session_id  # the newest
         messages = (await http.get(f"/sessions/{session_id}/messages")).json()
         assert [(m["role"], m["content"]) for m in messages] == [
             ("user", "hello from a"),
             ("assistant", "hello from a"),
         ]
-        found = (await http.get("/search", params={"q": "hello"})).json()["results"]
+        found = (await http.get("/search", params={"q": "hello from"})).json()["results"]
         assert {hit["session_id"] for hit in found} == {session_id}
     # The session goes on on b, after a's answer.
     async with connect(b.ws_url) as ws:
@@ -74,9 +86,13 @@ async def test_what_one_replica_stores_the_other_serves(
 
 
 async def test_a_replica_killed_mid_answer_is_recovered_by_the_other(
-    replicas: tuple[ServerProcess, ServerProcess],
+    tmp_path: Path, postgres_url: str
 ) -> None:
-    a, b = replicas
+    with two_replicas(tmp_path, postgres_url) as (a, b):
+        await kill_one_and_resume_on_the_other(a, b)
+
+
+async def kill_one_and_resume_on_the_other(a: ServerProcess, b: ServerProcess) -> None:
     text = " ".join(f"w{i}" for i in range(400))
     async with connect(a.ws_url) as ws:
         client = ProtocolClient(ws)

@@ -14,10 +14,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import asyncpg
 
 from tests.support.servers import free_port
 
@@ -53,6 +56,16 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    async def create_database(self) -> str:
+        """A fresh, empty database on this server; its URL."""
+        name = f"test_{uuid.uuid4().hex}"
+        admin = await asyncpg.connect(self.url())
+        try:
+            await admin.execute(f"CREATE DATABASE {name}")
+        finally:
+            await admin.close()
+        return self.url(name)
 
 
 def _as_owner(command: list[str]) -> list[str]:
