@@ -27,6 +27,7 @@ from tether.store.base import (
     Agent,
     JournalAppend,
     JournalStart,
+    JournalTail,
     Message,
     NewMessage,
     OpenJournal,
@@ -599,3 +600,35 @@ class StoreContract:
         assert {hit.session_title for hit in hits} == {""}
         messages: list[Message] = await store.list_messages(start.session.id)
         assert {hit.message_id for hit in hits} == {messages[0].id, messages[2].id}
+
+    # -- following a journal, signals -----------------------------------------------------------
+
+    async def test_a_journals_tail_is_its_frames_after_a_seq_and_whether_it_ended(
+        self, store: Store
+    ) -> None:
+        assert await store.journal_tail("t", -1) is None
+        await store.append_journals([JournalAppend("t", 0, ["a", "b", "c"])])
+        assert await store.journal_tail("t", -1) == JournalTail(["a", "b", "c"], False)
+        assert await store.journal_tail("t", 1) == JournalTail(["c"], False)
+        assert await store.journal_tail("t", 2) == JournalTail([], False)
+        await store.append_journals([JournalAppend("t", 3, ["d"], ended=True)])
+        assert await store.journal_tail("t", 2) == JournalTail(["d"], True)
+        assert await store.journal_tail("t", 3) == JournalTail([], True)
+        async with store.journal_changes("t") as changed:
+            assert not changed.is_set()  # (changes by other processes only set it)
+
+    async def test_a_cancel_request_reaches_every_handler(self, store: Store) -> None:
+        asked: list[str] = []
+        both = asyncio.Event()
+
+        def handler(request_id: str) -> None:
+            asked.append(request_id)
+            if len(asked) == 2:
+                both.set()
+
+        store.on_cancel_request(handler)
+        store.on_cancel_request(handler)
+        await store.request_cancel("some-request")
+        async with asyncio.timeout(10):
+            await both.wait()
+        assert asked == ["some-request", "some-request"]

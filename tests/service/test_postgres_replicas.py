@@ -12,7 +12,7 @@ import pytest
 
 from tether.protocol import RequestFrames
 from tether.recovery import recover
-from tether.store.base import JournalAppend, JournalStart, NewMessage
+from tether.store.base import JournalAppend, JournalStart, JournalTail, NewMessage
 from tether.store.postgres import PostgresStore
 from tether.store.sqlite import load_migrations
 
@@ -174,3 +174,29 @@ async def test_replicas_starting_together_migrate_once(replica: Replica, postgre
     again = await replica()  # a restart applies nothing
     assert len(await rows(postgres_url, "SELECT version FROM schema_version")) == len(versions)
     assert await again.list_sessions() == []
+
+
+async def test_a_replicas_journal_commits_wake_the_others_followers(replica: Replica) -> None:
+    a, b = await replica(), await replica()
+    async with b.journal_changes("shared") as changed:
+        await a.append_journals([JournalAppend("shared", 0, ["p"])])
+        async with asyncio.timeout(10):
+            await changed.wait()
+        tail = await b.journal_tail("shared", -1)
+        assert tail is not None
+        assert tail.frames == ["p"]
+        changed.clear()
+        await a.append_journals([JournalAppend("other", 0, ["x"])])  # another request's
+        await a.append_journals([JournalAppend("shared", 1, [], ended=True)])
+        async with asyncio.timeout(10):
+            await changed.wait()
+        assert await b.journal_tail("shared", 0) == JournalTail([], True)
+
+
+async def test_a_cancel_asked_on_one_replica_reaches_the_others(replica: Replica) -> None:
+    a, b = await replica(), await replica()
+    reached = asyncio.Event()
+    b.on_cancel_request(lambda request_id: reached.set() if request_id == "r" else None)
+    await a.request_cancel("r")
+    async with asyncio.timeout(10):
+        await reached.wait()
