@@ -81,8 +81,10 @@ def _run(command: list[str], what: str) -> None:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """A running PostgreSQL server in a fresh cluster, stopped and deleted afterwards."""
+def postgres_server(*, durable: bool = False, preload: str = "") -> Iterator[PostgresServer]:
+    """A running PostgreSQL server in a fresh cluster, stopped and deleted afterwards; with
+    `durable`, fsync and synchronous commit on (as in production: for benchmarks); `preload`:
+    shared_preload_libraries (e.g. pg_stat_statements)."""
     bindir = find_bindir()
     folder = Path(tempfile.mkdtemp(prefix="tether-pg-"))
     try:
@@ -104,10 +106,11 @@ def postgres_server() -> Iterator[PostgresServer]:
             "initdb",
         )
         port = free_port()
-        options = (
-            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if preload:
+            options += f" -c shared_preload_libraries={preload}"
         _run(
             [
                 str(bindir / "pg_ctl"),
