@@ -414,8 +414,9 @@ class PostgresStore:
         self, conn: Connection, journal: JournalStart, question: Message
     ) -> None:
         # (the journal_restarted trigger drops the frames of an ended journal of the same id)
-        # A journal still open is a request running, maybe on another replica: Conflict (on
-        # SQLite the one process knows its runs before it gets here).
+        # A journal still open on another replica is a request running there: Conflict. One
+        # open here is this request's own (its `queued` frame went first): this replica's
+        # registry knows its runs, as SQLite's one process does.
         status = await conn.execute(
             "INSERT INTO journals (request_id, started_at, token_digest, user_message_id, "
             "question_digest, replica_id) VALUES ($1, $2, $3, $4, $5, $6) "
@@ -423,7 +424,7 @@ class PostgresStore:
             "ended_at = NULL, token_digest = excluded.token_digest, "
             "user_message_id = excluded.user_message_id, "
             "question_digest = excluded.question_digest, replica_id = excluded.replica_id "
-            "WHERE journals.ended_at IS NOT NULL",
+            "WHERE journals.ended_at IS NOT NULL OR journals.replica_id = excluded.replica_id",
             journal.request_id,
             question.created_at,
             journal.token_digest,
