@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tether.errors import Conflict
 from tether.protocol import RequestFrames
 from tether.recovery import recover
 from tether.store.base import JournalAppend, JournalStart, JournalTail, NewMessage
@@ -200,3 +201,18 @@ async def test_a_cancel_asked_on_one_replica_reaches_the_others(replica: Replica
     await a.request_cancel("r")
     async with asyncio.timeout(10):
         await reached.wait()
+
+
+async def test_a_request_open_on_one_replica_is_a_conflict_on_another(replica: Replica) -> None:
+    a, b = await replica(), await replica()
+    # a's registry journals a `queued` frame before the question is stored: its own row.
+    await a.append_journals([JournalAppend("x", 0, ["queued"])])
+    start = await a.begin_turn(session_id=None, text="q", journal=JournalStart("x", "d"))
+    with pytest.raises(Conflict, match="already running"):
+        await b.begin_turn(session_id=start.session.id, text="q", journal=JournalStart("x", "d"))
+    assert len(await b.list_messages(start.session.id)) == 1  # nothing of b's was stored
+    await a.append_journals([JournalAppend("x", 0, ["processing"], ended=True)])
+    again = await b.begin_turn(
+        session_id=start.session.id, text="again", journal=JournalStart("x", "d2")
+    )  # ended: the id may be used again
+    assert again.message.parent_id == start.message.id
