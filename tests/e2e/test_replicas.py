@@ -4,6 +4,8 @@ serves, and a replica killed mid-answer is recovered by the other once its lease
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from pathlib import Path
@@ -13,7 +15,13 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.support.postgres import PostgresServer
-from tests.support.servers import ServerProcess, stored_answer, tether_serve
+from tests.support.servers import (
+    ServerProcess,
+    free_port,
+    stored_answer,
+    tether_bin,
+    tether_serve,
+)
 from tests.support.timeouts import scaled
 from tests.support.wsclient import ProtocolClient, resume_frame, resume_token, text_of
 
@@ -252,3 +260,22 @@ async def test_two_hundred_turns_spread_over_both_replicas_lose_nothing(
             answers = [m for m in tree if m["role"] == "assistant"]
             assert sorted(by_id[m["parent_id"]]["content"] for m in answers) == asked_here
             assert all(m["content"] == by_id[m["parent_id"]]["content"] for m in answers)
+
+
+def test_a_database_that_cannot_be_reached_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://tether:hunter2@127.0.0.1:{free_port()}/tether"  # nobody listens
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "MLC_"))}
+    result = subprocess.run(
+        [*tether_bin(), "serve", "--engine", "echo", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "TETHER_STORAGE__URL": url},
+        timeout=scaled(60),
+        check=False,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tether serve: start-up failed: storage postgresql (storage.url):")
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
