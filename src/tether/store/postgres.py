@@ -122,6 +122,15 @@ def ts_query(text: str, syntax: SearchSyntax) -> tuple[str, str]:
     return ("plainto_tsquery" if syntax == "words" else "websearch_to_tsquery"), text
 
 
+async def _rollback_only(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset of a connection coming back: only an open transaction (a cancelled
+    caller's) is rolled back. asyncpg's default also resets session state (RESET ALL, UNLISTEN,
+    advisory locks) in a round trip per release; this store leaves none on pooled connections
+    (LISTEN and the recovery lock have connections of their own)."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 def _count(status: str) -> int:
     """The row count of a command status (`DELETE 3`, `INSERT 0 1`)."""
     return int(status.rsplit(" ", 1)[-1])
@@ -155,7 +164,9 @@ class PostgresStore:
     async def open(self) -> None:
         """Connect, migrate, and take this replica's lease (raises OSError or
         asyncpg.PostgresError when the database cannot be reached or refuses)."""
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=self.pool_size, reset=_rollback_only
+        )
         try:
             async with self._pool.acquire() as conn:
                 await self._migrate(conn)
@@ -551,32 +562,32 @@ class PostgresStore:
 
     @asynccontextmanager
     async def orphans(self) -> AsyncIterator[Orphans]:
-        async with self.pool.acquire() as conn:
-            # Held on this connection for the whole recovery (released with it, should this
-            # process die): one replica recovers at a time.
+        # The lock is held by a connection of its own for the whole recovery and dies with it
+        # (should this process die too): one replica recovers at a time.
+        conn = await asyncpg.connect(self.url)
+        try:
             await conn.execute("SELECT pg_advisory_lock($1)", RECOVERY_LOCK)
-            try:
-                dead = await conn.fetch(
-                    """
-                    SELECT owner FROM (
-                        SELECT replica_id AS owner FROM turns
-                        UNION SELECT replica_id FROM journals WHERE ended_at IS NULL
-                        UNION SELECT id FROM replicas
-                    ) AS owners
-                    WHERE owner <> $1 AND NOT EXISTS (
-                        SELECT 1 FROM replicas r WHERE r.id = owners.owner
-                        AND r.heartbeat > now() - make_interval(secs => $2)
-                    )
-                    ORDER BY owner
-                    """,
-                    self.replica_id,
-                    self.lease_sec,
+            dead = await conn.fetch(
+                """
+                SELECT owner FROM (
+                    SELECT replica_id AS owner FROM turns
+                    UNION SELECT replica_id FROM journals WHERE ended_at IS NULL
+                    UNION SELECT id FROM replicas
+                ) AS owners
+                WHERE owner <> $1 AND NOT EXISTS (
+                    SELECT 1 FROM replicas r WHERE r.id = owners.owner
+                    AND r.heartbeat > now() - make_interval(secs => $2)
                 )
-                replicas = tuple(row["owner"] for row in dead)
-                yield Orphans(replicas)
-                await conn.execute("DELETE FROM replicas WHERE id = ANY($1)", list(replicas))
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", RECOVERY_LOCK)
+                ORDER BY owner
+                """,
+                self.replica_id,
+                self.lease_sec,
+            )
+            replicas = tuple(row["owner"] for row in dead)
+            yield Orphans(replicas)
+            await conn.execute("DELETE FROM replicas WHERE id = ANY($1)", list(replicas))
+        finally:
+            await conn.close()  # (and with it the lock)
 
     def _owned_by(self, orphans: Orphans) -> list[str]:
         if orphans.replicas is None:
