@@ -240,6 +240,13 @@ class Run:
         self._log_joined(self._merging.take())
         return len(self.frames)
 
+    def logged_end(self) -> tuple[int, bool]:
+        """`logged()`, and whether those frames end the run: its final frame is among them (so
+        the journal ends in the commit that a client learns the outcome from, and a retry
+        sent on seeing `complete` finds the request ended), or its turn is over."""
+        count = self.logged()
+        return count, self.ended or (count > 0 and self.frames[count - 1].final)
+
     def _log_joined(self, joined: TextDelta | ThinkingDelta | None) -> None:
         if joined is not None:
             self.frames.append(self._numbering.next(frame_body(joined)))
@@ -333,7 +340,8 @@ class Run:
             log.exception("run.crashed", request_id=self.request_id)
             await observed(Failed("internal", "internal error; the server log has the details"))
         finally:
-            self.state = RunState.ENDED
+            if self.state is RunState.RUNNING:  # (FINISHED already when its final frame is)
+                self.state = RunState.ENDED
             self.waiting = False
             if self._grace is not None:
                 self._grace.cancel()
@@ -509,7 +517,7 @@ class RunRegistry:
 
     async def _write_journals(self) -> None:
         while self._dirty:
-            batch = [(run, run.logged(), run.ended) for run in self._dirty]
+            batch = [(run, *run.logged_end()) for run in self._dirty]
             self._dirty.clear()
             appends = [
                 JournalAppend(
