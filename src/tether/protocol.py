@@ -152,13 +152,29 @@ def parse_options(data: object, *, name: str = "options") -> ChatOptions:
 
 
 class ChatFrame(_Frame):
+    """A new user message, answered: after `parent_id` (a branch), or beside the user message
+    `sibling_of` (an edit: same parent, so also of a session's first message, which has none),
+    else after the session's active leaf. `sibling_of` needs `session_id` and excludes
+    `parent_id`."""
+
     type: Literal["chat"]
     request_id: RequestId
     text: str
     session_id: Id | None = None
     agent_id: Id | None = None
     parent_id: Id | None = None
+    sibling_of: Id | None = None
     options: ChatOptions = ChatOptions()
+
+    def placement_problem(self) -> str | None:
+        """What is wrong with where this frame puts its message, or None."""
+        if self.sibling_of is None:
+            return None
+        if self.parent_id is not None:
+            return "give parent_id or sibling_of, not both"
+        if self.session_id is None:
+            return "sibling_of needs the session_id of its message"
+        return None
 
 
 class RegenerateFrame(_Frame):
@@ -284,8 +300,10 @@ def parse_client_frame(raw: str | bytes, *, max_text_chars: int) -> AnyClientFra
         frame = _CLIENT_FRAME.validate_python(data, strict=True)
     except ValidationError as exc:
         raise ProtocolError("bad_request", _describe(exc), request_id) from None
-    if isinstance(frame, ChatFrame) and not frame.text.strip():
-        raise ProtocolError("bad_request", "text must not be empty", request_id)
+    if isinstance(frame, ChatFrame):
+        problem = "text must not be empty" if not frame.text.strip() else frame.placement_problem()
+        if problem is not None:
+            raise ProtocolError("bad_request", problem, request_id)
     return frame
 
 

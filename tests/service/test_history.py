@@ -224,6 +224,7 @@ async def test_search_finds_messages_across_sessions(http: httpx.AsyncClient) ->
         ("POST", "/sessions/{sid}/messages/{user}/edit", {}, 400),
         ("POST", "/sessions/{sid}/messages/{user}/edit", {"text": "x", "session_id": "s"}, 400),
         ("POST", "/sessions/{sid}/messages/{user}/edit", {"text": "x", "parent_id": "p"}, 400),
+        ("POST", "/sessions/{sid}/messages/{user}/edit", {"text": "x", "sibling_of": "p"}, 400),
         ("POST", "/sessions/{sid}/messages/{user}/edit", {"text": "x" * 100_001}, 413),
         ("POST", "/sessions/{sid}/messages/{user}/regenerate", {"text": "x"}, 400),
         ("POST", "/sessions/{sid}/messages/{user}/regenerate", {"options": {"x": 1}}, 400),
@@ -266,6 +267,82 @@ async def test_parent_id_on_the_socket_branches_like_an_edit(
     assert contents(tree) == ["one", "one", "two", "two", "deux", "deux"]
     assert tree[2]["siblings"] == [tree[2]["id"], tree[4]["id"]]
     assert contents(await messages(http, sid)) == ["one", "one", "deux", "deux"]
+
+
+async def test_sibling_of_on_the_socket_edits_any_message_even_the_first(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    async with connect(server.ws_url) as ws:
+        client = ProtocolClient(ws)
+        first = await client.chat("a", "one")
+        sid = first[0]["chunk"]["metadata"]["session_id"]
+        root = first[0]["chunk"]["metadata"]["user_message_id"]
+        await client.chat("b", "two", session_id=sid)
+        # The first message has no parent: `sibling_of` says "a new root beside it".
+        edit = await client.chat("c", "uno", session_id=sid, sibling_of=root)
+        start = edit[0]["chunk"]["metadata"]
+        assert (start["session_id"], start["created_session"]) == (sid, False)
+        assert text_of(edit) == "uno"
+        # The same on a later message: beside it, under its parent.
+        second = (await client.chat("d", "dos", session_id=sid))[0]["chunk"]["metadata"]
+        again = await client.chat("e", "deux", session_id=sid, sibling_of=second["user_message_id"])
+        assert text_of(again) == "deux"
+    tree = await messages(http, sid, tree="true")
+    assert contents(tree) == [
+        *("one", "one", "two", "two"),
+        *("uno", "uno", "dos", "dos", "deux", "deux"),
+    ]
+    roots = [m["id"] for m in tree if m["parent_id"] is None]
+    assert roots == [root, start["user_message_id"]]
+    assert tree[0]["siblings"] == roots
+    active = await messages(http, sid)
+    assert contents(active) == ["uno", "uno", "deux", "deux"]
+    assert active[2]["siblings"] == [tree[6]["id"], tree[8]["id"]]
+    # The old branch is kept whole: switching back shows it.
+    await http.put(f"/sessions/{sid}/active", json={"message_id": root})
+    assert contents(await messages(http, sid)) == ["one", "one", "two", "two"]
+
+
+async def test_sibling_of_in_a_chat_stream_body_is_the_edit_route(http: httpx.AsyncClient) -> None:
+    first = await chat(http, "one")
+    sid, root = first["session_id"], first["user_message_id"]
+    body = {"text": "1", "session_id": sid, "sibling_of": root}
+    lines = await ndjson(http, "/chat/stream", body)
+    assert (lines[-1]["type"], tokens(lines)) == ("done", "1")
+    active = await messages(http, sid)
+    assert contents(active) == ["1", "1"]
+    assert active[0]["siblings"] == [root, active[0]["id"]]
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"sibling_of": "{user}"}, "bad_request"),  # no session_id
+        ({"session_id": "{sid}", "sibling_of": "{user}", "parent_id": "{user}"}, "bad_request"),
+        ({"session_id": "{sid}", "sibling_of": "{answer}"}, "not_found"),  # not a user message
+        ({"session_id": "{sid}", "sibling_of": "missing"}, "not_found"),
+        ({"session_id": "{sid}", "sibling_of": ""}, "bad_request"),
+    ],
+)
+async def test_a_bad_sibling_of_is_refused_and_stores_nothing(
+    server: RunningServer, http: httpx.AsyncClient, fields: dict[str, str], code: str
+) -> None:
+    async with connect(server.ws_url) as ws:
+        client = ProtocolClient(ws)
+        first = await client.chat("a", "keep me")
+        ids = {
+            "sid": first[0]["chunk"]["metadata"]["session_id"],
+            "user": first[0]["chunk"]["metadata"]["user_message_id"],
+            "answer": first[-1]["chunk"]["metadata"]["message_id"],
+        }
+        before = await messages(http, ids["sid"], tree="true")
+        sessions = (await http.get("/sessions")).json()
+        placed = {name: value.format(**ids) for name, value in fields.items()}
+        [refused] = await client.chat("b", "edited", **placed)
+        assert (refused["status"], refused["error"]["code"]) == ("error", code), refused
+        assert refused["error"]["message"]
+    assert await messages(http, ids["sid"], tree="true") == before
+    assert (await http.get("/sessions")).json() == sessions
 
 
 async def test_regenerate_on_the_socket_answers_again_without_a_second_user_message(

@@ -344,7 +344,7 @@ def test_options_at_their_bounds_pass() -> None:
     assert len(frame.options.stop_sequences()) == 16
 
 
-@pytest.mark.parametrize("field", ["session_id", "agent_id", "parent_id"])
+@pytest.mark.parametrize("field", ["session_id", "agent_id", "parent_id", "sibling_of"])
 @pytest.mark.parametrize("bad", ["a\x00b", "\n", "tab\there", "del\x7f", "c1\x85", "x" * 201, ""])
 def test_ids_without_control_characters(field: str, bad: str) -> None:
     error = parse_error(json.dumps({"type": "chat", "request_id": "r", "text": "x", field: bad}))
@@ -438,3 +438,26 @@ def test_frames_outside_a_request_have_no_seq() -> None:
 def test_a_text_that_is_no_server_frame_is_refused(text: str) -> None:
     with pytest.raises(FrameError):
         decode_frame(text)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"sibling_of": "m"}, "sibling_of needs the session_id of its message"),
+        ({"sibling_of": "m", "session_id": "s", "parent_id": "p"}, "give parent_id or sibling_of"),
+    ],
+)
+def test_sibling_of_needs_a_session_and_excludes_parent_id(
+    fields: dict[str, str], message: str
+) -> None:
+    error = parse_error(json.dumps({"type": "chat", "request_id": "r", "text": "x", **fields}))
+    assert (error.code, error.request_id) == ("bad_request", "r")
+    assert error.message.startswith(message)
+
+
+def test_sibling_of_with_its_session_is_an_edit() -> None:
+    frame = parse(
+        {"type": "chat", "request_id": "r", "text": "x", "session_id": "s", "sibling_of": "m"}
+    )
+    assert isinstance(frame, ChatFrame)
+    assert (frame.session_id, frame.sibling_of, frame.parent_id) == ("s", "m", None)

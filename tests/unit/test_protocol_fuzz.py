@@ -115,7 +115,7 @@ def test_a_frame_that_parses_had_the_right_types(raw: str | bytes) -> None:
         assert type(sent["after_seq"]) is int
     if not isinstance(frame, ChatFrame):
         return
-    for key in ("text", "session_id", "agent_id", "parent_id"):
+    for key in ("text", "session_id", "agent_id", "parent_id", "sibling_of"):
         assert sent.get(key) is None or type(sent[key]) is str
     options = sent.get("options") or {}
     for key in INTS:

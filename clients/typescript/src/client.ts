@@ -63,8 +63,11 @@ export class TetherClient {
   getSession(id: string): Promise<rest.Session> {
     return rest.getSession(id, this.options)
   }
-  listMessages(sessionId: string): Promise<rest.StoredMessage[]> {
-    return rest.listMessages(sessionId, this.options)
+  listMessages(sessionId: string, which?: { tree?: boolean }): Promise<rest.StoredMessage[]> {
+    return rest.listMessages(sessionId, this.options, which)
+  }
+  setActiveBranch(sessionId: string, messageId: string): Promise<rest.Session> {
+    return rest.setActiveBranch(sessionId, messageId, this.options)
   }
   renameSession(id: string, title: string): Promise<rest.Session> {
     return rest.renameSession(id, title, this.options)

@@ -90,10 +90,23 @@ export interface ChatRequest {
   sessionId?: string
   agentId?: string
   parentId?: string
+  /** Put the new message beside this user message (an edit); not with `parentId`. */
+  siblingOf?: string
   options?: ChatOptions
   /** Aborting sends `cancel`. */
   signal?: AbortSignal
   /** This request's events (the connection's `onEvent` gets them too). */
+  onEvent?: (event: ChatEvent) => void
+}
+
+/** A new version of the stored user message `messageId`: stored beside it, then answered. */
+export interface EditRequest {
+  sessionId: string
+  messageId: string
+  text: string
+  requestId?: string
+  options?: ChatOptions
+  signal?: AbortSignal
   onEvent?: (event: ChatEvent) => void
 }
 
@@ -120,6 +133,8 @@ export const DEFAULT_RECONNECT_DELAYS_MS: readonly number[] = [100, 250, 500, 10
 
 const OPEN = 1
 const UNAUTHORIZED = 4401
+// Failures that trying again cannot mend: the running requests end with them at once.
+const PERMANENT = new Set(['unauthorized', 'no_websocket'])
 
 const OPTION_NAMES: Record<string, keyof ChatOptionsV1> = {
   maxNewTokens: 'max_tokens',
@@ -209,13 +224,25 @@ export class TetherConnection {
     if (request.sessionId !== undefined) frame.session_id = request.sessionId
     if (request.agentId !== undefined) frame.agent_id = request.agentId
     if (request.parentId !== undefined) frame.parent_id = request.parentId
+    if (request.siblingOf !== undefined) frame.sibling_of = request.siblingOf
     if (request.options !== undefined) frame.options = toWireOptions(request.options)
     const requestId = frame.request_id
     if (this.running.has(requestId)) throw new TetherError('conflict', `request ${requestId} is already running`)
     return this.track(requestId, frame, -1, undefined, request)
   }
 
-  /** Answer the stored user message `messageId` (or any message of its turn) again. */
+  /**
+   * Edit the stored user message `messageId`: the new text goes beside it (a new branch, the
+   * session's active one; the old message and its answers stay) and is answered. Any user
+   * message, a session's first too.
+   */
+  edit(request: EditRequest): ChatTurn {
+    const { messageId, ...fields } = request
+    return this.chat({ ...fields, siblingOf: messageId })
+  }
+
+  /** Answer the stored user message `messageId` (or any message of its turn) again: a new
+   * answer beside the earlier ones, the session's active branch. */
   regenerate(request: RegenerateRequest): ChatTurn {
     const frame: RegenerateFrame = {
       type: 'regenerate', request_id: request.requestId ?? newRequestId(), session_id: request.sessionId, message_id: request.messageId,
@@ -415,10 +442,10 @@ export class TetherConnection {
           return
         } catch (error) {
           failure = error instanceof TetherError ? error : new TetherError('unreachable', String(error))
-          if (failure.code === 'unauthorized') break
+          if (PERMANENT.has(failure.code)) break
         }
       }
-      this.failAll(new TetherError(failure.code === 'unauthorized' ? 'unauthorized' : 'disconnected', failure.message))
+      this.failAll(new TetherError(PERMANENT.has(failure.code) ? failure.code : 'disconnected', failure.message))
     } finally {
       this.connecting = undefined
       resolveConnecting()

@@ -24,6 +24,9 @@ export interface ChatFrame {
   session_id?: string
   agent_id?: string
   parent_id?: string
+  /** A user message of `session_id` to put this one beside (an edit: same parent, so a
+   * session's first message too); not with `parent_id`. */
+  sibling_of?: string
   options?: ChatOptionsV1
 }
 

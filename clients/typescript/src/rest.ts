@@ -55,6 +55,8 @@ export interface Session {
   agent_id: string | null
   created_at: string
   updated_at: string
+  /** The last message of the branch the session shows (null: no message yet). */
+  active_leaf_id: string | null
 }
 
 /** One hit of `GET /search`: `snippet` marks the matched words with `<mark>`…`</mark>` and is
@@ -89,6 +91,30 @@ export interface StoredMessage {
   model?: string | null
   finish_reason?: string | null
   usage?: { prompt_tokens: number | null; completion_tokens: number | null }
+  /** Ids of the messages under this one. */
+  children: string[]
+  /** Ids of the messages under this one's parent, itself included, oldest first: edits of a
+   * user message, regenerations of an answer. */
+  siblings: string[]
+}
+
+/** Where a message stands among its siblings (what a "‹ 2/3 ›" switcher shows). */
+export interface SiblingPosition {
+  /** 1-based. */
+  index: number
+  count: number
+  previous: string | undefined
+  next: string | undefined
+}
+
+export function siblingPosition(message: Pick<StoredMessage, 'id' | 'siblings'>): SiblingPosition {
+  const at = message.siblings.indexOf(message.id)
+  return {
+    index: at + 1,
+    count: message.siblings.length,
+    previous: at > 0 ? message.siblings[at - 1] : undefined,
+    next: at >= 0 && at < message.siblings.length - 1 ? message.siblings[at + 1] : undefined,
+  }
 }
 
 export interface ModelInfo {
@@ -220,8 +246,20 @@ export function getSession(id: string, target?: RestTarget): Promise<Session> {
   return request(target, 'GET', `/sessions/${seg(id)}`)
 }
 
-export function listMessages(sessionId: string, target?: RestTarget): Promise<StoredMessage[]> {
-  return request(target, 'GET', `/sessions/${seg(sessionId)}/messages`)
+/** The session's active branch, root to active leaf; `{tree: true}`: every message, oldest first. */
+export function listMessages(
+  sessionId: string,
+  target?: RestTarget,
+  which: { tree?: boolean } = {}
+): Promise<StoredMessage[]> {
+  const suffix = which.tree === true ? '?tree=true' : ''
+  return request(target, 'GET', `/sessions/${seg(sessionId)}/messages${suffix}`)
+}
+
+/** Make the branch through `messageId` the session's active one, down to its newest leaf
+ * (what `listMessages` and the next turn without a parent follow); resolves to the session. */
+export function setActiveBranch(sessionId: string, messageId: string, target?: RestTarget): Promise<Session> {
+  return request(target, 'PUT', `/sessions/${seg(sessionId)}/active`, { message_id: messageId })
 }
 
 export function renameSession(id: string, title: string, target?: RestTarget): Promise<Session> {

@@ -11,6 +11,8 @@ import {
   getAgent,
   listAgents,
   listMessages,
+  setActiveBranch,
+  siblingPosition,
   streamChat,
   updateAgent,
   type ChatEvent,
@@ -145,6 +147,46 @@ describe('against a real tether serve', () => {
     assert.equal((await client.health()).status, 'ok')
   })
 
+  test('branches: edit (the first message too), regenerate, the tree, the active branch', async () => {
+    const client = new TetherClient({ baseUrl: server.httpUrl, socketFactory: nodeSockets })
+    const connection = client.connection()
+    try {
+      const first = await connection.chat({ text: 'one' })
+      const sessionId = first.sessionId ?? ''
+      const root = first.userMessageId ?? ''
+      await connection.chat({ text: 'two', sessionId })
+      // The first message has no parent: the edit is a second root beside it.
+      const edited = await connection.edit({ sessionId, messageId: root, text: 'uno' })
+      assert.equal(edited.text, 'uno')
+      assert.equal(edited.sessionId, sessionId)
+      const again = await connection.regenerate({ sessionId, messageId: edited.userMessageId ?? '' })
+      assert.equal(again.userMessageId, edited.userMessageId)
+      const active = await client.listMessages(sessionId)
+      assert.deepEqual(active.map((m) => m.id), [edited.userMessageId, again.messageId])
+      assert.deepEqual(siblingPosition(active[0]!), { index: 2, count: 2, previous: root, next: undefined })
+      assert.deepEqual(siblingPosition(active[1]!), { index: 2, count: 2, previous: edited.messageId, next: undefined })
+      const tree = await client.listMessages(sessionId, { tree: true })
+      assert.deepEqual(tree.map((m) => m.content), ['one', 'one', 'two', 'two', 'uno', 'uno', 'uno'])
+      assert.deepEqual(tree[0]!.children, [tree[1]!.id])
+      // Back to the first root: its whole branch, down to its newest leaf, and it sticks.
+      const session = await setActiveBranch(sessionId, root, server.httpUrl)
+      assert.equal(session.active_leaf_id, tree[3]!.id)
+      assert.deepEqual((await listMessages(sessionId, server.httpUrl)).map((m) => m.content), ['one', 'one', 'two', 'two'])
+      assert.equal((await client.getSession(sessionId)).active_leaf_id, tree[3]!.id)
+      // The older of the two answers to "uno", through the client.
+      await client.setActiveBranch(sessionId, edited.messageId)
+      assert.deepEqual((await client.listMessages(sessionId)).map((m) => m.id), [edited.userMessageId, edited.messageId])
+      await assert.rejects(client.setActiveBranch(sessionId, 'missing'), (e: unknown) => e instanceof TetherError && e.code === 'not_found')
+      await assert.rejects(
+        connection.edit({ sessionId, messageId: edited.messageId, text: 'x' }), // an answer, not a user message
+        (e: unknown) => e instanceof TetherError && e.code === 'not_found'
+      )
+      assert.equal((await client.listMessages(sessionId, { tree: true })).length, tree.length)
+    } finally {
+      connection.close()
+    }
+  })
+
   test('a tool call comes as tool events with the call and its result', async () => {
     const events: ChatEvent[] = []
     const chat = await streamChat({ backendUrl: server.wsUrl, socketFactory: nodeSockets, onEvent: (e) => events.push(e) })
@@ -216,6 +258,12 @@ describe('failures and restarts', () => {
       streamChat({ backendUrl: 'ws://127.0.0.1:1/ws/chat', onEvent: () => undefined }),
       (error: unknown) => error instanceof TetherError && error.code === 'no_websocket' && /socketFactory/.test(error.message)
     )
+    // A turn on a connection never opened says so at once, rather than retrying for 30 s.
+    const started = Date.now()
+    const connection = new TetherConnection({ url: 'ws://127.0.0.1:1/ws/chat' })
+    await assert.rejects(connection.chat({ text: 'x' }), (error: unknown) => error instanceof TetherError && error.code === 'no_websocket')
+    assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`)
+    connection.close()
   })
 
   test('a bearer token: sent as a header through the socket factory and by fetch', async () => {

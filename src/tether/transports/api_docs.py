@@ -250,6 +250,11 @@ class ChatStreamBody(BaseModel):
     session_id: Id | None = None
     agent_id: Id | None = None
     parent_id: Id | None = None
+    sibling_of: Id | None = Field(
+        default=None,
+        description="a user message of `session_id` to put this one beside (an edit); "
+        "not with `parent_id`",
+    )
     options: ChatOptions = ChatOptions()
     request_id: RequestId | None = None
     model_name: Id | None = Field(default=None, deprecated=True)
@@ -257,7 +262,7 @@ class ChatStreamBody(BaseModel):
 
 class EditBody(BaseModel):
     """The edited user message's new text: a `chat` body without the fields the path decides
-    (`session_id`, `parent_id`, `agent_id`)."""
+    (`session_id`, `parent_id`, `sibling_of`, `agent_id`)."""
 
     model_config = ConfigDict(extra="allow")
     text: str = Field(pattern=r"\S", description="the new text; `prompt` may stand for it")

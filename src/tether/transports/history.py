@@ -36,7 +36,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether.chat import Edit
 from tether.errors import BadRequest, NotFound
 from tether.protocol import ChatFrame, ChatOptions, RegenerateFrame, RequestId
 from tether.store.base import Message, SearchSyntax, Session, SessionStore
@@ -49,7 +48,7 @@ M = TypeVar("M", bound=BaseModel)
 
 TITLE_MAX_CHARS = 500
 # Fields of a `chat` body that the path decides for an edit.
-PATH_FIELDS = ("session_id", "parent_id", "agent_id")
+PATH_FIELDS = ("session_id", "parent_id", "sibling_of", "agent_id")
 
 
 class TitleBody(BaseModel):
@@ -145,14 +144,12 @@ async def list_messages(request: Request) -> Response:
 
 
 async def edit_message(request: Request) -> Response:
-    session_id = path_id(request, "session_id")
-    frame = await _edit_body(request)
-    turn = replace(
-        turn_from_frame(frame),
-        session_id=session_id,
-        redo=Edit(path_id(request, "message_id")),
-    )
-    return await stream_turn(request, turn)
+    placed = {
+        "session_id": path_id(request, "session_id"),
+        "sibling_of": path_id(request, "message_id"),
+    }
+    frame = (await _edit_body(request)).model_copy(update=placed)
+    return await stream_turn(request, turn_from_frame(frame))
 
 
 async def regenerate(request: Request) -> Response:

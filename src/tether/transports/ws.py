@@ -24,7 +24,7 @@ from collections import OrderedDict
 import structlog
 from starlette.websockets import WebSocket
 
-from tether.chat import Regenerate, Turn
+from tether.chat import Edit, Regenerate, Turn
 from tether.config import LimitsSettings
 from tether.errors import TetherError
 from tether.protocol import (
@@ -83,6 +83,7 @@ def turn_from_frame(frame: ChatFrame | RegenerateFrame) -> Turn:
         agent_id=frame.agent_id,
         parent_id=frame.parent_id,
         options=frame.options,
+        redo=None if frame.sibling_of is None else Edit(frame.sibling_of),
     )
 
 

@@ -1,10 +1,10 @@
 // Tether's browser UI: sessions, streaming answers, tools, models; built on tether-client.
-import { TetherClient, TetherError } from '/ui/client/index.js'
+import { TetherClient, TetherError, siblingPosition } from '/ui/client/index.js'
 import { renderMarkdown } from '/ui/markdown.js'
 
 const $ = (id) => document.getElementById(id)
 const els = {
-  sidebar: $('sidebar'), sessions: $('sessions'), search: $('search'), results: $('search-results'), newChat: $('new-chat'), toggle: $('toggle-sidebar'),
+  sidebar: $('sidebar'), sessions: $('sessions'), search: $('search'), results: $('search-results'), newChat: $('new-chat'), toggle: $('toggle-sidebar'), scrim: $('scrim'),
   title: $('title'), model: $('model'), thoughts: $('show-thoughts'), status: $('status'),
   messages: $('messages'), composer: $('composer'), input: $('input'), send: $('send'), stop: $('stop'),
   tokenDialog: $('token-dialog'), tokenForm: $('token-form'), tokenInput: $('token-input'), tokenError: $('token-error'),
@@ -27,7 +27,12 @@ for (const [key, value] of params) {
   }
 }
 
-const state = { client: null, connection: null, sessionId: null, sessions: [], turn: null, lastUserMessageId: null }
+// `timings`, `thoughts` (of answers, by message id) and `toolTimes` (by call id): what the server
+// does not store, kept for the answers streamed on this page.
+const state = {
+  client: null, connection: null, sessionId: null, sessions: [], turn: null,
+  timings: new Map(), thoughts: new Map(), toolTimes: new Map(),
+}
 
 function connect() {
   const token = sessionStorage.getItem('tether.token') ?? undefined
@@ -104,36 +109,141 @@ function renderSessions() {
   els.title.textContent = current ? current.title || 'Untitled chat' : 'New chat'
 }
 
-async function openSession(id) {
+/** Open session `id` (the sidebar folds away on a phone); with `focusId`, at that message. */
+async function openSession(id, focusId = null) {
   state.sessionId = id
   els.sidebar.classList.remove('open')
   renderSessions()
-  const messages = await rest((c) => c.listMessages(id))
+  try {
+    await showBranch(id, focusId)
+  } catch (error) {
+    setStatus(`Cannot load the chat: ${error.message}`, true)
+  }
+}
+
+/** Show session `id`'s active branch; with `focusId`, scrolled to that message and highlighted
+ * (its branch made the active one first when it is on another). */
+async function showBranch(id, focusId = null) {
+  let branch = await rest((c) => c.listMessages(id))
+  if (focusId && !branch.some((m) => m.id === focusId)) {
+    await rest((c) => c.setActiveBranch(id, focusId))
+    branch = await rest((c) => c.listMessages(id))
+  }
+  if (state.sessionId !== id) return // another session was opened meanwhile
+  renderBranch(branch)
+  const box = focusId && els.messages.querySelector(`[data-ids~="${CSS.escape(focusId)}"]`)
+  if (box) {
+    box.scrollIntoView({ block: 'center' })
+    box.classList.remove('found')
+    void box.offsetWidth // restart the highlight
+    box.classList.add('found')
+  } else scrollDown()
+}
+
+/** Reload the current session's branch from the server (after a turn). */
+async function reloadBranch() {
+  if (state.sessionId) await showBranch(state.sessionId)
+}
+
+/** The branch as the page shows it: each user message, then its answer as one box (the answer's
+ * rounds, tool calls and their results together, as it streamed). */
+function renderBranch(messages) {
   els.messages.replaceChildren()
-  const toolCards = new Map()
-  state.lastUserMessageId = null
+  if (messages.length === 0) {
+    showEmpty()
+    return
+  }
+  const turns = []
   for (const message of messages) {
-    if (message.role === 'user') {
-      addUserMessage(message.content)
-      state.lastUserMessageId = message.id
-    }
-    else if (message.role === 'assistant') {
-      const view = addAssistantMessage()
-      for (const call of message.tool_calls ?? []) toolCards.set(call.id, view.toolCard(call))
-      view.setText(message.content)
-      view.finish({ finishReason: message.finish_reason, usage: message.usage, timings: null, model: message.model })
-    } else if (message.role === 'tool') {
-      toolCards.get(message.tool_call_id)?.setResult({ result: message.content })
+    if (message.role === 'user') turns.push({ user: message, answer: [] })
+    else if (message.role !== 'system') {
+      if (turns.length === 0) turns.push({ user: null, answer: [] })
+      turns.at(-1).answer.push(message)
     }
   }
-  if (messages.length === 0) showEmpty()
-  offerRegenerate()
-  scrollDown()
+  for (const turn of turns) {
+    if (turn.user) addUserMessage(turn.user.content, turn.user)
+    if (turn.answer.length > 0) renderAnswer(turn.answer)
+  }
+}
+
+/** One answer: its rounds' text, tool cards with their results, usage, its switcher. */
+function renderAnswer(messages) {
+  const view = addAssistantMessage()
+  view.box.dataset.ids = messages.map((m) => m.id).join(' ')
+  const cards = new Map()
+  const replies = messages.filter((m) => m.role === 'assistant')
+  for (const message of messages) {
+    if (message.role === 'assistant') {
+      for (const call of message.tool_calls ?? []) cards.set(call.id, view.toolCard(call))
+    } else if (message.role === 'tool') {
+      const outcome = message.status === 'error' ? { error: message.content } : { result: message.content }
+      cards.get(message.tool_call_id)?.setResult({ ...outcome, duration_ms: state.toolTimes.get(message.tool_call_id) })
+    }
+  }
+  view.setText(replies.map((m) => m.content).filter((text) => text).join('\n\n'))
+  const final = replies.at(-1)
+  const thoughts = final && state.thoughts.get(final.id)
+  if (thoughts) view.thinking(thoughts)
+  const counted = replies.filter((m) => typeof m.usage?.completion_tokens === 'number')
+  const tokens = counted.length ? counted.reduce((sum, m) => sum + m.usage.completion_tokens, 0) : null
+  view.finish({
+    finishReason: final?.finish_reason,
+    usage: { completion_tokens: tokens },
+    timings: final ? state.timings.get(final.id) : null,
+    model: final?.model,
+  })
+  const meta = view.box.querySelector('.meta')
+  meta.prepend(...siblingSwitcher(messages[0], 'answer'))
+  if (messages[0].role !== 'assistant') return
+  const again = document.createElement('button')
+  again.type = 'button'
+  again.className = 'regenerate'
+  again.textContent = '↻ Regenerate'
+  again.addEventListener('click', () => void regenerate(view.box, messages[0].id))
+  meta.append(again)
+}
+
+/** "‹ 2/3 ›" for a message with siblings (edits of a question, regenerations of an answer);
+ * nothing for one without. */
+function siblingSwitcher(message, what) {
+  const position = siblingPosition(message)
+  if (position.count < 2) return []
+  const box = document.createElement('span')
+  box.className = 'switcher'
+  const step = (label, target, name) => {
+    const button = document.createElement('button')
+    button.type = 'button'
+    button.className = `step ${name}`
+    button.textContent = label
+    button.disabled = !target
+    button.setAttribute('aria-label', `${name === 'previous' ? 'Previous' : 'Next'} ${what}`)
+    button.addEventListener('click', () => void switchBranch(target))
+    return button
+  }
+  const count = document.createElement('span')
+  count.className = 'count'
+  count.textContent = `${position.index}/${position.count}`
+  box.append(step('‹', position.previous, 'previous'), count, step('›', position.next, 'next'))
+  return [box]
+}
+
+/** Show the branch through `messageId` and make it the session's active one (kept on reload). */
+async function switchBranch(messageId) {
+  if (state.turn || !state.sessionId || !messageId) return
+  const sessionId = state.sessionId
+  try {
+    await rest((c) => c.setActiveBranch(sessionId, messageId))
+    await showBranch(sessionId)
+  } catch (error) {
+    setStatus(`Switching failed: ${error.message}`, true)
+    return
+  }
+  els.messages.querySelector(`[data-ids~="${CSS.escape(messageId)}"]`)?.scrollIntoView({ block: 'nearest' })
 }
 
 function newChat() {
   state.sessionId = null
-  state.lastUserMessageId = null
   els.sidebar.classList.remove('open')
   renderSessions()
   showEmpty()
@@ -187,6 +297,8 @@ function snippetNodes(snippet) {
   return nodes
 }
 
+const ROLE_NAMES = { user: 'You', assistant: 'Assistant', tool: 'Tool', system: 'System' }
+
 let searchSerial = 0
 async function runSearch() {
   const q = els.search.value.trim()
@@ -219,14 +331,21 @@ async function runSearch() {
       const open = document.createElement('button')
       open.type = 'button'
       open.className = 'hit'
+      const head = document.createElement('span')
+      head.className = 'hit-head'
       const title = document.createElement('span')
       title.className = 'hit-title'
       title.textContent = hit.session_title || 'Untitled chat'
+      const role = document.createElement('span')
+      role.className = `hit-role ${hit.role}`
+      role.textContent = ROLE_NAMES[hit.role] ?? hit.role
+      head.append(title, role)
       const snippet = document.createElement('span')
       snippet.className = 'snippet'
       snippet.append(...snippetNodes(hit.snippet))
-      open.append(title, snippet)
-      open.addEventListener('click', () => void openSession(hit.session_id))
+      open.append(head, snippet)
+      open.setAttribute('aria-label', `${role.textContent} in ${title.textContent}: ${snippet.textContent}`)
+      open.addEventListener('click', () => void openSession(hit.session_id, hit.message_id))
       li.append(open)
       return li
     })
@@ -276,9 +395,84 @@ function messageBox(role) {
   return { box, bubble }
 }
 
-function addUserMessage(text) {
-  const { bubble } = messageBox('user')
+/** A user message; a stored one (`message`) gets its actions: the edit button and, with edits
+ * beside it, the switcher between them. */
+function addUserMessage(text, message = null) {
+  const { box, bubble } = messageBox('user')
   bubble.textContent = text
+  if (message === null) return box
+  box.dataset.ids = message.id
+  const actions = document.createElement('div')
+  actions.className = 'actions'
+  const edit = document.createElement('button')
+  edit.type = 'button'
+  edit.className = 'edit'
+  edit.textContent = '✎ Edit'
+  edit.setAttribute('aria-label', 'Edit message')
+  edit.addEventListener('click', () => startEdit(box, message))
+  actions.append(edit, ...siblingSwitcher(message, 'version'))
+  box.append(actions)
+  return box
+}
+
+/** Swap a user message for an editor: Enter (or Send) stores the new text beside the old as a
+ * new branch and answers it; Shift+Enter is a new line; Escape (or Cancel) keeps the message. */
+function startEdit(box, message) {
+  if (state.turn) return
+  els.messages.querySelector('.message.editing .cancel')?.click() // one editor at a time
+  const bubble = box.querySelector('.bubble')
+  const actions = box.querySelector('.actions')
+  const editor = document.createElement('form')
+  editor.className = 'editor'
+  const field = document.createElement('textarea')
+  field.value = message.content
+  field.setAttribute('aria-label', 'Edit message')
+  const buttons = document.createElement('div')
+  buttons.className = 'editor-buttons'
+  const cancel = document.createElement('button')
+  cancel.type = 'button'
+  cancel.className = 'cancel'
+  cancel.textContent = 'Cancel'
+  const save = document.createElement('button')
+  save.type = 'submit'
+  save.className = 'primary save'
+  save.textContent = 'Send'
+  buttons.append(cancel, save)
+  editor.append(field, buttons)
+  const close = () => {
+    box.classList.remove('editing')
+    editor.replaceWith(bubble)
+    actions.hidden = false
+  }
+  cancel.addEventListener('click', close)
+  editor.addEventListener('submit', (event) => {
+    event.preventDefault()
+    const text = field.value.trim()
+    if (!text || text === message.content.trim()) {
+      close()
+      return
+    }
+    close()
+    void sendEdit(box, message, text)
+  })
+  field.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') close()
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault()
+      editor.requestSubmit()
+    }
+  })
+  const fit = () => {
+    field.style.height = 'auto'
+    field.style.height = `${Math.min(field.scrollHeight, 320)}px`
+  }
+  field.addEventListener('input', fit)
+  box.classList.add('editing')
+  actions.hidden = true
+  bubble.replaceWith(editor)
+  fit()
+  field.focus()
+  field.setSelectionRange(field.value.length, field.value.length)
 }
 
 function addAssistantMessage() {
@@ -289,6 +483,7 @@ function addAssistantMessage() {
   let text = ''
   let thoughts = null
   let frame = 0
+  let roundBreak = false // a tool call ended a round: the next round's text is a new paragraph
   const paint = () => {
     frame = 0
     renderMarkdown(body, text)
@@ -297,6 +492,8 @@ function addAssistantMessage() {
   return {
     box,
     append(token) {
+      if (roundBreak && text) text += '\n\n'
+      roundBreak = false
       text += token
       frame ||= requestAnimationFrame(paint)
     },
@@ -320,6 +517,7 @@ function addAssistantMessage() {
       thoughts.textContent += token
     },
     toolCard(call) {
+      roundBreak = true
       const details = document.createElement('details')
       details.className = 'tool-card'
       details.dataset.tool = call.name
@@ -357,10 +555,13 @@ function addAssistantMessage() {
       }
       const facts = []
       if (model) facts.push(model)
-      if (usage?.completion_tokens != null) facts.push(`${usage.completion_tokens} tokens`)
+      if (usage?.completion_tokens != null) facts.push(`${usage.completion_tokens} ${usage.completion_tokens === 1 ? 'token' : 'tokens'}`)
       if (timings?.ttft_ms != null) facts.push(`first token ${Math.round(timings.ttft_ms)} ms`)
       if (timings?.tokens_per_s != null) facts.push(`${Math.round(timings.tokens_per_s)} tok/s`)
-      meta.append(facts.join(' · '))
+      const shownFacts = document.createElement('span')
+      shownFacts.className = 'facts'
+      shownFacts.textContent = facts.join(' · ')
+      meta.append(shownFacts)
       box.append(meta)
     },
   }
@@ -378,19 +579,7 @@ function options() {
 function setRunning(running) {
   els.send.hidden = running
   els.stop.hidden = !running
-}
-
-/** A Regenerate button under the last answer (only there, and not while a turn runs). */
-function offerRegenerate() {
-  els.messages.querySelector('.regenerate')?.remove()
-  const last = els.messages.lastElementChild
-  if (state.turn || !state.sessionId || !state.lastUserMessageId || !last?.classList.contains('assistant')) return
-  const button = document.createElement('button')
-  button.type = 'button'
-  button.className = 'regenerate'
-  button.textContent = '↻ Regenerate'
-  button.addEventListener('click', () => void regenerate())
-  last.querySelector('.meta')?.append(button)
+  document.body.classList.toggle('running', running) // edits and switches wait for the answer
 }
 
 async function send() {
@@ -404,40 +593,62 @@ async function send() {
   )
 }
 
-/** Answer the last question again: the new answer replaces the old one on screen (both are kept). */
-async function regenerate() {
-  if (state.turn || !state.sessionId || !state.lastUserMessageId) return
-  els.messages.lastElementChild?.remove()
+/** The edited text as a new branch beside `message` (the old one and its answers stay, one
+ * switch away): what came after it leaves the page, the new answer streams in. */
+async function sendEdit(box, message, text) {
+  if (state.turn || !state.sessionId) return
+  while (box.nextElementSibling) box.nextElementSibling.remove()
+  box.querySelector('.actions')?.remove()
+  box.querySelector('.bubble').textContent = text
   const sessionId = state.sessionId
-  const messageId = state.lastUserMessageId
-  await runTurn((onEvent) => state.connection.regenerate({ sessionId, messageId, options: options(), onEvent }))
+  await runTurn((onEvent) =>
+    state.connection.edit({ sessionId, messageId: message.id, text, options: options(), onEvent })
+  )
 }
 
+/** Answer a question again: the new answer takes the old one's place (`box`, which goes with
+ * what came after it; both answers are kept, switchable with ‹ ›). `answerId`: a message of the
+ * answer being replaced. */
+async function regenerate(box, answerId) {
+  if (state.turn || !state.sessionId) return
+  while (box.nextElementSibling) box.nextElementSibling.remove()
+  box.remove()
+  const sessionId = state.sessionId
+  await runTurn((onEvent) => state.connection.regenerate({ sessionId, messageId: answerId, options: options(), onEvent }))
+}
+
+/** Stream one turn into a new answer box; when it ends, the page shows the stored branch (with
+ * the new message's place among its siblings). An error stays on the page as a note. */
 async function runTurn(start) {
-  els.messages.querySelector('.regenerate')?.remove()
+  els.messages.querySelectorAll('.regenerate').forEach((button) => button.remove())
   const view = addAssistantMessage()
   view.streaming(true)
   scrollDown()
   const cards = new Map()
   let model = null
+  let thoughts = ''
   const turn = start((event) => {
     if (event.type === 'start') {
       model = event.model
-      state.lastUserMessageId = event.userMessageId ?? state.lastUserMessageId
       if (!state.sessionId) {
         state.sessionId = event.sessionId
         void loadSessions()
       }
     } else if (event.type === 'token') view.append(event.token)
-    else if (event.type === 'thinking') view.thinking(event.token)
-    else if (event.type === 'tool' && event.phase === 'call') cards.set(event.payload.id, view.toolCard(event.payload))
-    else if (event.type === 'tool' && event.phase === 'result') cards.get(event.payload.id)?.setResult(event.payload)
+    else if (event.type === 'thinking') {
+      thoughts += event.token
+      view.thinking(event.token)
+    } else if (event.type === 'tool' && event.phase === 'call') cards.set(event.payload.id, view.toolCard(event.payload))
+    else if (event.type === 'tool' && event.phase === 'result') {
+      state.toolTimes.set(event.payload.id, event.payload.duration_ms)
+      cards.get(event.payload.id)?.setResult(event.payload)
+    }
   })
   state.turn = turn
   setRunning(true)
+  let result = null
   try {
-    const result = await turn
-    view.finish({ ...result, model })
+    result = await turn
   } catch (error) {
     if (error instanceof TetherError && error.code === 'unauthorized') {
       view.finish({ note: 'Not sent: the server wants a token' })
@@ -445,12 +656,20 @@ async function runTurn(start) {
     } else {
       view.finish({ note: error instanceof TetherError ? `Error (${error.code}): ${error.message}` : String(error) })
     }
-  } finally {
-    state.turn = null
-    setRunning(false)
-    offerRegenerate()
-    void loadSessions()
   }
+  if (result !== null) {
+    state.timings.set(result.messageId, result.timings)
+    if (thoughts) state.thoughts.set(result.messageId, thoughts)
+    try {
+      await reloadBranch() // the stored answer takes the streamed one's place, with its switcher
+    } catch (error) {
+      view.finish({ ...result, model })
+      setStatus(`Cannot load the chat: ${error.message}`, true)
+    }
+  }
+  state.turn = null
+  setRunning(false)
+  void loadSessions()
 }
 
 function resizeInput() {
@@ -474,10 +693,18 @@ els.input.addEventListener('input', resizeInput)
 els.stop.addEventListener('click', () => state.turn?.cancel())
 els.newChat.addEventListener('click', newChat)
 els.toggle.addEventListener('click', () => els.sidebar.classList.toggle('open'))
+els.scrim.addEventListener('click', () => els.sidebar.classList.remove('open'))
+// The keyboard hint does not fit a phone's composer.
+const narrow = matchMedia('(max-width: 700px)')
+const placeholder = () => {
+  els.input.placeholder = narrow.matches ? 'Message Tether' : 'Message Tether (Enter sends, Shift+Enter for a new line)'
+}
+narrow.addEventListener('change', placeholder)
+placeholder()
 
 async function loadModels() {
   const models = await rest((c) => c.listModels())
-  const auto = new Option('Default', '')
+  const auto = new Option('Default model', '')
   els.model.replaceChildren(auto, ...models.map((m) => new Option(`${m.id} (${m.engine})`, m.id)))
 }
 

@@ -50,8 +50,11 @@ export class TetherClient {
     getSession(id) {
         return rest.getSession(id, this.options);
     }
-    listMessages(sessionId) {
-        return rest.listMessages(sessionId, this.options);
+    listMessages(sessionId, which) {
+        return rest.listMessages(sessionId, this.options, which);
+    }
+    setActiveBranch(sessionId, messageId) {
+        return rest.setActiveBranch(sessionId, messageId, this.options);
     }
     renameSession(id, title) {
         return rest.renameSession(id, title, this.options);

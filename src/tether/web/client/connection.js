@@ -18,6 +18,8 @@ import { TetherError } from './rest.js';
 export const DEFAULT_RECONNECT_DELAYS_MS = [100, 250, 500, 1000, 2000, 4000, 8000, 15000];
 const OPEN = 1;
 const UNAUTHORIZED = 4401;
+// Failures that trying again cannot mend: the running requests end with them at once.
+const PERMANENT = new Set(['unauthorized', 'no_websocket']);
 const OPTION_NAMES = {
     maxNewTokens: 'max_tokens',
     maxTokens: 'max_tokens',
@@ -87,6 +89,8 @@ export class TetherConnection {
             frame.agent_id = request.agentId;
         if (request.parentId !== undefined)
             frame.parent_id = request.parentId;
+        if (request.siblingOf !== undefined)
+            frame.sibling_of = request.siblingOf;
         if (request.options !== undefined)
             frame.options = toWireOptions(request.options);
         const requestId = frame.request_id;
@@ -94,7 +98,17 @@ export class TetherConnection {
             throw new TetherError('conflict', `request ${requestId} is already running`);
         return this.track(requestId, frame, -1, undefined, request);
     }
-    /** Answer the stored user message `messageId` (or any message of its turn) again. */
+    /**
+     * Edit the stored user message `messageId`: the new text goes beside it (a new branch, the
+     * session's active one; the old message and its answers stay) and is answered. Any user
+     * message, a session's first too.
+     */
+    edit(request) {
+        const { messageId, ...fields } = request;
+        return this.chat({ ...fields, siblingOf: messageId });
+    }
+    /** Answer the stored user message `messageId` (or any message of its turn) again: a new
+     * answer beside the earlier ones, the session's active branch. */
     regenerate(request) {
         const frame = {
             type: 'regenerate', request_id: request.requestId ?? newRequestId(), session_id: request.sessionId, message_id: request.messageId,
@@ -285,11 +299,11 @@ export class TetherConnection {
                 }
                 catch (error) {
                     failure = error instanceof TetherError ? error : new TetherError('unreachable', String(error));
-                    if (failure.code === 'unauthorized')
+                    if (PERMANENT.has(failure.code))
                         break;
                 }
             }
-            this.failAll(new TetherError(failure.code === 'unauthorized' ? 'unauthorized' : 'disconnected', failure.message));
+            this.failAll(new TetherError(PERMANENT.has(failure.code) ? failure.code : 'disconnected', failure.message));
         }
         finally {
             this.connecting = undefined;

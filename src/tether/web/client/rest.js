@@ -15,6 +15,15 @@ export class TetherError extends Error {
         this.status = status;
     }
 }
+export function siblingPosition(message) {
+    const at = message.siblings.indexOf(message.id);
+    return {
+        index: at + 1,
+        count: message.siblings.length,
+        previous: at > 0 ? message.siblings[at - 1] : undefined,
+        next: at >= 0 && at < message.siblings.length - 1 ? message.siblings[at + 1] : undefined,
+    };
+}
 function defaultBaseUrl() {
     const location = globalThis.location;
     return location?.origin !== undefined && location.origin !== 'null'
@@ -102,8 +111,15 @@ export function createSession(target, fields = {}) {
 export function getSession(id, target) {
     return request(target, 'GET', `/sessions/${seg(id)}`);
 }
-export function listMessages(sessionId, target) {
-    return request(target, 'GET', `/sessions/${seg(sessionId)}/messages`);
+/** The session's active branch, root to active leaf; `{tree: true}`: every message, oldest first. */
+export function listMessages(sessionId, target, which = {}) {
+    const suffix = which.tree === true ? '?tree=true' : '';
+    return request(target, 'GET', `/sessions/${seg(sessionId)}/messages${suffix}`);
+}
+/** Make the branch through `messageId` the session's active one, down to its newest leaf
+ * (what `listMessages` and the next turn without a parent follow); resolves to the session. */
+export function setActiveBranch(sessionId, messageId, target) {
+    return request(target, 'PUT', `/sessions/${seg(sessionId)}/active`, { message_id: messageId });
 }
 export function renameSession(id, title, target) {
     return request(target, 'PATCH', `/sessions/${seg(id)}`, { title });
