@@ -131,4 +131,17 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
+# PostgreSQL (Debian's package) for the PostgreSQL store's tests, which start their own server
+# in a temporary folder (tests/support/postgres.py); installed only when missing. Without it
+# those tests fail (they never skip: CI must not pass without them).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing postgresql (apt-get) for the PostgreSQL store's tests" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "setup: postgresql is missing and cannot be installed here (needs root and" \
+            "apt-get): install it (apt-get install postgresql), or the PostgreSQL tests fail" >&2
+    fi
+fi
+
 echo "setup: done. Start the server with: .venv/bin/tether serve" >&2

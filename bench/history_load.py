@@ -23,7 +23,8 @@ from typing import Any
 from harness import Goal, Outcome, Profile, median, ms, tether
 from websockets.asyncio.client import ClientConnection, connect
 
-from tether.store.sqlite import SQLiteStore, now_iso
+from tether.store.records import now_iso
+from tether.store.sqlite import SQLiteStore
 
 LONG = 10_000
 TURN_2000 = 3_998

@@ -1,12 +1,14 @@
-"""Shared fixtures: a test server in this process, test settings, a store on a fresh file."""
+"""Shared fixtures: a test server in this process, test settings, a store on a fresh file, a
+PostgreSQL server (one per test session) with a fresh database per test."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresServer, PostgresUnavailable, postgres_server
 from tests.support.servers import RunningServer, make_settings, serve_app
 from tests.support.tiny_gguf import ensure_tiny_gguf
 from tether.config import Settings
@@ -42,3 +44,19 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await opened.open()
     yield opened
     await opened.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test session (fails, never skips, when there is none)."""
+    try:
+        with postgres_server() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+async def postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return await postgres.create_database()

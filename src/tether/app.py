@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,13 +37,14 @@ from tether.http_errors import error_response
 from tether.metrics import Metrics
 from tether.metrics import routes as metrics_routes
 from tether.openapi import Key, Operation, Security, openapi_route
-from tether.recovery import recover
+from tether.recovery import keep_recovering, recover
 from tether.request_ids import RequestIdMiddleware
 from tether.runs import RunRegistry
 from tether.security import security_middleware
 from tether.store.base import Store
+from tether.store.factory import build_store
+from tether.store.factory import describe as describe_store
 from tether.store.lock import DatabaseInUse
-from tether.store.sqlite import SQLiteStore
 from tether.tools.executor import ToolExecutor
 from tether.tools.loader import build_registry
 from tether.tools.mcp import McpManager
@@ -212,16 +216,21 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         if refusal is not None:
             app.state.startup_error = refusal  # `tether serve` says it in one line
             raise StartupRefused(refusal)
-        store = SQLiteStore(settings.storage.path, synchronous=settings.storage.synchronous)
+        store = build_store(settings.storage)
         try:
             await store.open()
         except DatabaseInUse as exc:
             app.state.startup_error = str(exc)  # `tether serve` says it in one line
             raise
-        except (OSError, sqlite3.Error) as exc:
-            app.state.startup_error = f"storage.path {settings.storage.path}: {exc}"
+        except (OSError, sqlite3.Error, asyncpg.PostgresError) as exc:
+            app.state.startup_error = f"storage {describe_store(settings.storage)}: {exc}"
             raise
-        await recover(store)  # turns and journals the last process died in (kill -9)
+        await recover(store)  # turns and journals dead processes left (kill -9)
+        recovering = (
+            asyncio.create_task(keep_recovering(store, store.recovery_interval_sec))
+            if store.recovery_interval_sec is not None
+            else None
+        )
         await mcp.start()
         tools = ToolExecutor(
             registry,
@@ -250,11 +259,15 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             sockets=sockets,
             metrics=metrics,
         )
-        log.info("app.started", engine=router.name, db=str(settings.storage.path))
+        log.info("app.started", engine=router.name, db=describe_store(settings.storage))
         try:
             yield
         finally:
             await runs.aclose()  # without a drain (or after one): cancel, store, journal
+            if recovering is not None:
+                recovering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recovering
             await tools.aclose()  # refuse further calls; hung tool threads are not waited for
             await mcp.aclose()
             await router.aclose()

@@ -67,8 +67,8 @@ from tether.store.base import (
     Message,
     MessageStatus,
     NewMessage,
-    Store,
     TurnStart,
+    TurnStore,
 )
 from tether.tools.base import ToolResult, ToolRunner, ToolSpec
 from tether.tools.prompt import render_tools_prompt
@@ -317,7 +317,7 @@ class ChatService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: TurnStore,
         engine: EngineRouter,
         system_prompt: str,
         tool_policy: ToolPolicy = NO_TOOLS,
@@ -728,7 +728,7 @@ class _TurnSteps:
 
     async def store_calls(self, calls: list[ToolCall]) -> ChatMessage:
         """Store the round's answer with its calls (its text is said: not the final answer's)."""
-        stored = await self.chat.store.append_message(
+        stored = await self.chat.store.append_to_turn(
             self.session_id,
             self.head,
             NewMessage(
@@ -746,7 +746,7 @@ class _TurnSteps:
 
     async def store_result(self, result: ToolResult) -> ChatMessage:
         content = result.result if result.error is None else f"Error: {result.error}"
-        stored = await self.chat.store.append_message(
+        stored = await self.chat.store.append_to_turn(
             self.session_id,
             self.head,
             NewMessage(
@@ -767,7 +767,7 @@ class _TurnSteps:
 
     async def store_answer(self, outcome: Outcome) -> Message:
         """Store the answer so far (closing the turn) as `outcome` says."""
-        return await self.chat.store.append_message(
+        return await self.chat.store.end_turn(
             self.session_id,
             self.head,
             NewMessage(
@@ -780,7 +780,6 @@ class _TurnSteps:
                 completion_tokens=self.usage.completion_tokens,
             ),
             turn_id=self.turn_id,
-            ends_turn=True,
         )
 
     async def interrupted(self) -> None:

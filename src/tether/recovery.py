@@ -21,12 +21,17 @@ anything:
    A recovered `complete` has `recovered: true` in its metadata; its usage and timings are zero
    or null (the process that knew them is gone). A `chat` sent again with its request_id and
    question gets these frames (`tether.runs`), not a second turn.
+
+On a shared store (PostgreSQL) "dead" means a replica whose lease expired: `Store.orphans`
+names them (and keeps two replicas from recovering at once); the living recover them at start-up
+and every `recovery_interval_sec` while they run (`keep_recovering`), never a living one's.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import cast, get_args
+from typing import Protocol, cast, get_args
 
 import structlog
 
@@ -42,7 +47,14 @@ from tether.protocol import (
     decode_frame,
     frame_body,
 )
-from tether.store.base import JournalAppend, Message, OpenJournal, Store
+from tether.store.base import (
+    JournalAppend,
+    JournalStore,
+    Message,
+    OpenJournal,
+    Orphans,
+    RecoveryStore,
+)
 
 log = structlog.get_logger("tether.recovery")
 
@@ -74,16 +86,25 @@ def journal_facts(journal: OpenJournal) -> JournalFacts:
     return JournalFacts(user_message_id, "".join(text), ended, accepted)
 
 
-async def recover(store: Store) -> None:
-    """Close the open turns and journals a dead process left (see the module docstring)."""
-    journals = await store.open_journals()
+class _RecoveringStore(RecoveryStore, JournalStore, Protocol):
+    pass
+
+
+async def recover(store: _RecoveringStore) -> None:
+    """Close the open turns and journals dead processes left (see the module docstring)."""
+    async with store.orphans() as orphans:
+        await _recover(store, orphans)
+
+
+async def _recover(store: _RecoveringStore, orphans: Orphans) -> None:
+    journals = await store.open_journals(orphans)
     facts = {journal.request_id: journal_facts(journal) for journal in journals}
     partial_answers = {
         fact.user_message_id: fact.answer_text
         for fact in facts.values()
         if fact.user_message_id is not None
     }
-    closed = await store.close_open_turns(partial_answers)
+    closed = await store.close_open_turns(orphans, partial_answers)
     for turn_id, answer in closed.items():
         log.warning(
             "turn.interrupted",
@@ -98,11 +119,22 @@ async def recover(store: Store) -> None:
     ]
     await store.append_journals(appends)
     if appends:
-        log.warning("journals.recovered", requests=len(appends))
+        log.warning("journals.recovered", requests=len(appends), replicas=orphans.replicas)
+
+
+async def keep_recovering(store: _RecoveringStore, interval_sec: float) -> None:
+    """Recover every `interval_sec` (a shared store: the replicas whose leases expire meanwhile),
+    until cancelled; a failed round is logged and the next one tries again."""
+    while True:
+        await asyncio.sleep(interval_sec)
+        try:
+            await recover(store)
+        except Exception:
+            log.exception("recovery.failed")
 
 
 async def _final_append(
-    store: Store, journal: OpenJournal, facts: JournalFacts, closed: dict[str, Message]
+    store: _RecoveringStore, journal: OpenJournal, facts: JournalFacts, closed: dict[str, Message]
 ) -> JournalAppend:
     seq = len(journal.frames)
     if facts.ended:
@@ -113,7 +145,9 @@ async def _final_append(
     return JournalAppend(journal.request_id, seq, [numbering.next(body).text], ended=True)
 
 
-async def _final_body(store: Store, facts: JournalFacts, closed: dict[str, Message]) -> FrameBody:
+async def _final_body(
+    store: _RecoveringStore, facts: JournalFacts, closed: dict[str, Message]
+) -> FrameBody:
     turn_id = facts.user_message_id
     answer = closed.get(turn_id) if turn_id is not None else None
     if answer is None and turn_id is not None:

@@ -75,7 +75,7 @@ import dataclasses
 import enum
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import structlog
@@ -94,7 +94,7 @@ from tether.protocol import (
     frame_body,
     processing_body,
 )
-from tether.store.base import JournalAppend, JournalStart, Store
+from tether.store.base import JournalAppend, JournalStart, JournalStore, RunSignals
 from tether.tokens import digest, new_token
 
 log = structlog.get_logger("tether.runs")
@@ -107,6 +107,14 @@ PRUNE_INTERVAL_SEC = 60.0
 CANCEL_GRACE_SEC = 10.0
 # How many frames a run may log ahead of the journal before its turn waits for the writer.
 MAX_FRAMES_AHEAD = 8
+# Following a request another replica runs: how long to wait for a wake-up before reading its
+# journal again anyway (the journal is the truth; a notification lost with a connection must
+# not stall a follower).
+FOLLOW_RECHECK_SEC = 2.0
+
+
+class RegistryStore(JournalStore, RunSignals, Protocol):
+    """What the registry needs of the store: the journal, and the other replicas' signals."""
 
 
 class FrameSink(Protocol):
@@ -232,6 +240,13 @@ class Run:
         self._log_joined(self._merging.take())
         return len(self.frames)
 
+    def logged_end(self) -> tuple[int, bool]:
+        """`logged()`, and whether those frames end the run: its final frame is among them (so
+        the journal ends in the commit that a client learns the outcome from, and a retry
+        sent on seeing `complete` finds the request ended), or its turn is over."""
+        count = self.logged()
+        return count, self.ended or (count > 0 and self.frames[count - 1].final)
+
     def _log_joined(self, joined: TextDelta | ThinkingDelta | None) -> None:
         if joined is not None:
             self.frames.append(self._numbering.next(frame_body(joined)))
@@ -325,7 +340,8 @@ class Run:
             log.exception("run.crashed", request_id=self.request_id)
             await observed(Failed("internal", "internal error; the server log has the details"))
         finally:
-            self.state = RunState.ENDED
+            if self.state is RunState.RUNNING:  # (FINISHED already when its final frame is)
+                self.state = RunState.ENDED
             self.waiting = False
             if self._grace is not None:
                 self._grace.cancel()
@@ -340,7 +356,11 @@ class RunRegistry:
     """The server's running requests, by request_id, and the journal of ended ones."""
 
     def __init__(
-        self, chat: ChatService, store: Store, settings: ReliabilitySettings, metrics: Metrics
+        self,
+        chat: ChatService,
+        store: RegistryStore,
+        settings: ReliabilitySettings,
+        metrics: Metrics,
     ) -> None:
         self.chat = chat
         self.store = store
@@ -353,7 +373,49 @@ class RunRegistry:
         self._last_prune = 0.0
 
     async def open(self) -> None:
+        self.store.on_cancel_request(self._cancel_requested)
         await self._prune()
+
+    def _cancel_requested(self, request_id: str) -> None:
+        """Another replica (or socket) asked the store to cancel `request_id`: if it runs here,
+        it is cancelled (stored as cancelled, its watchers everywhere get `complete`)."""
+        run = self._runs.get(request_id)
+        if run is not None and not run.ended:
+            log.info("run.cancel_requested", request_id=request_id)
+            run.control.cancel()
+
+    async def cancel_elsewhere(self, request_id: str) -> None:
+        """Cancel `request_id`, which does not run here (maybe on another replica)."""
+        await self.store.request_cancel(request_id)
+
+    async def running_elsewhere(self, request_id: str) -> bool:
+        """Whether `request_id` has a journal that has not ended while no run of it is here:
+        another replica runs it (or ran it and died, until recovery ends it)."""
+        if request_id in self._runs:
+            return False
+        tail = await self.store.journal_tail(request_id, 0x7FFFFFFF)
+        return tail is not None and not tail.ended
+
+    async def follow(self, request_id: str, after_seq: int) -> AsyncIterator[ServerFrame]:
+        """The journaled frames of `request_id` after `after_seq`, as they are committed by
+        whichever replica runs it, each once, in order, to its final frame. The journal is the
+        truth; the store's change events (NOTIFY) only say when to read it again."""
+        async with self.store.journal_changes(request_id) as changed:
+            seq = after_seq
+            while True:
+                changed.clear()  # before the read: a commit after it sets it again
+                tail = await self.store.journal_tail(request_id, seq)
+                if tail is None:
+                    return  # pruned meanwhile
+                for text in tail.frames:
+                    frame = decode_frame(text)
+                    seq = frame.seq if frame.seq is not None else seq + 1
+                    yield frame
+                if tail.ended:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FOLLOW_RECHECK_SEC):
+                        await changed.wait()
 
     def get(self, request_id: str) -> Run | None:
         return self._runs.get(request_id)
@@ -435,6 +497,8 @@ class RunRegistry:
             return None
         if not hmac.compare_digest(record.question_digest, digest(text)):
             return None
+        if await self.running_elsewhere(request_id):
+            return None  # not ended: its chat meets a conflict, not a replay
         return await self.journal(request_id)
 
     # -- the journal writer: new frames of every run, committed in batches, then sent -----------
@@ -453,7 +517,7 @@ class RunRegistry:
 
     async def _write_journals(self) -> None:
         while self._dirty:
-            batch = [(run, run.logged(), run.ended) for run in self._dirty]
+            batch = [(run, *run.logged_end()) for run in self._dirty]
             self._dirty.clear()
             appends = [
                 JournalAppend(

@@ -8,7 +8,7 @@ from typing import Any
 from tether.engines.base import ToolCall
 from tether.protocol import RequestFrames
 from tether.recovery import journal_facts, recover
-from tether.store.base import JournalAppend, JournalStart, NewMessage, OpenJournal
+from tether.store.base import JournalAppend, JournalStart, NewMessage, OpenJournal, Orphans
 from tether.store.sqlite import SQLiteStore
 
 
@@ -65,7 +65,7 @@ async def test_a_running_request_ends_interrupted_with_the_text_it_sent(
     [answer] = [m for m in await store.list_messages(start.session.id) if m.role == "assistant"]
     assert (answer.id, answer.status) == (meta["message_id"], "interrupted")
     assert answer.content == "Once upon"
-    assert await store.open_journals() == []
+    assert await store.open_journals(Orphans()) == []
     await recover(store)  # nothing left to do: nothing changes
     assert len(await decoded(store, "r")) == 4
 
@@ -73,21 +73,20 @@ async def test_a_running_request_ends_interrupted_with_the_text_it_sent(
 async def test_an_answer_stored_before_its_complete_was_journaled(store: SQLiteStore) -> None:
     start = await store.begin_turn(session_id=None, text="6*7?")
     sid, turn = start.session.id, start.message.id
-    said = await store.append_message(
+    said = await store.append_to_turn(
         sid,
         turn,
         NewMessage("assistant", "", tool_calls=(ToolCall("c1", "calc", {}),)),
         turn_id=turn,
     )
-    result = await store.append_message(
+    result = await store.append_to_turn(
         sid, said.id, NewMessage("tool", "42", tool_call_id="c1"), turn_id=turn
     )
-    answer = await store.append_message(
+    answer = await store.end_turn(
         sid,
         result.id,
         NewMessage("assistant", "42", finish_reason="length", completion_tokens=3),
         turn_id=turn,
-        ends_turn=True,
     )
     await store.append_journals([JournalAppend("r", 0, frames_of("r", processing(turn), TOOL))])
     await recover(store)
@@ -109,19 +108,18 @@ async def test_a_journal_whose_final_frame_was_written_only_gets_its_end(
     store: SQLiteStore,
 ) -> None:
     start = await store.begin_turn(session_id=None, text="hi")
-    answer = await store.append_message(
+    answer = await store.end_turn(
         start.session.id,
         start.message.id,
         NewMessage("assistant", "hi"),
         turn_id=start.message.id,
-        ends_turn=True,
     )
     done = {"status": "complete", "chunk": {"metadata": {"message_id": answer.id}}}
     sent = frames_of("r", processing(start.message.id), text("hi"), done)
     await store.append_journals([JournalAppend("r", 0, sent)])
     await recover(store)
     assert await store.read_journal("r") == sent
-    assert await store.open_journals() == []
+    assert await store.open_journals(Orphans()) == []
 
 
 async def test_a_regenerated_answer_stored_before_its_complete_was_journaled(
@@ -129,13 +127,9 @@ async def test_a_regenerated_answer_stored_before_its_complete_was_journaled(
 ) -> None:
     first = await store.begin_turn(session_id=None, text="again?")
     sid, user = first.session.id, first.message.id
-    await store.append_message(
-        sid, user, NewMessage("assistant", "once"), turn_id=user, ends_turn=True
-    )
+    await store.end_turn(sid, user, NewMessage("assistant", "once"), turn_id=user)
     await store.begin_regeneration(user, session_id=sid)
-    again = await store.append_message(
-        sid, user, NewMessage("assistant", "twice"), turn_id=user, ends_turn=True
-    )
+    again = await store.end_turn(sid, user, NewMessage("assistant", "twice"), turn_id=user)
     await store.append_journals([JournalAppend("r", 0, frames_of("r", processing(user)))])
     await recover(store)
     final = (await decoded(store, "r"))[-1]
@@ -150,7 +144,7 @@ async def test_a_request_killed_before_its_first_frame_is_found_by_its_row(
     start = await store.begin_turn(
         session_id=None, text="lost?", journal=JournalStart("r", "digest")
     )
-    assert await store.open_journals() == [OpenJournal("r", [], start.message.id)]
+    assert await store.open_journals(Orphans()) == [OpenJournal("r", [], start.message.id)]
     await recover(store)
     (final,) = await decoded(store, "r")
     assert (final["seq"], final["status"], final["error"]["code"]) == (0, "error", "interrupted")

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from tether.config import ConfigError, default_dist_path, load_settings, source_checkout
+from tether.store.factory import build_store
+from tether.store.postgres import PostgresStore
+from tether.store.sqlite import SQLiteStore
 
 
 def write(path: Path, text: str) -> Path:
@@ -174,23 +177,40 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("environ", "overrides"),
+    ("environ", "overrides", "says"),
     [
-        ({"MLC_SQLITE_URL": "postgresql://tether:hunter2@db/tether"}, {}),
-        ({}, {"storage.url": "postgresql://tether:hunter2@db/tether"}),
-        ({"TETHER_STORAGE__URL": "mysql://tether:hunter2@db/tether"}, {}),
+        ({"TETHER_STORAGE__URL": "mysql://tether:hunter2@db/tether"}, {}, "databases are not"),
+        ({}, {"storage.url": "mongodb://tether:hunter2@db/tether"}, "databases are not served"),
+        # MLC_SQLITE_URL names a SQLite file; a PostgreSQL URL goes in storage.url.
+        ({"MLC_SQLITE_URL": "postgresql://tether:hunter2@db/tether"}, {}, "storage.url"),
     ],
 )
 def test_a_database_url_tether_does_not_serve_is_refused(
-    tmp_path: Path, environ: dict[str, str], overrides: dict[str, str]
+    tmp_path: Path, environ: dict[str, str], overrides: dict[str, str], says: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(environ=environ, overrides=overrides, cwd=tmp_path)
     message = str(caught.value)
-    assert "databases are not served" in message
+    assert says in message
     assert "hunter2" not in message  # the URL's password is never echoed
-    if "postgresql" in message:
-        assert "PostgreSQL is planned" in message
+
+
+@pytest.mark.parametrize(
+    ("environ", "overrides"),
+    [
+        ({"TETHER_STORAGE__URL": "postgresql://tether:hunter2@db:5432/tether"}, {}),
+        ({}, {"storage.url": "postgres://tether@db/tether"}),
+    ],
+)
+def test_a_postgresql_url_chooses_postgresql(
+    tmp_path: Path, environ: dict[str, str], overrides: dict[str, str]
+) -> None:
+    settings = load_settings(environ=environ, overrides=overrides, cwd=tmp_path)
+    assert settings.storage.postgres_url == settings.storage.url
+    assert isinstance(build_store(settings.storage), PostgresStore)
+    sqlite = load_settings(environ={}, cwd=tmp_path)
+    assert sqlite.storage.postgres_url is None
+    assert isinstance(build_store(sqlite.storage), SQLiteStore)
 
 
 def test_a_sqlite_storage_url_sets_the_path(tmp_path: Path) -> None:

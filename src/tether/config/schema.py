@@ -38,6 +38,14 @@ def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_postgres_url(value: str) -> bool:
+    scheme = _URL_SCHEME.match(value)
+    return scheme is not None and scheme.group(1).lower() in POSTGRES_SCHEMES
+
+
 def sqlite_url_path(value: str) -> str:
     """`sqlite:///rel.db`, `sqlite:////abs.db` (SQLAlchemy style, as the seeds used) or a path.
 
@@ -49,10 +57,14 @@ def sqlite_url_path(value: str) -> str:
     scheme = _URL_SCHEME.match(value)
     if scheme is not None:
         name = scheme.group(1).lower()
-        planned = " (PostgreSQL is planned, not supported yet)" if "postgres" in name else ""
+        if name in POSTGRES_SCHEMES:
+            raise ValueError(
+                f"{name}:// is no SQLite file: give a PostgreSQL URL as storage.url "
+                "(TETHER_STORAGE__URL)"
+            )
         raise ValueError(
-            f"{name}:// databases are not served{planned}; Tether stores in SQLite: "
-            "give sqlite:///path/to/file.db or a file path"
+            f"{name}:// databases are not served; Tether stores in SQLite "
+            "(sqlite:///path/to/file.db or a file path) or PostgreSQL (postgresql://...)"
         )
     return value
 
@@ -79,16 +91,26 @@ class ServerSettings(_Section):
 class StorageSettings(_Section):
     path: Path = Field(default_factory=lambda: default_data_dir() / "tether.db")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    # A database URL, as the seeds configured it: `sqlite:///file.db` sets `path`; any other
-    # scheme is refused at start-up (PostgreSQL is planned, not served yet).
+    # A database URL: `sqlite:///file.db` sets `path` (as the seeds configured it);
+    # `postgresql://user:password@host:port/db` stores in PostgreSQL, shared by several
+    # replicas (tether.store.postgres); any other scheme is refused at start-up.
     url: str | None = None
+    # PostgreSQL: how long a replica that stopped heartbeating keeps its turns (then a living
+    # replica recovers them), and the connections each replica holds at most.
+    lease_sec: float = Field(default=30.0, gt=0)
+    pool_size: int = Field(default=10, ge=2, le=1000)
 
     @field_validator("url")
     @classmethod
     def _served_scheme(cls, url: str | None) -> str | None:
-        if url is not None:
+        if url is not None and not is_postgres_url(url):
             sqlite_url_path(url)  # raises for a scheme other than sqlite
         return url
+
+    @property
+    def postgres_url(self) -> str | None:
+        """The PostgreSQL URL when the store is PostgreSQL, else None (SQLite at `path`)."""
+        return self.url if self.url is not None and is_postgres_url(self.url) else None
 
     @model_validator(mode="before")
     @classmethod

@@ -10,8 +10,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -29,15 +28,30 @@ from tether.store.base import (
     JournalAppend,
     JournalRecord,
     JournalStart,
+    JournalTail,
     Message,
     NewMessage,
     OpenJournal,
+    Orphans,
     SearchHit,
     SearchSyntax,
     Session,
     TurnStart,
 )
 from tether.store.lock import DatabaseLock
+from tether.store.records import (
+    INTERRUPTED_TOOL_RESULT,
+    MESSAGE_COLUMNS,
+    agent_from,
+    iso,
+    message_from,
+    message_values,
+    new_id,
+    new_message,
+    now_iso,
+    session_from,
+    tool_calls_from,
+)
 from tether.tokens import digest
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -46,20 +60,10 @@ Synchronous = Literal["FULL", "NORMAL"]
 # Frames per INSERT statement: 4 variables each, within the 999 variables of older SQLites.
 FRAMES_PER_INSERT = 240
 
-INTERRUPTED_TOOL_RESULT = "Error: interrupted: the server stopped before the tool returned"
 
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def load_migrations() -> list[tuple[int, str]]:
-    """(version, sql) for every `NNNN_*.sql` file shipped in the migrations package."""
-    folder = resources.files("tether.store.migrations")
+def load_migrations(package: str = "tether.store.migrations") -> list[tuple[int, str]]:
+    """(version, sql) for every `NNNN_*.sql` file shipped in the migrations `package`."""
+    folder = resources.files(package)
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -78,6 +82,8 @@ def fts_query(text: str, syntax: SearchSyntax) -> str:
         raise BadRequest("q must not be empty")
     if syntax == "words":
         return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+    if syntax != "fts5":
+        raise BadRequest(f"syntax {syntax} is PostgreSQL's; this server stores in SQLite: use fts5")
     # Checked against an empty in-memory index: what fails there is the query's syntax, never
     # the database.
     with contextlib.closing(sqlite3.connect(":memory:")) as probe:
@@ -87,23 +93,6 @@ def fts_query(text: str, syntax: SearchSyntax) -> str:
         except sqlite3.OperationalError as exc:
             raise BadRequest(f"q is not an FTS5 query: {exc}") from None
     return text
-
-
-def _tool_calls_json(calls: Iterable[ToolCall]) -> str | None:
-    encoded = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]
-    return json.dumps(encoded) if encoded else None
-
-
-def _tool_calls_from(raw: str | None) -> tuple[ToolCall, ...]:
-    if not raw:
-        return ()
-    return tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(raw))
-
-
-_MESSAGE_COLUMNS = (
-    "id, session_id, parent_id, role, content, created_at, status, name, tool_call_id, "
-    "tool_calls, model, finish_reason, prompt_tokens, completion_tokens"
-)
 
 
 # A branch, or its tail (`Store.branch`): walked up by parent_id from the leaf, each step one
@@ -120,50 +109,8 @@ WITH RECURSIVE chain(id, up, is_user, depth, covered) AS (
     FROM chain JOIN messages m ON m.id = chain.up
     WHERE :bound IS NULL OR chain.covered < :bound OR NOT chain.is_user
 )
-SELECT {_MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
+SELECT {MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
 """
-
-
-def _message(row: aiosqlite.Row) -> Message:
-    return Message(
-        id=row["id"],
-        session_id=row["session_id"],
-        parent_id=row["parent_id"],
-        role=row["role"],
-        content=row["content"],
-        created_at=row["created_at"],
-        status=row["status"],
-        name=row["name"],
-        tool_call_id=row["tool_call_id"],
-        tool_calls=_tool_calls_from(row["tool_calls"]),
-        model=row["model"],
-        finish_reason=row["finish_reason"],
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-    )
-
-
-def _session(row: aiosqlite.Row) -> Session:
-    return Session(
-        id=row["id"],
-        title=row["title"],
-        agent_id=row["agent_id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        active_leaf_id=row["active_leaf_id"],
-    )
-
-
-def _agent(row: aiosqlite.Row) -> Agent:
-    return Agent(
-        id=row["id"],
-        name=row["name"],
-        system_prompt=row["system_prompt"],
-        markdown_context=row["markdown_context"],
-        default_options=json.loads(row["default_options"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
 
 
 class SQLiteStore:
@@ -178,6 +125,7 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._file_lock = DatabaseLock(path)
+        self._cancel_handlers: list[Callable[[str], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -297,14 +245,14 @@ class SQLiteStore:
 
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
-        return _session(row) if row else None
+        return session_from(row) if row else None
 
     async def list_sessions(self, limit: int = 100, offset: int = 0) -> list[Session]:
         rows = await self._fetchall(
             "SELECT * FROM sessions ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
             (limit, offset),
         )
-        return [_session(row) for row in rows]
+        return [session_from(row) for row in rows]
 
     async def update_session(self, session_id: str, *, title: str) -> Session | None:
         async with self._transaction() as conn:
@@ -314,7 +262,7 @@ class SQLiteStore:
             )
             async with conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
                 row = await cur.fetchone()
-        return _session(row) if row else None
+        return session_from(row) if row else None
 
     async def delete_session(self, session_id: str) -> bool:
         async with self._transaction() as conn:
@@ -331,45 +279,14 @@ class SQLiteStore:
     async def _insert_message(
         self, conn: aiosqlite.Connection, session_id: str, parent_id: str | None, new: NewMessage
     ) -> Message:
-        stamp = now_iso()
-        message = Message(
-            id=new_id(),
-            session_id=session_id,
-            parent_id=parent_id,
-            role=new.role,
-            content=new.content,
-            created_at=stamp,
-            status=new.status,
-            name=new.name,
-            tool_call_id=new.tool_call_id,
-            tool_calls=new.tool_calls,
-            model=new.model,
-            finish_reason=new.finish_reason,
-            prompt_tokens=new.prompt_tokens,
-            completion_tokens=new.completion_tokens,
-        )
+        message = new_message(session_id, parent_id, new)
         await conn.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-            (
-                message.id,
-                session_id,
-                parent_id,
-                message.role,
-                message.content,
-                stamp,
-                message.status,
-                message.name,
-                message.tool_call_id,
-                _tool_calls_json(message.tool_calls),
-                message.model,
-                message.finish_reason,
-                message.prompt_tokens,
-                message.completion_tokens,
-            ),
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+            message_values(message),
         )
         await conn.execute(
             "UPDATE sessions SET updated_at = ?, active_leaf_id = ? WHERE id = ?",
-            (stamp, message.id, session_id),
+            (message.created_at, message.id, session_id),
         )
         return message
 
@@ -446,19 +363,19 @@ class SQLiteStore:
             row = await cursor.fetchone()
         if row is None:
             raise NotFound(f"session {session_id!r} does not exist")
-        return _session(row)
+        return session_from(row)
 
     async def _message_in(
         self, conn: aiosqlite.Connection, message_id: str, session_id: str
     ) -> Message:
         async with conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND session_id = ?",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND session_id = ?",
             (message_id, session_id),
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
             raise NotFound(f"message {message_id!r} is not in session {session_id!r}")
-        return _message(row)
+        return message_from(row)
 
     async def _user_message_in(
         self, conn: aiosqlite.Connection, message_id: str, session_id: str
@@ -488,27 +405,38 @@ class SQLiteStore:
             ),
         )
 
-    async def append_message(
-        self,
-        session_id: str,
-        parent_id: str,
-        message: NewMessage,
-        *,
-        turn_id: str | None = None,
-        ends_turn: bool = False,
+    async def append_message(self, session_id: str, parent_id: str, message: NewMessage) -> Message:
+        async with self._transaction() as conn:
+            return await self._insert_message(conn, session_id, parent_id, message)
+
+    async def append_to_turn(
+        self, session_id: str, parent_id: str, message: NewMessage, *, turn_id: str
     ) -> Message:
         async with self._transaction() as conn:
             stored = await self._insert_message(conn, session_id, parent_id, message)
-            if turn_id is not None and ends_turn:
-                await conn.execute("DELETE FROM turns WHERE user_message_id = ?", (turn_id,))
-            elif turn_id is not None:
-                await conn.execute(
-                    "UPDATE turns SET head_id = ? WHERE user_message_id = ?", (stored.id, turn_id)
-                )
+            await conn.execute(
+                "UPDATE turns SET head_id = ? WHERE user_message_id = ?", (stored.id, turn_id)
+            )
             return stored
 
+    async def end_turn(
+        self, session_id: str, parent_id: str, message: NewMessage, *, turn_id: str
+    ) -> Message:
+        async with self._transaction() as conn:
+            stored = await self._insert_message(conn, session_id, parent_id, message)
+            await conn.execute("DELETE FROM turns WHERE user_message_id = ?", (turn_id,))
+            return stored
+
+    # -- recovery (one process per file: whatever is open at start-up is a dead one's) ------
+
+    recovery_interval_sec: float | None = None
+
+    @asynccontextmanager
+    async def orphans(self) -> AsyncIterator[Orphans]:
+        yield Orphans(None)
+
     async def close_open_turns(
-        self, partial_answers: Mapping[str, str] | None = None
+        self, orphans: Orphans, partial_answers: Mapping[str, str] | None = None
     ) -> dict[str, Message]:
         partial_answers = partial_answers or {}
         closed: dict[str, Message] = {}
@@ -556,18 +484,18 @@ class SQLiteStore:
         # message again (one turn of a message runs at a time); a user message there (a chat
         # with that parent_id) starts another turn.
         row = await self._fetchone(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? AND role != 'user' "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? AND role != 'user' "
             "ORDER BY rowid DESC LIMIT 1",
             (user_message_id,),
         )
         while True:
             if row is None or row["role"] == "user":
                 return None
-            message = _message(row)
+            message = message_from(row)
             if message.role == "assistant" and not message.tool_calls:
                 return message
             row = await self._fetchone(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
                 "ORDER BY rowid LIMIT 1",
                 (message.id,),
             )
@@ -591,29 +519,29 @@ class SQLiteStore:
                 continue
             if row["role"] != "assistant":
                 return []
-            return [c for c in _tool_calls_from(row["tool_calls"]) if c.id not in answered]
+            return [c for c in tool_calls_from(row["tool_calls"]) if c.id not in answered]
         return []
 
     async def list_messages(self, session_id: str) -> list[Message]:
         rows = await self._fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY rowid",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY rowid",
             (session_id,),
         )
-        return [_message(row) for row in rows]
+        return [message_from(row) for row in rows]
 
     async def set_active_leaf(self, session_id: str, message_id: str) -> Message:
         async with self._transaction() as conn:
             leaf = await self._message_in(conn, message_id, session_id)
             while True:
                 async with conn.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
                     "ORDER BY rowid DESC LIMIT 1",
                     (leaf.id,),
                 ) as cursor:
                     row = await cursor.fetchone()
                 if row is None:
                     break
-                leaf = _message(row)
+                leaf = message_from(row)
             await conn.execute(
                 "UPDATE sessions SET active_leaf_id = ? WHERE id = ?", (leaf.id, session_id)
             )
@@ -655,7 +583,7 @@ class SQLiteStore:
 
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
         rows = await self._fetchall(BRANCH_SQL, {"leaf": message_id, "bound": covering_bytes})
-        return [_message(row) for row in rows]
+        return [message_from(row) for row in rows]
 
     # -- the frame journal ------------------------------------------------------------------
 
@@ -701,7 +629,7 @@ class SQLiteStore:
                     "UPDATE journals SET ended_at = ? WHERE request_id = ?", ended
                 )
 
-    async def open_journals(self) -> list[OpenJournal]:
+    async def open_journals(self, orphans: Orphans) -> list[OpenJournal]:
         rows = await self._fetchall(
             "SELECT j.request_id, j.user_message_id, e.frame FROM journals j "
             "LEFT JOIN events e USING (request_id) "
@@ -732,9 +660,33 @@ class SQLiteStore:
             return None
         return JournalRecord(request_id, row["token_digest"], row["question_digest"])
 
+    async def journal_tail(self, request_id: str, after_seq: int) -> JournalTail | None:
+        rows = await self._fetchall(
+            "SELECT j.ended_at, e.frame FROM journals j "
+            "LEFT JOIN events e ON e.request_id = j.request_id AND e.seq > ? "
+            "WHERE j.request_id = ? ORDER BY e.seq",
+            (after_seq, request_id),
+        )
+        if not rows:
+            return None
+        frames = [row["frame"] for row in rows if row["frame"] is not None]
+        return JournalTail(frames, rows[0]["ended_at"] is not None)
+
+    @asynccontextmanager
+    async def journal_changes(self, request_id: str) -> AsyncIterator[asyncio.Event]:
+        yield asyncio.Event()  # one process per file: no other process writes its journals
+
+    # -- run signals (one process per file: they stay in it) --------------------------------
+
+    async def request_cancel(self, request_id: str) -> None:
+        for handler in self._cancel_handlers:
+            handler(request_id)
+
+    def on_cancel_request(self, handler: Callable[[str], None]) -> None:
+        self._cancel_handlers.append(handler)
+
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
-        cutoff = datetime.now(UTC) - timedelta(seconds=max_age_sec)
-        stamp = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        stamp = iso(datetime.now(UTC) - timedelta(seconds=max_age_sec))
         async with self._transaction() as conn:
             # Ended more than max_age_sec ago; then, newest kept first, the ended journals
             # beyond max_rows frames.
@@ -789,14 +741,16 @@ class SQLiteStore:
             async with conn.execute("SELECT * FROM agents WHERE id = ?", (agent.id,)) as cursor:
                 row = await cursor.fetchone()
         assert row is not None
-        return _agent(row)
+        return agent_from(row)
 
     async def get_agent(self, agent_id: str) -> Agent | None:
         row = await self._fetchone("SELECT * FROM agents WHERE id = ?", (agent_id,))
-        return _agent(row) if row else None
+        return agent_from(row) if row else None
 
     async def list_agents(self) -> list[Agent]:
-        return [_agent(row) for row in await self._fetchall("SELECT * FROM agents ORDER BY name")]
+        return [
+            agent_from(row) for row in await self._fetchall("SELECT * FROM agents ORDER BY name")
+        ]
 
     async def delete_agent(self, agent_id: str) -> bool:
         async with self._transaction() as conn:

@@ -13,7 +13,7 @@ line's request_id, refused with an HTTP error status before they start.
     GET   /sessions/{id}/messages[?tree=true]
     PUT   /sessions/{id}/active                            {message_id}
     PATCH /sessions/{id}                                   {title}
-    GET   /search?q=...[&limit=20][&session_id=...][&syntax=words|fts5]
+    GET   /search?q=...[&limit=20][&session_id=...][&syntax=words|fts5|websearch]
 
 Each session keeps an active leaf: every message stored moves it there (so a new turn, an edit,
 a regeneration is what the session shows next), `PUT .../active` moves it to the newest leaf
@@ -29,7 +29,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from tether.errors import BadRequest, NotFound
 from tether.protocol import ChatFrame, ChatOptions, RegenerateFrame, RequestId
-from tether.store.base import Message, Session, Store
+from tether.store.base import Message, SearchSyntax, Session, SessionStore
 from tether.transports.http_body import path_id, read_body, read_json
 from tether.transports.ndjson import parse_chat_body, stream_turn
 from tether.transports.rest import message_json, query_model, session_json, validation_problems
@@ -77,7 +77,7 @@ class SearchQuery(BaseModel):
     q: str = Field(max_length=1000)
     limit: int = Field(default=20, ge=1, le=100)
     session_id: str | None = None
-    syntax: Literal["words", "fts5"] = "words"
+    syntax: SearchSyntax = "words"
 
 
 async def _body(request: Request, model: type[M]) -> M:
@@ -100,7 +100,7 @@ async def _edit_body(request: Request) -> ChatFrame:
     return frame
 
 
-async def _session(store: Store, session_id: str) -> Session:
+async def _session(store: SessionStore, session_id: str) -> Session:
     session = await store.get_session(session_id)
     if session is None:
         raise NotFound(f"session {session_id!r} does not exist")

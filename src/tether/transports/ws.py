@@ -102,6 +102,8 @@ class ChatSocket:
         self.limits = limits
         self.hub = hub
         self.watching: dict[str, Watcher] = {}  # running requests this socket receives
+        # Requests running on another replica that this socket follows through the journal.
+        self.following: dict[str, asyncio.Task[None]] = {}
         # Requests this socket may resume and cancel: request_id -> their token's digest.
         self.known: OrderedDict[str, str] = OrderedDict()
         self.guard = SocketGuard(limits)  # message rate and idle timeout
@@ -117,7 +119,7 @@ class ChatSocket:
     async def serve(self) -> None:
         await self.websocket.accept()
         self.outbox.start()
-        self.guard.start(self.close, busy=lambda: bool(self.watching))
+        self.guard.start(self.close, busy=lambda: bool(self.watching or self.following))
         if self.hub is not None:
             self.hub.add(self)
         client = self.websocket.client
@@ -144,6 +146,9 @@ class ChatSocket:
         watchers, self.watching = self.watching, {}
         for watcher in watchers.values():
             watcher.run.unwatch(watcher)
+        following, self.following = self.following, {}
+        for task in following.values():
+            task.cancel()
 
     def _stalled(self, reason: str) -> None:
         """The client does not take its frames: it is closed (1008) and its runs go on."""
@@ -169,7 +174,7 @@ class ChatSocket:
         request's own seq stays contiguous. About any other id it is numbered on its own, from
         0 (it is all this socket hears of that id).
         """
-        if request_id in self.watching or request_id in self.known:
+        if request_id in self.watching or request_id in self.following or request_id in self.known:
             self.outbox.put(ServerFrame(request_id, None, body).text)
         else:
             self.outbox.put(RequestFrames(request_id).next(body).text)
@@ -214,14 +219,14 @@ class ChatSocket:
         if isinstance(frame, ChatFrame | RegenerateFrame):
             await self._start(frame)
         elif isinstance(frame, CancelFrame):
-            self._cancel(frame)
+            await self._cancel(frame)
         elif isinstance(frame, PingFrame):
             self.send_body(frame.request_id, PongBody())
         elif isinstance(frame, ResumeFrame):
             await self._resume(frame)
 
     def _too_busy(self) -> ErrorBody | None:
-        if len(self.watching) < self.limits.max_requests_per_socket:
+        if len(self.watching) + len(self.following) < self.limits.max_requests_per_socket:
             return None
         return ErrorBody(
             "busy",
@@ -241,6 +246,11 @@ class ChatSocket:
         refusal = self._too_busy()
         if refusal is not None:
             self.send_body(request_id, refusal)
+            return
+        if await self.runs.running_elsewhere(request_id):  # on another replica
+            self.send_body(
+                request_id, ErrorBody("conflict", f"request {request_id!r} is already running")
+            )
             return
         # The same question under the id of an ended request: the client is retrying (it may
         # never have seen `processing`); it gets what became of it, as a resume would.
@@ -292,7 +302,30 @@ class ChatSocket:
         if not frames:
             self._not_found(request_id, self._no_resume(request_id))
             return
-        await self._replay(frames, after_seq)
+        if frames[-1].final:
+            await self._replay(frames, after_seq)
+        elif request_id not in self.following:  # running on another replica
+            refusal = self._too_busy()
+            if refusal is not None:
+                self.send_body(request_id, refusal)
+                return
+            self.following[request_id] = asyncio.create_task(
+                self._follow(request_id, after_seq), name=f"follow:{request_id}"
+            )
+
+    async def _follow(self, request_id: str, after_seq: int) -> None:
+        """Queue the frames of a request another replica runs, from the shared journal, at the
+        client's pace, to its final frame (each once, in order: seq goes on from after_seq)."""
+        try:
+            async for frame in self.runs.follow(request_id, after_seq):
+                if not await self.outbox.room():
+                    return
+                self.outbox.put(frame.text)
+        except Exception:
+            log.exception("ws.follow_failed", request_id=request_id)
+        finally:
+            if self.following.get(request_id) is asyncio.current_task():
+                del self.following[request_id]
 
     @staticmethod
     def _no_resume(request_id: str) -> str:
@@ -311,13 +344,20 @@ class ChatSocket:
                 return
             self.outbox.put(frame.text)
 
-    def _cancel(self, frame: CancelFrame) -> None:
+    async def _cancel(self, frame: CancelFrame) -> None:
         request_id = frame.request_id
         run = self.runs.get(request_id)
         if run is not None and self._may(request_id, frame.token, run.token_digest):
             if not run.ended:
                 run.control.cancel()
             return  # a cancel that raced the request's completion needs no answer
+        if (
+            run is None
+            and await self.runs.running_elsewhere(request_id)
+            and self._may(request_id, frame.token, await self.runs.token_digest(request_id))
+        ):
+            await self.runs.cancel_elsewhere(request_id)  # the replica running it cancels it
+            return
         if request_id not in self.known:  # (one this socket knows has ended: quiet)
             self._not_found(
                 request_id,
