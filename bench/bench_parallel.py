@@ -37,11 +37,12 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import MODEL, ROOT, free_port
+from harness import MODEL, ROOT, Goal, Outcome, Profile, free_port
 from llamacpp_stream import sse_turn
 from llamacpp_stream import tokens_per_s as tps
 
 CONCURRENCY = (1, 2, 4, 8)
+QUICK_CONCURRENCY = (1, 4)  # what the ratio needs: a quick run stays short
 TETHER_MODEL = "SmolLM2-135M-Instruct.Q4_1"
 Run = dict[str, float]
 
@@ -150,11 +151,13 @@ def summary(loads: list[dict[str, Any]], solo_tps: float) -> dict[str, float]:
 def run(
     quick: bool, *, parallel: int = 8, threads: int | None = None, max_tokens: int | None = None
 ) -> dict[str, Any]:
-    """Measure both servers; `quick`: one round of 64 tokens (else three of 128)."""
+    """Measure both servers; `quick`: one round of 32 tokens at 1 and 4 at once (else three
+    of 128 at 1, 2, 4 and 8)."""
     if not MODEL.is_file():
         raise FileNotFoundError(f"{MODEL} is missing: run ./setup.sh")
     threads = threads or os.cpu_count() or 1
-    rounds, max_tokens = (1, max_tokens or 64) if quick else (3, max_tokens or 128)
+    rounds, max_tokens = (1, max_tokens or 32) if quick else (3, max_tokens or 128)
+    levels = QUICK_CONCURRENCY if quick else CONCURRENCY
     raw: dict[str, dict[int, list[dict[str, Any]]]] = {}
     gains = kernel(threads, 3 if quick else 6)
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,9 +168,9 @@ def run(
                 wait_ready(url, process)
                 models[name] = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
                 load(url, models[name], 1, 8, "warm")
-                raw[name] = {c: [] for c in CONCURRENCY}
+                raw[name] = {c: [] for c in levels}
             for round_ in range(rounds):
-                for c in CONCURRENCY:
+                for c in levels:
                     for name, _, url in servers:
                         raw[name][c].append(load(url, models[name], c, max_tokens, f"{round_}{c}"))
         finally:
@@ -186,6 +189,33 @@ def run(
     peer = result["llama_cpp.server"]
     result["peer_ratio"] = peer[4]["aggregate_tps"] / peer[1]["aggregate_tps"]
     return result
+
+
+def parallel_decoding(profile: Profile) -> Outcome:
+    """`bench/run.py`'s entry: `run` at the profile's length and threads, as an `Outcome`."""
+    result = run(profile.quick, threads=profile.threads)
+    figures: dict[str, float | int | str] = {
+        "peer_ratio": round(result["peer_ratio"], 3),
+        "kernel_gain_at_4": round(result["kernel"][4], 3),
+        "threads": result["threads"],
+        "max_tokens": result["max_tokens"],
+    }
+    for name in ("tether", "llama_cpp.server"):
+        for c, row in result[name].items():
+            figures[f"{name}_{c}_aggregate_tps"] = round(row["aggregate_tps"], 1)
+            figures[f"{name}_{c}_ttft_median_ms"] = round(row["ttft_median_ms"], 1)
+    return Outcome(
+        ratio=result["ratio"],
+        summary=(
+            f"aggregate tok/s at 4 at once / at 1 (llama_cpp.server {result['peer_ratio']:.2f}; "
+            f"llama.cpp's own batching gain here {result['kernel'][4]:.2f})"
+        ),
+        figures=figures,
+        goals=(
+            Goal("aggregate at 4 / at 1", result["ratio"], ">=", 2.5),
+            Goal("slowest stream at 4 / solo", result["share_at_4"], ">=", 0.5),
+        ),
+    )
 
 
 def table(result: dict[str, Any]) -> str:

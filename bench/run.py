@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 
+from bench_parallel import parallel_decoding
 from detector_scaling import detector_scaling
 from echo_ws import stream_overhead, turn_overhead
 from fairness import bench_fairness
@@ -42,6 +43,8 @@ BENCHMARKS = (
               detector_scaling),
     Benchmark("idle_sockets_rss", "RSS added by 1,000 idle sockets, tether vs bare websockets",
               idle_sockets_rss),
+    Benchmark("parallel_decoding", "SmolLM2 at 1, 2, 4, 8 requests at once, Tether at parallel 8 "
+              "beside llama_cpp.server", parallel_decoding, needs_model=True),
     Benchmark("bench_fairness", "a short turn beside ten floods vs alone (issue 14)",
               bench_fairness),
 )  # fmt: skip
