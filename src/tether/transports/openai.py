@@ -31,7 +31,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,6 +303,20 @@ class Completion:
     id: str
     created: int
     model: str
+    # The SSE event of a text delta around its JSON string, rendered once: a token then costs
+    # one string's encoding, not a whole chunk's (the bytes are the same).
+    _text_event: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # JSON escapes a control character, so its rendering is found only where it was put.
+        placeholder = json.dumps("\x00").encode()
+        head, _, tail = self.delta({"content": "\x00"}).rpartition(placeholder)
+        object.__setattr__(self, "_text_event", (head, tail))
+
+    def text(self, text: str) -> bytes:
+        """The SSE event of a text delta (as `delta({"content": text})`)."""
+        head, tail = self._text_event
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
@@ -364,7 +378,7 @@ async def _sse_stream(
         while True:
             event = await events.get()
             if isinstance(event, TextDelta):
-                yield completion.delta({"content": event.text})
+                yield completion.text(event.text)
             elif isinstance(event, ToolCallsRequested):
                 calls = event.calls
                 indexed = [{"index": i, **call} for i, call in enumerate(openai_tool_calls(calls))]
