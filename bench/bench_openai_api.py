@@ -7,14 +7,17 @@ Three peers, each in a process of its own with the model loaded once:
 - llama_cpp.server: its OpenAI-compatible server, asked over HTTP with the same body as Tether;
 - tether: a real `tether serve --engine llamacpp`, asked over HTTP (SSE) like the other server.
 
-Rounds alternate (raw, llama_cpp.server, tether, raw, ...) so that machine noise hits all alike;
-the medians are reported with the ratios tether / raw and tether / llama_cpp.server:
+Each round runs the three once, in an order that rotates from round to round (so none always
+goes first, after the client's idle time, or last); one full-length warm-up round is not counted.
+The ratios reported are the medians of each round's own ratios (tether / raw, tether /
+llama_cpp.server), which a load that comes and goes on a shared machine moves far less than the
+ratio of the medians (also printed):
 
 - decode tokens/s: completion tokens after the first over the time from first to last token,
   measured by the client (tokens: the usage chunk where the server sends one, else the chunks);
 - time to first token: from sending the request to the first text.
 
-    .venv/bin/python bench/bench_openai_api.py [--rounds 5] [--max-tokens 200] [--threads 2]
+    .venv/bin/python bench/bench_openai_api.py [--rounds 9] [--max-tokens 200] [--threads 2]
 """
 
 from __future__ import annotations
@@ -110,14 +113,24 @@ def start_servers(
     return llama_server, f"http://127.0.0.1:{llama_port}", tether, f"http://127.0.0.1:{tether_port}"
 
 
+def paired(runs: list[Run], peer: list[Run]) -> float:
+    """The median of the rounds' own decode ratios runs / peer."""
+    ratios = [tps(ours) / tps(theirs) for ours, theirs in zip(runs, peer, strict=True)]
+    return statistics.median(ratios)
+
+
 def report(name: str, runs: list[Run], raw: list[Run], server: list[Run]) -> None:
     ours = statistics.median(tps(r) for r in runs)
     raw_tps = statistics.median(tps(r) for r in raw)
     server_tps = statistics.median(tps(r) for r in server)
     print(
         f"decode tokens/s   raw {raw_tps:6.1f}   llama_cpp.server {server_tps:6.1f}   "
-        f"{name} {ours:6.1f}   ratio vs raw {ours / raw_tps:.3f}   "
+        f"{name} {ours:6.1f}   ratio of medians vs raw {ours / raw_tps:.3f}   "
         f"vs llama_cpp.server {ours / server_tps:.3f}"
+    )
+    print(
+        f"decode, median of per-round ratios: vs raw {paired(runs, raw):.3f}   "
+        f"vs llama_cpp.server {paired(runs, server):.3f}"
     )
     ttft = statistics.median(r["ttft"] for r in runs) * 1000
     raw_ttft = statistics.median(r["ttft"] for r in raw) * 1000
@@ -131,7 +144,7 @@ def report(name: str, runs: list[Run], raw: list[Run], server: list[Run]) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
@@ -157,14 +170,27 @@ def main() -> None:
             with httpx.Client(timeout=600) as client:
                 model = "SmolLM2-135M-Instruct.Q4_1"
                 llama_model = client.get(f"{llama_url}/v1/models").json()["data"][0]["id"]
-                sse_turn(client, llama_url, llama_model, 8)  # warm up both
-                sse_turn(client, tether_url, model, 8)
-                for round_ in range(1, args.rounds + 1):
+
+                def raw() -> Run:
+                    assert peer.stdin is not None
+                    assert peer.stdout is not None
                     peer.stdin.write("go\n")
                     peer.stdin.flush()
-                    raw_runs.append(json.loads(peer.stdout.readline()))
-                    server_runs.append(sse_turn(client, llama_url, llama_model, args.max_tokens))
-                    tether_runs.append(sse_turn(client, tether_url, model, args.max_tokens))
+                    run: Run = json.loads(peer.stdout.readline())
+                    return run
+
+                n = args.max_tokens
+                peers = [
+                    (raw_runs, raw),
+                    (server_runs, lambda: sse_turn(client, llama_url, llama_model, n)),
+                    (tether_runs, lambda: sse_turn(client, tether_url, model, n)),
+                ]
+                for _, turn in peers:  # warm up all three at full length, not counted
+                    turn()
+                for round_ in range(1, args.rounds + 1):
+                    shift = round_ % len(peers)
+                    for runs, turn in peers[shift:] + peers[:shift]:
+                        runs.append(turn())
                     print(
                         f"round {round_}: raw {tps(raw_runs[-1]):6.1f} tok/s "
                         f"({raw_runs[-1]['tokens']:.0f} tok), llama_cpp.server "
@@ -179,7 +205,7 @@ def main() -> None:
                 process.wait(timeout=30)
             peer.stdin.close()
             peer.wait(timeout=30)
-    print(f"threads {args.threads}, max_tokens {args.max_tokens}, {args.rounds} rounds (median)")
+    print(f"threads {args.threads}, max_tokens {args.max_tokens}, {args.rounds} rounds (rotating)")
     report("tether /v1", tether_runs, raw_runs, server_runs)
 
 
