@@ -262,6 +262,9 @@ class ToolCallDetector:
         return len(self._carry) + self._held_len
 
     def feed(self, text: str) -> list[DetectorEvent]:
+        if self._state is _State.TEXT and not self._armed and not self._carry and "<" not in text:
+            # What nearly every token of an answer is: plain text that cannot start a tag.
+            return [TextPiece(text)] if text else []
         data = self._carry + text
         self._carry = ""
         i = 0

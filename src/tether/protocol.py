@@ -473,16 +473,6 @@ def frame_body(event: ChatEvent) -> FrameBody:
     raise TypeError(f"not a chat event: {event!r}")
 
 
-def event_body(event: ChatEvent) -> dict[str, Any]:
-    """The status-specific part of the frame for `event` (everything but request_id and seq)."""
-    return frame_body(event).wire()
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    """An error frame's body as plain JSON data (see `ErrorBody`)."""
-    return ErrorBody(code, message).wire()
-
-
 def processing_body(event: Accepted, resume_token: str) -> ProcessingBody:
     """The `processing` frame of a run: the event's metadata and the request's resume token."""
     body = frame_body(event)
@@ -546,12 +536,6 @@ class RequestFrames:
         frame = ServerFrame(self.request_id, self.next_seq, body)
         self.next_seq += 1
         return frame
-
-    def render(self, body: dict[str, Any]) -> str:
-        """An untyped `body` (a refusal, a pong) rendered as the next frame."""
-        frame = {"request_id": self.request_id, "seq": self.next_seq, **body}
-        self.next_seq += 1
-        return render_frame(frame)
 
 
 def render_frame(frame: dict[str, Any]) -> str:

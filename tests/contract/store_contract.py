@@ -21,7 +21,7 @@ from tether.engines.echo import EchoEngine
 from tether.engines.router import EngineRouter
 from tether.errors import BadRequest, Conflict, NotFound
 from tether.events import ChatEvent
-from tether.protocol import RequestFrames
+from tether.protocol import ChunkBody, ProcessingBody, RequestFrames
 from tether.recovery import recover
 from tether.store.base import (
     Agent,
@@ -487,10 +487,8 @@ class StoreContract:
             session_id=None, text="tell me", journal=JournalStart("r", "token-digest")
         )
         numbering = RequestFrames("r")
-        processing = numbering.render(
-            {"status": "processing", "chunk": {"metadata": {"user_message_id": start.message.id}}}
-        )
-        chunk = numbering.render({"status": "chunk", "chunk": {"type": "text", "data": "Once"}})
+        processing = numbering.next(ProcessingBody({"user_message_id": start.message.id})).text
+        chunk = numbering.next(ChunkBody("text", "Once")).text
         await store.append_journals([JournalAppend("r", 0, [processing, chunk])])
         again = await restart(store)
         await recover(again)

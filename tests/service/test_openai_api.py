@@ -277,6 +277,23 @@ async def test_an_unknown_model_is_not_found(client: AsyncOpenAI) -> None:
         await client.models.retrieve("gpt-9")
 
 
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+async def test_a_forced_tool_call_is_refused_not_answered_as_auto(
+    client: AsyncOpenAI, choice: Any
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="echo",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[WEATHER_TOOL],
+            tool_choice=choice,
+        )
+    assert caught.value.param == "tool_choice"
+    assert "not supported" in caught.value.message
+
+
 async def test_response_format_on_an_engine_that_cannot_enforce_it(client: AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from tether.errors import Conflict
-from tether.protocol import RequestFrames
+from tether.protocol import ChunkBody, ProcessingBody, RequestFrames
 from tether.recovery import recover
 from tether.store.base import JournalAppend, JournalStart, JournalTail, NewMessage
 from tether.store.postgres import PostgresStore
@@ -60,10 +60,8 @@ async def running_request(store: PostgresStore, request_id: str, text: str) -> s
     )
     numbering = RequestFrames(request_id)
     frames = [
-        numbering.render(
-            {"status": "processing", "chunk": {"metadata": {"user_message_id": start.message.id}}}
-        ),
-        numbering.render({"status": "chunk", "chunk": {"type": "text", "data": text}}),
+        numbering.next(ProcessingBody({"user_message_id": start.message.id})).text,
+        numbering.next(ChunkBody("text", text)).text,
     ]
     await store.append_journals([JournalAppend(request_id, 0, frames)])
     return start.message.id

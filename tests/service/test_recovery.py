@@ -6,30 +6,38 @@ import json
 from typing import Any
 
 from tether.engines.base import ToolCall
-from tether.protocol import RequestFrames
+from tether.protocol import (
+    ChunkBody,
+    CompleteBody,
+    FrameBody,
+    PongBody,
+    ProcessingBody,
+    RequestFrames,
+    ToolBody,
+)
 from tether.recovery import journal_facts, recover
 from tether.store.base import JournalAppend, JournalStart, NewMessage, OpenJournal, Orphans
 from tether.store.sqlite import SQLiteStore
 
 
-def frames_of(request_id: str, *bodies: dict[str, Any]) -> list[str]:
+def frames_of(request_id: str, *bodies: FrameBody) -> list[str]:
     numbering = RequestFrames(request_id)
-    return [numbering.render(body) for body in bodies]
+    return [numbering.next(body).text for body in bodies]
 
 
-def processing(user_message_id: str) -> dict[str, Any]:
-    return {"status": "processing", "chunk": {"metadata": {"user_message_id": user_message_id}}}
+def processing(user_message_id: str) -> ProcessingBody:
+    return ProcessingBody({"user_message_id": user_message_id})
 
 
-def text(data: str) -> dict[str, Any]:
-    return {"status": "chunk", "chunk": {"type": "text", "data": data}}
+def text(data: str) -> ChunkBody:
+    return ChunkBody("text", data)
 
 
-def thought(data: str) -> dict[str, Any]:
-    return {"status": "chunk", "chunk": {"type": "thinking", "data": data}}
+def thought(data: str) -> ChunkBody:
+    return ChunkBody("thinking", data)
 
 
-TOOL = {"status": "tool", "chunk": {"type": "tool_result", "data": {"id": "c1", "name": "x"}}}
+TOOL = ToolBody("tool_result", {"id": "c1", "name": "x"})
 
 
 def test_the_answer_text_is_the_text_after_the_last_tool_frame() -> None:
@@ -41,7 +49,7 @@ def test_the_answer_text_is_the_text_after_the_last_tool_frame() -> None:
     assert facts.accepted
     unaccepted = journal_facts(OpenJournal("r", frames_of("r", text("no processing"))))
     assert (unaccepted.user_message_id, unaccepted.accepted) == (None, False)
-    done = {"status": "complete", "chunk": {"metadata": {}}}
+    done = CompleteBody({})
     assert journal_facts(OpenJournal("r", frames_of("r", processing("u1"), done))).ended
 
 
@@ -98,7 +106,7 @@ async def test_an_answer_stored_before_its_complete_was_journaled(store: SQLiteS
 
 
 async def test_a_request_never_accepted_ends_with_an_error(store: SQLiteStore) -> None:
-    await store.append_journals([JournalAppend("r", 0, frames_of("r", {"status": "pong"}))])
+    await store.append_journals([JournalAppend("r", 0, frames_of("r", PongBody()))])
     await recover(store)
     final = (await decoded(store, "r"))[-1]
     assert (final["seq"], final["status"], final["error"]["code"]) == (1, "error", "interrupted")
@@ -114,7 +122,7 @@ async def test_a_journal_whose_final_frame_was_written_only_gets_its_end(
         NewMessage("assistant", "hi"),
         turn_id=start.message.id,
     )
-    done = {"status": "complete", "chunk": {"metadata": {"message_id": answer.id}}}
+    done = CompleteBody({"message_id": answer.id})
     sent = frames_of("r", processing(start.message.id), text("hi"), done)
     await store.append_journals([JournalAppend("r", 0, sent)])
     await recover(store)

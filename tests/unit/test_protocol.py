@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -35,7 +36,6 @@ from tether.protocol import (
     ResumeFrame,
     ServerFrame,
     decode_frame,
-    event_body,
     frame_body,
     parse_client_frame,
     parse_options,
@@ -262,18 +262,25 @@ def test_any_input_parses_or_fails_cleanly(raw: str | bytes) -> None:
 
 def test_seq_rises_by_one_per_request() -> None:
     frames = RequestFrames("r")
-    rendered = [json.loads(frames.render({"status": "pong"})) for _ in range(3)]
+    rendered = [json.loads(frames.next(PongBody()).text) for _ in range(3)]
     assert [f["seq"] for f in rendered] == [0, 1, 2]
     assert {f["request_id"] for f in rendered} == {"r"}
 
 
+def wire_of(event: ChatEvent) -> dict[str, Any]:
+    """What the frame of `event` says beside its request_id and seq, as the socket sends it."""
+    frame = json.loads(RequestFrames("r").next(frame_body(event)).text)
+    del frame["request_id"], frame["seq"]
+    return dict(frame)
+
+
 def test_event_bodies() -> None:
-    assert event_body(TextDelta("hi")) == {
+    assert wire_of(TextDelta("hi")) == {
         "status": "chunk",
         "chunk": {"type": "text", "data": "hi"},
     }
-    assert event_body(ThinkingDelta("hm"))["chunk"]["type"] == "thinking"
-    processing = event_body(Accepted("s", "u", "echo", 2, True))
+    assert wire_of(ThinkingDelta("hm"))["chunk"]["type"] == "thinking"
+    processing = wire_of(Accepted("s", "u", "echo", 2, True))
     assert processing["status"] == "processing"
     assert processing["chunk"]["metadata"] == {
         "session_id": "s",
@@ -282,17 +289,17 @@ def test_event_bodies() -> None:
         "queue_position": 2,
         "created_session": True,
     }
-    call = event_body(ToolCallStarted("c", "calculator", {"expression": "1"}))
+    call = wire_of(ToolCallStarted("c", "calculator", {"expression": "1"}))
     assert call["chunk"] == {
         "type": "tool_call",
         "data": {"id": "c", "name": "calculator", "arguments": {"expression": "1"}},
     }
-    ok = event_body(ToolCallFinished("c", "calculator", "1", None, 1.5))["chunk"]["data"]
+    ok = wire_of(ToolCallFinished("c", "calculator", "1", None, 1.5))["chunk"]["data"]
     assert ok == {"id": "c", "name": "calculator", "result": "1", "duration_ms": 1.5}
-    bad = event_body(ToolCallFinished("c", "calculator", None, "boom", 1.5))["chunk"]["data"]
+    bad = wire_of(ToolCallFinished("c", "calculator", None, "boom", 1.5))["chunk"]["data"]
     assert "result" not in bad
     assert bad["error"] == "boom"
-    complete = event_body(
+    complete = wire_of(
         Completed("m", "length", Usage(3, 4), Timings(1.0, 2.0, 3.0), {"trimmed_messages": 2})
     )
     assert complete["chunk"]["metadata"] == {
@@ -302,7 +309,7 @@ def test_event_bodies() -> None:
         "timings": {"ttft_ms": 1.0, "tokens_per_s": 2.0, "total_ms": 3.0},
         "trimmed_messages": 2,
     }
-    assert event_body(Failed("not_found", "nope")) == {
+    assert wire_of(Failed("not_found", "nope")) == {
         "status": "error",
         "error": {"code": "not_found", "message": "nope"},
     }
@@ -409,7 +416,7 @@ EVENTS = [
 @pytest.mark.parametrize("event", EVENTS, ids=lambda event: type(event).__name__)
 def test_a_typed_frame_reads_back_from_its_text(event: ChatEvent) -> None:
     frame = RequestFrames("r").next(frame_body(event))
-    assert json.loads(frame.encode()) == {"request_id": "r", "seq": 0, **event_body(event)}
+    assert json.loads(frame.encode()) == {"request_id": "r", "seq": 0, **wire_of(event)}
     back = decode_frame(frame.text)
     assert (back, back.text) == (frame, frame.text)
     assert back.final == isinstance(event, Completed | Failed)

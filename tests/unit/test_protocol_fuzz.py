@@ -16,10 +16,12 @@ from hypothesis import strategies as st
 from tests.support.fuzz import any_text, client_frames, junk
 from tether.protocol import (
     ChatFrame,
+    ErrorBody,
+    FrameBody,
     ProtocolError,
     RequestFrames,
     ResumeFrame,
-    error_body,
+    ToolBody,
     parse_client_frame,
     usable_request_id,
 )
@@ -30,9 +32,9 @@ LIMIT = 1000
 raw_frames = client_frames(LIMIT)
 
 
-def assert_sendable(request_id: str, body: dict[str, Any]) -> None:
+def assert_sendable(request_id: str, body: FrameBody) -> None:
     """What the server would send: valid UTF-8 JSON that reads back to the same frame."""
-    text = RequestFrames(request_id).render(body)
+    text = RequestFrames(request_id).next(body).text
     text.encode("utf-8")
     back = json.loads(text)
     assert back["request_id"] == request_id
@@ -79,7 +81,7 @@ def test_near_valid_frames_parse_or_fail_cleanly(raw: str | bytes) -> None:
     assert error.code in {"bad_request", "too_large"}
     assert error.message
     assert error.request_id is None or usable_request_id(error.request_id)
-    assert_sendable(error.request_id or "", error_body(error.code, error.message))
+    assert_sendable(error.request_id or "", ErrorBody(error.code, error.message))
 
 
 def sent_fields(raw: str | bytes) -> dict[str, Any]:
@@ -130,11 +132,12 @@ def test_a_frame_that_parses_had_the_right_types(raw: str | bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=1, max_size=200), any_text, junk)
 def test_any_server_frame_goes_out_as_utf8(request_id: str, text: str, data: Any) -> None:
-    body = {"status": "chunk", "chunk": {"type": "text", "data": text, "extra": data}}
+    # A tool call's arguments: whatever JSON the model wrote, lone surrogates included.
+    body = ToolBody("tool_call", {"id": "c", "name": "n", "arguments": {"text": text, "x": data}})
     try:
         json.dumps(data)
     except ValueError:  # integers past the digit limit never reach a frame
         return
-    rendered = RequestFrames(request_id).render(body)
+    rendered = RequestFrames(request_id).next(body).text
     rendered.encode("utf-8")
-    assert json.loads(rendered)["chunk"]["data"] == text
+    assert json.loads(rendered)["chunk"]["data"]["arguments"]["text"] == text

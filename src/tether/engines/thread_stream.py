@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
+from functools import partial
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -45,7 +47,11 @@ class ThreadStream(Generic[T]):
         self._on_cancel = on_cancel
         self._on_done = on_done
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[T | _End | _Failed] = asyncio.Queue()
+        # What the worker emitted and the consumer has not taken yet; `_waiter` is the
+        # consumer's wake-up while it waits for more (a deque and one future: cheaper per item
+        # than an asyncio.Queue, whose getter machinery a single consumer does not need).
+        self._items: deque[T | _End | _Failed] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._ended = False  # the end (or the failure) has been taken from the queue
         self.cancelled = threading.Event()
         self.done: asyncio.Future[None] = self._loop.create_future()
@@ -87,10 +93,22 @@ class ThreadStream(Generic[T]):
         return items
 
     async def _next(self) -> T | _End | _Failed:
-        item = await self._queue.get()
+        while not self._items:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
         if isinstance(item, _End | _Failed):
             self._ended = True
         return item
+
+    def _put(self, item: T | _End | _Failed) -> None:
+        """On the loop: queue `item` and wake the consumer if it waits."""
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     # -- worker thread side --------------------------------------------------------------------
 
@@ -100,7 +118,7 @@ class ThreadStream(Generic[T]):
             self._loop.call_soon_threadsafe(callback)
 
     def emit(self, item: T) -> None:
-        self._post(lambda: self._queue.put_nowait(item))
+        self._post(partial(self._put, item))
 
     def end(self, error: BaseException | None = None) -> None:
         """The last call of the worker: the stream is over (failed with `error` if given)."""
@@ -115,4 +133,4 @@ class ThreadStream(Generic[T]):
                 self._on_done()  # directly: a consumer that saw the end finds resources freed
         finally:
             self.done.set_result(None)
-            self._queue.put_nowait(outcome)
+            self._put(outcome)

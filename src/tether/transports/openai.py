@@ -10,8 +10,9 @@ Request fields (others are ignored, as OpenAI ignores them): `model` (omitted: t
 unknown: 404 `model_not_found`), `messages` (system/developer/user/assistant/tool; content a
 string or text parts; assistant `tool_calls`, tool `tool_call_id`), `temperature`, `top_p`,
 `max_tokens` / `max_completion_tokens`, `stop`, `seed`, `n` (1 only), `stream`,
-`stream_options.include_usage`, `tools` + `tool_choice` (`none`, `auto`, `required` (offered as
-`auto`), or one named function), `response_format` (`text`, `json_object`, `json_schema`:
+`stream_options.include_usage`, `tools` + `tool_choice` (`none`: no tools offered, `auto`;
+`required` and a named function, which force a call, are a 400: no engine forces one yet),
+`response_format` (`text`, `json_object`, `json_schema`:
 enforced by a grammar on llamacpp, passed on by the openai engine, 400 on engines that cannot).
 The request's tools are offered to the model as Tether offers its own (`tools/prompt.py`, read
 back by the detector); its calls come back as `tool_calls` for the client to run. Tether's own
@@ -31,7 +32,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -246,13 +247,20 @@ def _offered_tools(request: ChatCompletionRequest) -> tuple[ToolSpec, ...]:
     choice = request.tool_choice
     if choice == "none":
         return ()
-    if isinstance(choice, NamedToolChoice):
-        named = tuple(spec for spec in specs if spec.name == choice.function.name)
-        if not named:
-            raise InvalidRequest(
-                f"tool_choice: no tool named {choice.function.name!r} in tools", "tool_choice"
-            )
-        return named
+    if isinstance(choice, NamedToolChoice) and not any(
+        spec.name == choice.function.name for spec in specs
+    ):
+        raise InvalidRequest(
+            f"tool_choice: no tool named {choice.function.name!r} in tools", "tool_choice"
+        )
+    if choice == "required" or isinstance(choice, NamedToolChoice):
+        # OpenAI's meaning is "the answer is a call"; offering the tools would not make it one,
+        # and no engine of Tether forces a call yet: say so rather than answer as `auto`.
+        raise InvalidRequest(
+            "tool_choice: forcing a tool call is not supported by Tether's engines yet; "
+            'use "auto" or "none"',
+            "tool_choice",
+        )
     return specs
 
 
@@ -303,6 +311,20 @@ class Completion:
     id: str
     created: int
     model: str
+    # The SSE event of a text delta around its JSON string, rendered once: a token then costs
+    # one string's encoding, not a whole chunk's (the bytes are the same).
+    _text_event: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # JSON escapes a control character, so its rendering is found only where it was put.
+        placeholder = json.dumps("\x00").encode()
+        head, _, tail = self.delta({"content": "\x00"}).rpartition(placeholder)
+        object.__setattr__(self, "_text_event", (head, tail))
+
+    def text(self, text: str) -> bytes:
+        """The SSE event of a text delta (as `delta({"content": text})`)."""
+        head, tail = self._text_event
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
@@ -364,7 +386,7 @@ async def _sse_stream(
         while True:
             event = await events.get()
             if isinstance(event, TextDelta):
-                yield completion.delta({"content": event.text})
+                yield completion.text(event.text)
             elif isinstance(event, ToolCallsRequested):
                 calls = event.calls
                 indexed = [{"index": i, **call} for i, call in enumerate(openai_tool_calls(calls))]
