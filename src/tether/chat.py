@@ -35,6 +35,7 @@ from tether.engines.base import (
     EngineBusyError,
     EngineError,
     FinishReason,
+    ForcedCall,
     GenerationOptions,
     GenerationRequest,
     ModelInfo,
@@ -130,6 +131,8 @@ class StatelessTurn:
     tools: tuple[ToolSpec, ...] = ()
     # The JSON schema the answer must follow (OpenAI's `response_format`); None: free text.
     json_schema: dict[str, Any] | None = None
+    # The answer must be a call of one of `tools` (OpenAI's forcing `tool_choice`).
+    forced_call: ForcedCall | None = None
 
     def generation(self) -> GenerationOptions:
         return dataclasses.replace(self.options.generation_options(), json_schema=self.json_schema)
@@ -472,8 +475,9 @@ class ChatService:
         self, turn: StatelessTurn, emit: StatelessSink, control: TurnControl | None = None
     ) -> None:
         """Run one stateless turn, telling `emit` every event: `Started` (or `Failed` when it is
-        refused: unknown model, a full queue, a `json_schema` the model cannot enforce), the
-        deltas, `ToolCallsRequested` if the model called tools, then `Completed` (or `Failed`).
+        refused: unknown model, a full queue, a `json_schema` or `forced_call` the model cannot
+        enforce), the deltas, `ToolCallsRequested` if the model called tools, then `Completed`
+        (or `Failed`).
         The same admission, engine line and detector as `run_turn`; nothing is stored, so a
         cancelled turn just ends (`finish_reason: cancelled`). Never raises TetherErrors."""
         control = control or TurnControl()
@@ -485,6 +489,11 @@ class ChatService:
                 raise BadRequest(
                     f"response_format: the {model_info.engine} engine cannot enforce a JSON "
                     f"answer (model {model_info.id!r})"
+                )
+            if turn.forced_call is not None and not model_info.forced_calls:
+                raise BadRequest(
+                    f"tool_choice: the {model_info.engine} engine cannot force a tool call "
+                    f'(model {model_info.id!r}); use "auto" or "none"'
                 )
             position, release = self._admit(engine, model_info.id)
         except (TetherError, EngineError) as exc:
@@ -514,6 +523,8 @@ class ChatService:
             ),
             model=model,
             options=turn.generation(),
+            tools=turn.tools,
+            forced_call=turn.forced_call,
             usage_sink=current.record_usage,
         )
         release()  # from here the engine's own line counts this turn
