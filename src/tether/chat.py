@@ -119,11 +119,12 @@ class Turn:
 @dataclass(frozen=True, slots=True)
 class StatelessTurn:
     """A turn that carries its whole conversation (what an OpenAI request sends) and stores
-    nothing: one engine round over `messages`. `tools` are offered to the model (rendered into
+    nothing: engine rounds over `messages`. `tools` are offered to the model (rendered into
     the system prompt as Tether's own are) but never run: the calls the model makes come back
-    as `ToolCallsRequested` for the client to run. `options.tools` is not used (Tether's tools
-    are not offered). The server's system prompt leads `messages` that have no system message.
-    `Completed.message_id` is the `request_id` (no message is stored)."""
+    as `ToolCallsRequested` for the client to run. Tether's own tools are offered and run only
+    when the service has `stateless_tools` (then `options.tools` decides, as on a stored turn;
+    see `_StatelessSteps`). The server's system prompt leads `messages` that have no system
+    message. `Completed.message_id` is the `request_id` (no message is stored)."""
 
     request_id: str
     messages: tuple[ChatMessage, ...]
@@ -324,12 +325,16 @@ class ChatService:
         engine: EngineRouter,
         system_prompt: str,
         tool_policy: ToolPolicy = NO_TOOLS,
+        stateless_tools: ToolPolicy = NO_TOOLS,
         max_tool_loops: int = 5,
     ) -> None:
         self.store = store
         self.engine = engine
         self.system_prompt = system_prompt
         self.tool_policy = tool_policy
+        # The server's own tools a stateless turn offers and runs (`openai_api.run_server_tools`);
+        # NO_TOOLS: it offers only its own, for the client to run.
+        self.stateless_tools = stateless_tools
         self.max_tool_loops = max_tool_loops
         # Turns that continue a session's active branch go one at a time (tether.session_turns).
         self.sessions = SessionTurns()
@@ -501,70 +506,134 @@ class ChatService:
             return
         try:
             await emit(Started(model_info.id, position))
-            await self._stateless_round(turn, emit, control, clock, engine, model_info.id, release)
+            steps = _StatelessSteps(self, turn, emit, control, clock, engine, model_info)
+            await steps.run(release)
         finally:
             release()
-
-    async def _stateless_round(
-        self,
-        turn: StatelessTurn,
-        emit: StatelessSink,
-        control: TurnControl,
-        clock: _Clock,
-        engine: Engine,
-        model: str,
-        release: Callable[[], None],
-    ) -> None:
-        current = _Round()
-        request = GenerationRequest(
-            request_id=turn.request_id,
-            messages=_with_tools_prompt(
-                self._with_system(turn.messages), self.tool_policy.prompt(turn.tools)
-            ),
-            model=model,
-            options=turn.generation(),
-            tools=turn.tools,
-            forced_call=turn.forced_call,
-            usage_sink=current.record_usage,
-        )
-        release()  # from here the engine's own line counts this turn
-        generation = _generate(
-            engine,
-            request,
-            current,
-            emit,
-            clock,
-            show_thoughts=turn.options.show_thoughts,
-            detector=self.tool_policy.detector(bool(turn.tools)),
-        )
-        finish: FinishReason
-        try:
-            await control.run(generation)
-            finish = current.finish_reason
-        except TurnCancelled:
-            finish = "cancelled"
-        except Exception as exc:
-            failure = _error_event(exc)
-            if failure.code == "internal":
-                log.exception("turn.failed")
-            await emit(failure)
-            return
-        for bad_call in current.malformed:  # not a call the client could run: say it as text
-            await emit(TextDelta(bad_call.raw))
-        if current.calls:
-            await emit(ToolCallsRequested(tuple(current.calls)))
-        clock.completion_tokens = current.usage.completion_tokens
-        await emit(
-            Completed(
-                turn.request_id, finish, current.usage, clock.timings(), dict(current.metadata)
-            )
-        )
 
     def _with_system(self, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
         """The server's system prompt leads a conversation that brings none."""
         if any(message.role == "system" for message in messages) or not self.system_prompt:
             return messages
         return (ChatMessage(role="system", content=self.system_prompt), *messages)
+
+
+@dataclass(slots=True)
+class _StatelessSteps:
+    """A stateless turn's engine rounds. Offered: the turn's own tools, and the server's
+    (`ChatService.stateless_tools`, if it offers them to the model; a turn's tool of the same
+    name wins). A round whose calls are all of the server's tools has them run, their results
+    join the conversation and another round follows (up to `max_tool_loops`; only the first is
+    held to `forced_call`); any other round ends the turn, its calls of the turn's own tools
+    coming back as `ToolCallsRequested` (the server's tools called beside them are not run).
+    Usage is summed over the rounds."""
+
+    chat: ChatService
+    turn: StatelessTurn
+    emit: StatelessSink
+    control: TurnControl
+    clock: _Clock
+    engine: Engine
+    model_info: ModelInfo
+    usage: Usage = field(default_factory=Usage)
+    current: _Round = field(default_factory=_Round)
+
+    def server_specs(self) -> tuple[ToolSpec, ...]:
+        policy = self.chat.stateless_tools
+        own = {spec.name for spec in self.turn.tools}
+        offered = policy.offered(policy.offers(self.model_info, self.turn.options))
+        return tuple(spec for spec in offered if spec.name not in own)
+
+    async def run(self, release: Callable[[], None]) -> None:
+        server = {spec.name for spec in self.server_specs()}
+        specs = (*self.turn.tools, *self.server_specs())
+        fragment = self.chat.tool_policy.prompt(specs)
+        messages = list(_with_tools_prompt(self.chat._with_system(self.turn.messages), fragment))
+        forced = self.turn.forced_call
+        finish: FinishReason = "stop"
+        try:
+            for loop in range(self.chat.max_tool_loops + 1):
+                await self.round(messages, specs, forced, release)
+                forced, finish, calls = None, self.current.finish_reason, self.current.calls
+                if not calls or any(call.name not in server for call in calls):
+                    break
+                if loop == self.chat.max_tool_loops:
+                    finish = "tool_loop_limit"
+                    break
+                messages += await self.control.run(self.run_tools(calls))
+        except TurnCancelled:
+            finish = "cancelled"
+        except Exception as exc:
+            failure = _error_event(exc)
+            if failure.code == "internal":
+                log.exception("turn.failed")
+            await self.emit(failure)
+            return
+        await self.finish(finish, server)
+
+    async def round(
+        self,
+        messages: list[ChatMessage],
+        specs: tuple[ToolSpec, ...],
+        forced: ForcedCall | None,
+        release: Callable[[], None],
+    ) -> None:
+        self.current = _Round()
+        request = GenerationRequest(
+            request_id=self.turn.request_id,
+            messages=tuple(messages),
+            model=self.model_info.id,
+            options=self.turn.generation(),
+            tools=specs,
+            forced_call=forced,
+            usage_sink=self.current.record_usage,
+        )
+        release()  # from here the engine's own line counts this turn
+        generation = _generate(
+            self.engine,
+            request,
+            self.current,
+            self.emit,
+            self.clock,
+            show_thoughts=self.turn.options.show_thoughts,
+            detector=self.chat.tool_policy.detector(bool(specs)),
+        )
+        try:
+            await self.control.run(generation)
+        finally:
+            self.usage = Usage(
+                self.usage.prompt_tokens + self.current.usage.prompt_tokens,
+                self.usage.completion_tokens + self.current.usage.completion_tokens,
+            )
+
+    async def run_tools(self, calls: list[ToolCall]) -> list[ChatMessage]:
+        """Run the round's calls of the server's tools: the calling answer and the results."""
+        results = await self.chat.stateless_tools.runner.run(list(calls))
+        answer = ChatMessage("assistant", "".join(self.current.text), tool_calls=tuple(calls))
+        return [
+            answer,
+            *(
+                ChatMessage("tool", _result_text(r), r.name, tool_call_id=r.call_id)
+                for r in results
+            ),
+        ]
+
+    async def finish(self, finish: FinishReason, server: set[str]) -> None:
+        for bad_call in self.current.malformed:  # not a call the client could run: say it as text
+            await self.emit(TextDelta(bad_call.raw))
+        calls = tuple(call for call in self.current.calls if call.name not in server)
+        if calls:
+            await self.emit(ToolCallsRequested(calls))
+        self.clock.completion_tokens = self.usage.completion_tokens
+        metadata = dict(self.current.metadata)
+        await self.emit(
+            Completed(self.turn.request_id, finish, self.usage, self.clock.timings(), metadata)
+        )
+
+
+def _result_text(result: ToolResult) -> str:
+    """A tool's result as the model reads it (an error says so)."""
+    return (result.result or "") if result.error is None else f"Error: {result.error}"
 
 
 @dataclass(slots=True)
@@ -756,13 +825,12 @@ class _TurnSteps:
         return _to_chat_message(stored)
 
     async def store_result(self, result: ToolResult) -> ChatMessage:
-        content = result.result if result.error is None else f"Error: {result.error}"
         stored = await self.chat.store.append_to_turn(
             self.session_id,
             self.head,
             NewMessage(
                 role="tool",
-                content=content or "",
+                content=_result_text(result),
                 name=result.name,
                 tool_call_id=result.call_id,
                 status="complete" if result.error is None else "error",

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from tests.support.servers import ServerProcess, tether_serve
 from tests.support.timeouts import scaled
+from tether.engines.echo import split_words
 
 pytestmark = pytest.mark.e2e
 
@@ -142,3 +143,76 @@ def test_forcing_a_call_without_tools_is_a_bad_request(tiny: openai.OpenAI) -> N
     with pytest.raises(openai.BadRequestError) as caught:
         tiny.chat.completions.create(model="tiny", messages=ASK, tool_choice="required")
     assert caught.value.param == "tool_choice"
+
+
+# -- Tether's own tools on /v1 (openai_api.run_server_tools) ----------------------------------
+
+SERVER_CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "6 * 7"}}</tool_call>'
+ADD_TOOL: Any = openai.pydantic_function_tool(Add)
+
+
+@pytest.fixture(scope="module")
+def tools_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("openai-server-tools")
+    env = {"TETHER_OPENAI_API__RUN_SERVER_TOOLS": "true"}
+    with tether_serve(tmp, "--engine", "echo", "--db", str(tmp / "t.db"), env=env) as running:
+        yield running
+
+
+@pytest.fixture
+def with_tools(tools_server: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=f"{tools_server.http_url}/v1", api_key="unused", max_retries=0, timeout=scaled(60)
+    ) as opened:
+        yield opened
+
+
+def test_the_server_runs_its_own_tool_and_the_client_gets_the_answer(
+    with_tools: openai.OpenAI,
+) -> None:
+    # The echo model calls the server's calculator (what the user wrote), then answers from its
+    # result: the client sees only that answer.
+    messages: list[Any] = [{"role": "user", "content": SERVER_CALL}]
+    answer = with_tools.chat.completions.create(model="echo", messages=messages)
+    choice = answer.choices[0]
+    assert choice.message.content == "Tool calculator returned: 42"
+    assert choice.message.tool_calls is None
+    assert choice.finish_reason == "stop"
+    assert answer.usage is not None  # both rounds: echo makes a token of each word it says
+    said = split_words(SERVER_CALL) + split_words("Tool calculator returned: 42")
+    assert answer.usage.completion_tokens == len(said)
+    stream = with_tools.chat.completions.create(model="echo", messages=messages, stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == choice.message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_calls_of_the_requests_own_tools_still_go_to_the_client(
+    with_tools: openai.OpenAI,
+) -> None:
+    call = '<tool_call>{"name": "Add", "arguments": {"a": 2, "b": 40}}</tool_call>'
+    messages: list[Any] = [{"role": "user", "content": call}]
+    answer = with_tools.chat.completions.create(model="echo", messages=messages, tools=[ADD_TOOL])
+    assert answer.choices[0].finish_reason == "tool_calls"
+    [sent] = answer.choices[0].message.tool_calls or []
+    assert sent.type == "function"
+    assert sent.function.name == "Add"
+    assert json.loads(sent.function.arguments) == {"a": 2, "b": 40}
+
+
+def test_tool_choice_none_offers_the_servers_tools_neither(with_tools: openai.OpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": SERVER_CALL}]
+    answer = with_tools.chat.completions.create(
+        model="echo", messages=messages, tools=[ADD_TOOL], tool_choice="none"
+    )
+    assert answer.choices[0].message.content == SERVER_CALL  # text: no tool was offered
+
+
+def test_by_default_the_servers_tools_are_not_offered(tiny_server: ServerProcess) -> None:
+    with openai.OpenAI(
+        base_url=f"{tiny_server.http_url}/v1", api_key="unused", max_retries=0, timeout=scaled(60)
+    ) as client:
+        messages: list[Any] = [{"role": "user", "content": SERVER_CALL}]
+        answer = client.chat.completions.create(model="echo", messages=messages)
+    assert answer.choices[0].message.content == SERVER_CALL
+    assert answer.choices[0].finish_reason == "stop"

@@ -18,7 +18,8 @@ enforced by a grammar on llamacpp, passed on by the openai engine, 400 on engine
 a forced call outranks it).
 The request's tools are offered to the model as Tether offers its own (`tools/prompt.py`, read
 back by the detector); its calls come back as `tool_calls` for the client to run. Tether's own
-tools are not offered on this route.
+tools are offered on this route only with `openai_api.run_server_tools`: then the server runs
+their calls and answers with what the model says after (`chat._StatelessSteps`).
 
 Every refusal has OpenAI's error body, `{"error": {"message", "type", "param", "code"}}` (built
 by `openai_error` and `tether.openai_errors`, also for the app's handlers and the security
@@ -289,6 +290,8 @@ def stateless_turn(request: ChatCompletionRequest, request_id: str) -> Stateless
             max_tokens=request.max_completion_tokens or request.max_tokens,
             seed=request.seed,
             stop=request.stop,
+            # "none": no tools at all, the server's (`openai_api.run_server_tools`) included.
+            tools=False if request.tool_choice == "none" else None,
         )
     except ValidationError as exc:  # Tether's bounds of a chat's options (seed, stop, ...)
         error = exc.errors(include_url=False)[0]
