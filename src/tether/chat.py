@@ -511,12 +511,6 @@ class ChatService:
         finally:
             release()
 
-    def _with_system(self, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
-        """The server's system prompt leads a conversation that brings none."""
-        if any(message.role == "system" for message in messages) or not self.system_prompt:
-            return messages
-        return (ChatMessage(role="system", content=self.system_prompt), *messages)
-
 
 @dataclass(slots=True)
 class _StatelessSteps:
@@ -544,11 +538,19 @@ class _StatelessSteps:
         offered = policy.offered(policy.offers(self.model_info, self.turn.options))
         return tuple(spec for spec in offered if spec.name not in own)
 
+    def opening(self, specs: tuple[ToolSpec, ...]) -> list[ChatMessage]:
+        """The turn's messages, led by the server's system prompt when they bring none, with
+        the offered tools' fragment in the system message."""
+        messages, system_prompt = self.turn.messages, self.chat.system_prompt
+        if system_prompt and not any(message.role == "system" for message in messages):
+            messages = (ChatMessage(role="system", content=system_prompt), *messages)
+        return list(_with_tools_prompt(messages, self.chat.tool_policy.prompt(specs)))
+
     async def run(self, release: Callable[[], None]) -> None:
-        server = {spec.name for spec in self.server_specs()}
-        specs = (*self.turn.tools, *self.server_specs())
-        fragment = self.chat.tool_policy.prompt(specs)
-        messages = list(_with_tools_prompt(self.chat._with_system(self.turn.messages), fragment))
+        server_specs = self.server_specs()
+        server = {spec.name for spec in server_specs}
+        specs = (*self.turn.tools, *server_specs)
+        messages = self.opening(specs)
         forced = self.turn.forced_call
         finish: FinishReason = "stop"
         try:

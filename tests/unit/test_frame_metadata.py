@@ -21,6 +21,7 @@ from tether.protocol import (
     frame_body,
     processing_body,
 )
+from tether.transports.api_docs import DoneData
 
 
 def frame_text(status: str, chunk: dict[str, Any]) -> str:
@@ -98,3 +99,7 @@ def test_a_body_missing_or_mistyping_a_field_is_no_frame(
 ) -> None:
     with pytest.raises(FrameError):
         decode_frame(frame_text(status, chunk))
+
+
+def test_the_api_docs_name_every_fact_of_a_done_line() -> None:
+    assert set(AnswerFacts.__dataclass_fields__) <= set(DoneData.model_fields)
