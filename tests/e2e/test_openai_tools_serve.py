@@ -139,6 +139,21 @@ def test_a_forced_call_streams_as_a_tool_call_delta(tiny: openai.OpenAI) -> None
     Add.model_validate(json.loads(call.function.arguments or ""))
 
 
+def test_a_forced_call_outranks_response_format(tiny: openai.OpenAI) -> None:
+    completion = tiny.chat.completions.create(
+        model="tiny",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "Add"}},
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=300,
+    )
+    name, arguments = the_call(completion)
+    assert name == "Add"
+    assert isinstance(arguments, Add)
+
+
 def test_forcing_a_call_without_tools_is_a_bad_request(tiny: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         tiny.chat.completions.create(model="tiny", messages=ASK, tool_choice="required")
