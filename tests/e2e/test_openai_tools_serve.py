@@ -2,7 +2,8 @@
 
 A forced call (`tool_choice` `required` or a named function) on the tiny random-weight GGUF:
 its nonsense weights make any call that parses and validates the grammar's doing, not the
-model's.
+model's. Tether's own tools on `/v1` (`openai_api.run_server_tools`) on the echo model, which
+calls what the user writes and then says the tool's result.
 """
 
 from __future__ import annotations
