@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tether.chat import ChatService, ToolPolicy
+from tether.chat import NO_TOOLS, ChatService, ToolPolicy
 from tether.config import Settings
 from tether.engines.base import Engine, UnknownModelError
 from tether.engines.factory import build_router
@@ -237,11 +237,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             timeout_s=settings.limits.tool_timeout_sec,
             max_result_bytes=settings.tools.max_result_bytes,
         )
+        server_tools = ToolPolicy(runner=tools)
         chat = ChatService(
             store=store,
             engine=router,
             system_prompt=settings.engine.system_prompt,
-            tool_policy=ToolPolicy(runner=tools),
+            tool_policy=server_tools,
+            stateless_tools=server_tools if settings.openai_api.run_server_tools else NO_TOOLS,
             max_tool_loops=settings.limits.max_tool_loops,
         )
         runs = RunRegistry(chat, store, settings.reliability, metrics)

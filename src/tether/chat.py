@@ -36,6 +36,7 @@ from tether.engines.base import (
     EngineBusyError,
     EngineError,
     FinishReason,
+    ForcedCall,
     GenerationOptions,
     GenerationRequest,
     ModelInfo,
@@ -132,11 +133,12 @@ class Turn:
 @dataclass(frozen=True, slots=True)
 class StatelessTurn:
     """A turn that carries its whole conversation (what an OpenAI request sends) and stores
-    nothing: one engine round over `messages`. `tools` are offered to the model (rendered into
+    nothing: engine rounds over `messages`. `tools` are offered to the model (rendered into
     the system prompt as Tether's own are) but never run: the calls the model makes come back
-    as `ToolCallsRequested` for the client to run. `options.tools` is not used (Tether's tools
-    are not offered). The server's system prompt leads `messages` that have no system message.
-    `Completed.message_id` is the `request_id` (no message is stored)."""
+    as `ToolCallsRequested` for the client to run. Tether's own tools are offered and run only
+    when the service has `stateless_tools` (then `options.tools` decides, as on a stored turn;
+    see `_StatelessSteps`). The server's system prompt leads `messages` that have no system
+    message. `Completed.message_id` is the `request_id` (no message is stored)."""
 
     request_id: str
     messages: tuple[ChatMessage, ...]
@@ -144,6 +146,8 @@ class StatelessTurn:
     tools: tuple[ToolSpec, ...] = ()
     # The JSON schema the answer must follow (OpenAI's `response_format`); None: free text.
     json_schema: dict[str, Any] | None = None
+    # The answer must be a call of one of `tools` (OpenAI's forcing `tool_choice`).
+    forced_call: ForcedCall | None = None
 
     def generation(self) -> GenerationOptions:
         return dataclasses.replace(self.options.generation_options(), json_schema=self.json_schema)
@@ -335,12 +339,16 @@ class ChatService:
         engine: EngineRouter,
         system_prompt: str,
         tool_policy: ToolPolicy = NO_TOOLS,
+        stateless_tools: ToolPolicy = NO_TOOLS,
         max_tool_loops: int = 5,
     ) -> None:
         self.store = store
         self.engine = engine
         self.system_prompt = system_prompt
         self.tool_policy = tool_policy
+        # The server's own tools a stateless turn offers and runs (`openai_api.run_server_tools`);
+        # NO_TOOLS: it offers only its own, for the client to run.
+        self.stateless_tools = stateless_tools
         self.max_tool_loops = max_tool_loops
         # Turns that continue a session's active branch go one at a time (tether.session_turns).
         self.sessions = SessionTurns()
@@ -486,8 +494,9 @@ class ChatService:
         self, turn: StatelessTurn, emit: StatelessSink, control: TurnControl | None = None
     ) -> None:
         """Run one stateless turn, telling `emit` every event: `Started` (or `Failed` when it is
-        refused: unknown model, a full queue, a `json_schema` the model cannot enforce), the
-        deltas, `ToolCallsRequested` if the model called tools, then `Completed` (or `Failed`).
+        refused: unknown model, a full queue, a `json_schema` or `forced_call` the model cannot
+        enforce), the deltas, `ToolCallsRequested` if the model called tools, then `Completed`
+        (or `Failed`).
         The same admission, engine line and detector as `run_turn`; nothing is stored, so a
         cancelled turn just ends (`finish_reason: cancelled`). Never raises TetherErrors."""
         control = control or TurnControl()
@@ -500,74 +509,147 @@ class ChatService:
                     f"response_format: the {model_info.engine} engine cannot enforce a JSON "
                     f"answer (model {model_info.id!r})"
                 )
+            if turn.forced_call is not None and not model_info.forced_calls:
+                raise BadRequest(
+                    f"tool_choice: the {model_info.engine} engine cannot force a tool call "
+                    f'(model {model_info.id!r}); use "auto" or "none"'
+                )
             position, release = self._admit(engine, model_info.id)
         except (TetherError, EngineError) as exc:
             await emit(_error_event(exc))
             return
         try:
             await emit(Started(model_info.id, position))
-            await self._stateless_round(turn, emit, control, clock, engine, model_info.id, release)
+            steps = _StatelessSteps(self, turn, emit, control, clock, engine, model_info)
+            await steps.run(release)
         finally:
             release()
 
-    async def _stateless_round(
-        self,
-        turn: StatelessTurn,
-        emit: StatelessSink,
-        control: TurnControl,
-        clock: _Clock,
-        engine: Engine,
-        model: str,
-        release: Callable[[], None],
-    ) -> None:
-        current = _Round()
-        request = GenerationRequest(
-            request_id=turn.request_id,
-            messages=_with_tools_prompt(
-                self._with_system(turn.messages), self.tool_policy.prompt(turn.tools)
-            ),
-            model=model,
-            options=turn.generation(),
-            usage_sink=current.record_usage,
-        )
-        release()  # from here the engine's own line counts this turn
-        generation = _generate(
-            engine,
-            request,
-            current,
-            emit,
-            clock,
-            show_thoughts=turn.options.show_thoughts,
-            detector=self.tool_policy.detector(bool(turn.tools)),
-        )
-        finish: FinishReason
+
+@dataclass(slots=True)
+class _StatelessSteps:
+    """A stateless turn's engine rounds. Offered: the turn's own tools, and the server's
+    (`ChatService.stateless_tools`, if it offers them to the model; a turn's tool of the same
+    name wins). A round whose calls are all of the server's tools has them run, their results
+    join the conversation and another round follows (up to `max_tool_loops`; only the first is
+    held to `forced_call`); any other round ends the turn, its calls of the turn's own tools
+    coming back as `ToolCallsRequested` (the server's tools called beside them are not run).
+    Usage is summed over the rounds."""
+
+    chat: ChatService
+    turn: StatelessTurn
+    emit: StatelessSink
+    control: TurnControl
+    clock: _Clock
+    engine: Engine
+    model_info: ModelInfo
+    usage: Usage = field(default_factory=Usage)
+    current: _Round = field(default_factory=_Round)
+
+    def server_specs(self) -> tuple[ToolSpec, ...]:
+        policy = self.chat.stateless_tools
+        own = {spec.name for spec in self.turn.tools}
+        offered = policy.offered(policy.offers(self.model_info, self.turn.options))
+        return tuple(spec for spec in offered if spec.name not in own)
+
+    def opening(self, specs: tuple[ToolSpec, ...]) -> list[ChatMessage]:
+        """The turn's messages, led by the server's system prompt when they bring none, with
+        the offered tools' fragment in the system message."""
+        messages, system_prompt = self.turn.messages, self.chat.system_prompt
+        if system_prompt and not any(message.role == "system" for message in messages):
+            messages = (ChatMessage(role="system", content=system_prompt), *messages)
+        return list(_with_tools_prompt(messages, self.chat.tool_policy.prompt(specs)))
+
+    async def run(self, release: Callable[[], None]) -> None:
+        server_specs = self.server_specs()
+        server = {spec.name for spec in server_specs}
+        specs = (*self.turn.tools, *server_specs)
+        messages = self.opening(specs)
+        forced = self.turn.forced_call
+        finish: FinishReason = "stop"
         try:
-            await control.run(generation)
-            finish = current.finish_reason
+            for loop in range(self.chat.max_tool_loops + 1):
+                await self.round(messages, specs, forced, release)
+                forced, finish, calls = None, self.current.finish_reason, self.current.calls
+                if not calls or any(call.name not in server for call in calls):
+                    break
+                if loop == self.chat.max_tool_loops:
+                    finish = "tool_loop_limit"
+                    break
+                messages += await self.control.run(self.run_tools(calls))
         except TurnCancelled:
             finish = "cancelled"
         except Exception as exc:
             failure = _error_event(exc)
             if failure.code == "internal":
                 log.exception("turn.failed")
-            await emit(failure)
+            await self.emit(failure)
             return
-        for bad_call in current.malformed:  # not a call the client could run: say it as text
-            await emit(TextDelta(bad_call.raw))
-        if current.calls:
-            await emit(ToolCallsRequested(tuple(current.calls)))
-        clock.completion_tokens = current.usage.completion_tokens
-        await emit(
-            Completed(
-                turn.request_id, finish, current.usage, clock.timings(), dict(current.metadata)
+        await self.finish(finish, server)
+
+    async def round(
+        self,
+        messages: list[ChatMessage],
+        specs: tuple[ToolSpec, ...],
+        forced: ForcedCall | None,
+        release: Callable[[], None],
+    ) -> None:
+        self.current = _Round()
+        request = GenerationRequest(
+            request_id=self.turn.request_id,
+            messages=tuple(messages),
+            model=self.model_info.id,
+            options=self.turn.generation(),
+            tools=specs,
+            forced_call=forced,
+            usage_sink=self.current.record_usage,
+        )
+        release()  # from here the engine's own line counts this turn
+        generation = _generate(
+            self.engine,
+            request,
+            self.current,
+            self.emit,
+            self.clock,
+            show_thoughts=self.turn.options.show_thoughts,
+            detector=self.chat.tool_policy.detector(bool(specs)),
+        )
+        try:
+            await self.control.run(generation)
+        finally:
+            self.usage = Usage(
+                self.usage.prompt_tokens + self.current.usage.prompt_tokens,
+                self.usage.completion_tokens + self.current.usage.completion_tokens,
             )
+
+    async def run_tools(self, calls: list[ToolCall]) -> list[ChatMessage]:
+        """Run the round's calls of the server's tools: the calling answer and the results."""
+        results = await self.chat.stateless_tools.runner.run(list(calls))
+        answer = ChatMessage("assistant", "".join(self.current.text), tool_calls=tuple(calls))
+        return [
+            answer,
+            *(
+                ChatMessage("tool", _result_text(r), r.name, tool_call_id=r.call_id)
+                for r in results
+            ),
+        ]
+
+    async def finish(self, finish: FinishReason, server: set[str]) -> None:
+        for bad_call in self.current.malformed:  # not a call the client could run: say it as text
+            await self.emit(TextDelta(bad_call.raw))
+        calls = tuple(call for call in self.current.calls if call.name not in server)
+        if calls:
+            await self.emit(ToolCallsRequested(calls))
+        self.clock.completion_tokens = self.usage.completion_tokens
+        metadata = dict(self.current.metadata)
+        await self.emit(
+            Completed(self.turn.request_id, finish, self.usage, self.clock.timings(), metadata)
         )
 
-    def _with_system(self, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
-        """The server's system prompt leads a conversation that brings none."""
-        if any(message.role == "system" for message in messages) or not self.system_prompt:
-            return messages
-        return (ChatMessage(role="system", content=self.system_prompt), *messages)
+
+def _result_text(result: ToolResult) -> str:
+    """A tool's result as the model reads it (an error says so)."""
+    return (result.result or "") if result.error is None else f"Error: {result.error}"
 
 
 @dataclass(slots=True)
@@ -759,13 +841,12 @@ class _TurnSteps:
         return _to_chat_message(stored)
 
     async def store_result(self, result: ToolResult) -> ChatMessage:
-        content = result.result if result.error is None else f"Error: {result.error}"
         stored = await self.chat.store.append_to_turn(
             self.session_id,
             self.head,
             NewMessage(
                 role="tool",
-                content=content or "",
+                content=_result_text(result),
                 name=result.name,
                 tool_call_id=result.call_id,
                 status="complete" if result.error is None else "error",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import unicodedata
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from tether import jsonsafe
-from tether.engines.base import GenerationOptions, Usage
+from tether.engines.base import FinishReason, GenerationOptions, Usage
 from tether.events import (
     Accepted,
     ChatEvent,
@@ -38,6 +38,7 @@ from tether.events import (
     Queued,
     TextDelta,
     ThinkingDelta,
+    Timings,
     ToolCallFinished,
     ToolCallStarted,
 )
@@ -326,18 +327,33 @@ class QueuedBody:
 
 @dataclass(frozen=True, slots=True)
 class ProcessingBody:
-    """The request was accepted: `metadata` as sent (session_id, user_message_id, model,
-    queue_position, created_session, resume_token)."""
+    """The request was accepted: its user message is stored (`user_message_id`, in
+    `session_id`, which `created_session` says is new), `queue_position` requests go before it
+    on `model`'s line; `resume_token` lets another socket resume or cancel it (a run's
+    `processing` frame always has one; None: not sent)."""
 
-    metadata: dict[str, Any]
+    session_id: str
+    user_message_id: str
+    model: str
+    queue_position: int
+    created_session: bool
+    resume_token: str | None = None
 
-    @property
-    def user_message_id(self) -> str | None:
-        value = self.metadata.get("user_message_id")
-        return value if isinstance(value, str) else None
+    def metadata(self) -> dict[str, Any]:
+        """The frame's `metadata` object (and the NDJSON `start` line's data)."""
+        metadata: dict[str, Any] = {
+            "session_id": self.session_id,
+            "user_message_id": self.user_message_id,
+            "model": self.model,
+            "queue_position": self.queue_position,
+            "created_session": self.created_session,
+        }
+        if self.resume_token is not None:
+            metadata["resume_token"] = self.resume_token
+        return metadata
 
     def wire(self) -> dict[str, Any]:
-        return {"status": "processing", "chunk": {"metadata": self.metadata}}
+        return {"status": "processing", "chunk": {"metadata": self.metadata()}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,26 +366,89 @@ class ChunkBody:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolBody:
-    """A tool call began (`tool_call`: id, name, arguments) or ended (`tool_result`: id, name,
-    result or error, duration_ms)."""
+class ToolCallBody:
+    """A tool call began: `arguments` as the model gave them (any JSON object)."""
 
-    kind: Literal["tool_call", "tool_result"]
-    data: dict[str, Any]
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def data(self) -> dict[str, Any]:
+        return {"id": self.call_id, "name": self.name, "arguments": self.arguments}
 
     def wire(self) -> dict[str, Any]:
-        return {"status": "tool", "chunk": {"type": self.kind, "data": self.data}}
+        return {"status": "tool", "chunk": {"type": "tool_call", "data": self.data()}}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultBody:
+    """A tool call ended: its `result`, or its `error` (then `result` is not sent)."""
+
+    call_id: str
+    name: str
+    result: str | None
+    error: str | None
+    duration_ms: float
+
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.call_id, "name": self.name}
+        if self.error is None:
+            data["result"] = self.result
+        else:
+            data["error"] = self.error
+        data["duration_ms"] = self.duration_ms
+        return data
+
+    def wire(self) -> dict[str, Any]:
+        return {"status": "tool", "chunk": {"type": "tool_result", "data": self.data()}}
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerFacts:
+    """How an answer came about, beside its usage in the `complete` metadata (a fact left None
+    is not sent). From the engine's final delta (`Completed.extra`, whose keys are these
+    names), or from recovery."""
+
+    trimmed_messages: int | None = None  # llamacpp: older messages left out of the window
+    cached_tokens: int | None = None  # llamacpp: prompt tokens reused, not evaluated
+    truncated_messages: int | None = None  # llamacpp: messages shortened to fit
+    usage_estimated: bool | None = None  # openai, mlc: the upstream sent no usage
+    recovered: bool | None = None  # closed at start-up after a crash (`tether.recovery`)
+
+    def wire(self) -> dict[str, Any]:
+        return {name: value for name in _FACT_NAMES if (value := getattr(self, name)) is not None}
+
+
+_FACT_NAMES = tuple(AnswerFacts.__dataclass_fields__)
 
 
 @dataclass(frozen=True, slots=True)
 class CompleteBody:
-    """The answer is stored: `metadata` as sent (message_id, finish_reason, usage, timings and
-    extras such as `recovered`)."""
+    """The answer is stored as `message_id`."""
 
-    metadata: dict[str, Any]
+    message_id: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+    facts: AnswerFacts = field(default_factory=AnswerFacts)
+
+    def metadata(self) -> dict[str, Any]:
+        """The frame's `metadata` object (and the NDJSON `done` line's data)."""
+        timings = self.timings
+        return {
+            "message_id": self.message_id,
+            "finish_reason": self.finish_reason,
+            "usage": _usage(self.usage),
+            "timings": {
+                "ttft_ms": timings.ttft_ms,
+                "tokens_per_s": timings.tokens_per_s,
+                "total_ms": timings.total_ms,
+            },
+            **self.facts.wire(),
+        }
 
     def wire(self) -> dict[str, Any]:
-        return {"status": "complete", "chunk": {"metadata": self.metadata}}
+        return {"status": "complete", "chunk": {"metadata": self.metadata()}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +470,16 @@ class PongBody:
         return {"status": "pong"}
 
 
-FrameBody = QueuedBody | ProcessingBody | ChunkBody | ToolBody | CompleteBody | ErrorBody | PongBody
+FrameBody = (
+    QueuedBody
+    | ProcessingBody
+    | ChunkBody
+    | ToolCallBody
+    | ToolResultBody
+    | CompleteBody
+    | ErrorBody
+    | PongBody
+)
 FINAL_BODIES = (CompleteBody, ErrorBody)  # a request's last frame is one of these
 
 
@@ -434,39 +522,22 @@ def frame_body(event: ChatEvent) -> FrameBody:
             return ChunkBody("thinking", text)
         case Accepted():
             return ProcessingBody(
-                {
-                    "session_id": event.session_id,
-                    "user_message_id": event.user_message_id,
-                    "model": event.model,
-                    "queue_position": event.queue_position,
-                    "created_session": event.created_session,
-                }
+                event.session_id,
+                event.user_message_id,
+                event.model,
+                event.queue_position,
+                event.created_session,
             )
         case ToolCallStarted():
-            return ToolBody(
-                "tool_call", {"id": event.call_id, "name": event.name, "arguments": event.arguments}
-            )
+            return ToolCallBody(event.call_id, event.name, event.arguments)
         case ToolCallFinished():
-            data: dict[str, Any] = {"id": event.call_id, "name": event.name}
-            if event.error is None:
-                data["result"] = event.result
-            else:
-                data["error"] = event.error
-            data["duration_ms"] = event.duration_ms
-            return ToolBody("tool_result", data)
+            return ToolResultBody(
+                event.call_id, event.name, event.result, event.error, event.duration_ms
+            )
         case Completed():
+            facts = AnswerFacts(**event.extra)  # an engine's new fact needs its field there
             return CompleteBody(
-                {
-                    "message_id": event.message_id,
-                    "finish_reason": event.finish_reason,
-                    "usage": _usage(event.usage),
-                    "timings": {
-                        "ttft_ms": event.timings.ttft_ms,
-                        "tokens_per_s": event.timings.tokens_per_s,
-                        "total_ms": event.timings.total_ms,
-                    },
-                    **event.extra,
-                }
+                event.message_id, event.finish_reason, event.usage, event.timings, facts
             )
         case Failed(code=code, message=message):
             return ErrorBody(code, message)
@@ -477,7 +548,7 @@ def processing_body(event: Accepted, resume_token: str) -> ProcessingBody:
     """The `processing` frame of a run: the event's metadata and the request's resume token."""
     body = frame_body(event)
     assert isinstance(body, ProcessingBody)
-    return ProcessingBody({**body.metadata, "resume_token": resume_token})
+    return replace(body, resume_token=resume_token)
 
 
 class FrameError(ValueError):
@@ -487,8 +558,8 @@ class FrameError(ValueError):
 
 def decode_frame(text: str) -> ServerFrame:
     """A frame's text (as journaled, as sent) back into its typed frame, keeping `text`;
-    raises FrameError for anything else. Metadata keys are not checked (the processing and
-    complete metadata are open: an older server may have sent fewer)."""
+    raises FrameError for anything else (a missing or wrong-typed field of a body included).
+    Facts of a `complete` frame this version does not know are left out."""
     try:
         frame = json.loads(text)
         request_id, seq, body = frame["request_id"], frame.get("seq"), _decode_body(frame)
@@ -507,19 +578,33 @@ def _decode_body(frame: dict[str, Any]) -> FrameBody:
             metadata = chunk["metadata"]
             return QueuedBody(metadata["queue_position"], metadata["waiting_for"])
         case "processing", _:
-            return ProcessingBody(dict(chunk.get("metadata", {})))
+            return _PROCESSING.validate_python(chunk["metadata"])
         case "chunk", ("text" | "thinking") as kind:
             return ChunkBody(kind, chunk["data"])
-        case "tool", ("tool_call" | "tool_result") as kind:
-            return ToolBody(kind, dict(chunk["data"]))
+        case "tool", "tool_call":
+            call = chunk["data"]
+            return _TOOL_CALL.validate_python({**call, "call_id": call["id"]})
+        case "tool", "tool_result":
+            outcome = chunk["data"]
+            fields = {"result": None, "error": None, **outcome, "call_id": outcome["id"]}
+            return _TOOL_RESULT.validate_python(fields)
         case "complete", _:
-            return CompleteBody(dict(chunk.get("metadata", {})))
+            metadata = chunk["metadata"]
+            facts = {name: metadata[name] for name in _FACT_NAMES if name in metadata}
+            return _COMPLETE.validate_python({**metadata, "facts": facts})
         case "error", _:
             details = dict(frame["error"])
             return ErrorBody(details.pop("code"), details.pop("message"), details)
         case "pong", _:
             return PongBody()
     raise FrameError(f"unknown frame: status {status!r}, chunk type {chunk.get('type')!r}")
+
+
+# Lax (`"3"` is a queue position): these read Tether's own frames back, not a client's.
+_PROCESSING = TypeAdapter(ProcessingBody)
+_TOOL_CALL = TypeAdapter(ToolCallBody)
+_TOOL_RESULT = TypeAdapter(ToolResultBody)
+_COMPLETE = TypeAdapter(CompleteBody)
 
 
 class RequestFrames:

@@ -36,16 +36,18 @@ from typing import Protocol, cast, get_args
 import structlog
 
 from tether.engines.base import FinishReason, Usage
-from tether.events import Completed, Timings
+from tether.events import Timings
 from tether.protocol import (
+    AnswerFacts,
     ChunkBody,
+    CompleteBody,
     ErrorBody,
     FrameBody,
     ProcessingBody,
     RequestFrames,
-    ToolBody,
+    ToolCallBody,
+    ToolResultBody,
     decode_frame,
-    frame_body,
 )
 from tether.store.base import (
     JournalAppend,
@@ -77,10 +79,10 @@ def journal_facts(journal: OpenJournal) -> JournalFacts:
         match frame.body:
             case ProcessingBody():
                 accepted = True
-                user_message_id = frame.body.user_message_id or user_message_id
+                user_message_id = frame.body.user_message_id
             case ChunkBody(kind="text", text=chunk):
                 text.append(chunk)
-            case ToolBody():
+            case ToolCallBody() | ToolResultBody():
                 text.clear()
         ended = frame.final
     return JournalFacts(user_message_id, "".join(text), ended, accepted)
@@ -169,14 +171,13 @@ async def _final_body(
         return ErrorBody(
             "interrupted", f"the request failed and the server stopped; answer {answer.id}"
         )
-    event = Completed(
+    return CompleteBody(
         answer.id,
         _finish_reason(answer),
         Usage(answer.prompt_tokens or 0, answer.completion_tokens or 0),
         Timings(ttft_ms=None, tokens_per_s=None, total_ms=0.0),
-        {"recovered": True},
+        AnswerFacts(recovered=True),
     )
-    return frame_body(event)
 
 
 def _finish_reason(answer: Message) -> FinishReason:

@@ -28,7 +28,8 @@ from tether.protocol import (
     FrameError,
     ProcessingBody,
     ServerFrame,
-    ToolBody,
+    ToolCallBody,
+    ToolResultBody,
     decode_frame,
 )
 
@@ -185,18 +186,20 @@ class Turn:
             if reply.seq is not None:
                 self.last_seq = reply.seq
             match reply.body:
-                case ProcessingBody(metadata=metadata):
-                    session_id = metadata.get("session_id", session_id)
-                    self.token = metadata.get("resume_token")
+                case ProcessingBody(session_id=accepted_in, resume_token=token):
+                    session_id, self.token = accepted_in, token
                 case ChunkBody(kind="text", text=text):
                     self.out.write(text)
                     self.out.flush()
-                case ToolBody():
-                    self._print_tool(reply.body)
-                case CompleteBody(metadata=metadata):
+                case ToolCallBody(name=name, arguments=arguments):
+                    self.out.write(f"\n[tool {name} {json.dumps(arguments)}]")
+                case ToolResultBody(name=name, result=result, error=error):
+                    shown = result if error is None else f"error: {error}"
+                    self.out.write(f"\n[tool {name} -> {shown}]\n")
+                case CompleteBody(finish_reason=finish_reason):
                     self.out.write("\n")
                     self.out.flush()
-                    if metadata.get("finish_reason") == "interrupted":
+                    if finish_reason == "interrupted":
                         self.log("[the server stopped during this answer; it is stored as it is]")
                         return session_id, False
                     return session_id, True
@@ -213,14 +216,6 @@ class Turn:
         if self.token is not None:
             frame["token"] = self.token
         return frame
-
-    def _print_tool(self, tool: ToolBody) -> None:
-        data = tool.data
-        if tool.kind == "tool_call":
-            self.out.write(f"\n[tool {data.get('name')} {json.dumps(data.get('arguments'))}]")
-        else:
-            shown = data.get("result") if "result" in data else f"error: {data.get('error')}"
-            self.out.write(f"\n[tool {data.get('name')} -> {shown}]\n")
 
 
 async def chat(

@@ -14,14 +14,28 @@ from typing import ClassVar
 import pytest
 
 from tests.support.timeouts import scaled
+from tether.detector import CallPiece, ToolCallDetector
 from tether.engines.base import (
     ChatMessage,
     Delta,
     Engine,
+    ForcedCall,
     GenerationOptions,
     GenerationRequest,
+    ToolCall,
+    ToolSpec,
     UnknownModelError,
     Usage,
+)
+
+PICK = ToolSpec(
+    "pick",
+    "Pick a colour.",
+    {
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "green", "blue"]}},
+        "required": ["colour"],
+    },
 )
 
 
@@ -168,6 +182,30 @@ class EngineContract:
         models = await engine.models()
         assert models
         assert all(model.engine == engine.name for model in models)
+
+    async def test_a_forced_call_is_one_call_of_that_tool(self, engine: Engine) -> None:
+        [model, *_] = await engine.models()
+        if not model.forced_calls:
+            pytest.skip("this engine's models do not force calls (the chat core refuses them)")
+        other = ToolSpec("other", "Do something else.", {"type": "object", "properties": {}})
+        forced = replace(
+            request("Which colour?", temperature=0.0, max_tokens=64),
+            model=model.id,
+            tools=(other, PICK),
+            forced_call=ForcedCall("pick"),
+        )
+        deltas = await collect(engine, forced)
+        # Written as text (the detector reads it) or parsed by the engine's runtime: either way
+        # the chat core gets one call.
+        detector = ToolCallDetector(detect_calls=True)
+        pieces = [piece for delta in deltas for piece in detector.feed(delta.text)]
+        calls: list[CallPiece | ToolCall] = [
+            piece for piece in [*pieces, *detector.flush()] if isinstance(piece, CallPiece)
+        ]
+        calls += [call for call in deltas[-1].tool_calls if isinstance(call, ToolCall)]
+        [call] = calls
+        assert call.name == "pick"
+        assert call.arguments["colour"] in ("red", "green", "blue")
 
     async def test_unknown_model_is_refused(self, engine: Engine) -> None:
         if not self.refuses_unknown_models:

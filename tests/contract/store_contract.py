@@ -487,7 +487,9 @@ class StoreContract:
             session_id=None, text="tell me", journal=JournalStart("r", "token-digest")
         )
         numbering = RequestFrames("r")
-        processing = numbering.next(ProcessingBody({"user_message_id": start.message.id})).text
+        processing = numbering.next(
+            ProcessingBody("s", start.message.id, "echo", 0, created_session=True)
+        ).text
         chunk = numbering.next(ChunkBody("text", "Once")).text
         await store.append_journals([JournalAppend("r", 0, [processing, chunk])])
         again = await restart(store)

@@ -203,6 +203,28 @@ async def test_tool_choice_none_offers_no_tools(client: AsyncOpenAI) -> None:
     assert answer.choices[0].message.tool_calls is None
 
 
+async def test_the_servers_tools_loop_at_most_max_tool_loops_rounds(tmp_path: Path) -> None:
+    # A file whose text calls read_file on itself: echo says the result, which is the call again.
+    call = '<tool_call>{"name": "read_file", "arguments": {"path": "loop.txt"}}</tool_call>'
+    (tmp_path / "loop.txt").write_text(call)
+    settings = make_settings(
+        tmp_path,
+        **{
+            "openai_api.run_server_tools": True,
+            "tools.files_root": str(tmp_path),
+            "limits.max_tool_loops": 2,
+        },
+    )
+    async with serve_app(settings) as server, sdk(server) as client:
+        answer = await client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": call}]
+        )
+    # Three rounds: two ran the call, the third's call was left at the limit.
+    assert answer.choices[0].message.content == "Tool read_file returned: " * 2
+    assert answer.choices[0].message.tool_calls is None
+    assert answer.choices[0].finish_reason == "stop"
+
+
 async def test_without_tools_call_markup_is_text(client: AsyncOpenAI) -> None:
     answer = await client.chat.completions.create(
         model="echo", messages=[{"role": "user", "content": CALL}]
@@ -280,7 +302,7 @@ async def test_an_unknown_model_is_not_found(client: AsyncOpenAI) -> None:
 @pytest.mark.parametrize(
     "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
 )
-async def test_a_forced_tool_call_is_refused_not_answered_as_auto(
+async def test_a_forced_tool_call_on_an_engine_that_cannot_force_one(
     client: AsyncOpenAI, choice: Any
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
@@ -290,8 +312,8 @@ async def test_a_forced_tool_call_is_refused_not_answered_as_auto(
             tools=[WEATHER_TOOL],
             tool_choice=choice,
         )
-    assert caught.value.param == "tool_choice"
-    assert "not supported" in caught.value.message
+    assert "cannot force a tool call" in caught.value.message
+    assert "echo" in caught.value.message
 
 
 async def test_response_format_on_an_engine_that_cannot_enforce_it(client: AsyncOpenAI) -> None:

@@ -33,6 +33,7 @@ from tether.engines.base import (
     Delta,
     Engine,
     EngineError,
+    ForcedCall,
     GenerationOptions,
     GenerationRequest,
     ModelInfo,
@@ -158,8 +159,14 @@ async def test_stream_with_length_limit_and_usage(engine: OpenAIEngine) -> None:
 async def test_models_are_listed(engine: OpenAIEngine) -> None:
     # structured_output: `response_format` is passed on for the upstream server to enforce.
     assert await engine.models() == [
-        ModelInfo(id=ALIAS, engine="openai", loaded=True, structured_output=True)
+        ModelInfo(id=ALIAS, engine="openai", loaded=True, structured_output=True, forced_calls=True)
     ]
+    unsent = OpenAIEngine(str(engine.base_url), native_tools=False)
+    try:
+        [info] = await unsent.models()
+    finally:
+        await unsent.aclose()
+    assert not info.forced_calls  # a forced call is the upstream's to enforce: tools must go
 
 
 async def test_a_json_schema_is_passed_on_as_openais_response_format(
@@ -299,6 +306,31 @@ async def test_native_tool_calls_come_on_the_final_delta(calling_server: Server)
     assert final.finish_reason == "stop"
 
 
+async def test_a_forced_call_is_passed_on_as_tool_choice(calling_server: Server) -> None:
+    # The engine's configured choice is "auto"; the request's forced call overrides it, and the
+    # upstream (llama_cpp.server, a grammar of the named function) enforces it.
+    engine = OpenAIEngine(calling_server.base_url, default_model=ALIAS)
+    forced = GenerationRequest(
+        request_id="t4",
+        messages=(ChatMessage("user", "Which unit?"),),
+        options=GenerationOptions(temperature=0.0, seed=1, max_tokens=32),
+        tools=(UNIT,),
+        forced_call=ForcedCall("unit"),
+    )
+    assert engine.payload(forced, ALIAS)["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "unit"},
+    }
+    try:
+        deltas = await collect(engine.stream(forced))
+    finally:
+        await engine.aclose()
+    [call] = deltas[-1].tool_calls
+    assert isinstance(call, ToolCall)
+    assert call.name == "unit"
+    assert call.arguments["unit"] in ("c", "f")
+
+
 async def test_the_chat_core_runs_native_calls_and_the_model_answers(
     calling_server: Server, store: SQLiteStore
 ) -> None:
@@ -399,6 +431,18 @@ async def test_auto_drops_tools_for_a_model_whose_upstream_refuses_them() -> Non
     assert "".join(d.text for d in second) == "plain"
     # Refused once, retried without tools, then remembered: the second turn asks without them.
     assert ["tools" in body for body in bodies] == [True, False, False]
+
+
+async def test_a_forced_call_is_never_retried_without_tools() -> None:
+    bodies: list[dict[str, Any]] = []
+    async with refusing_upstream(bodies) as url:
+        engine = OpenAIEngine(url)  # "auto": an unforced turn would be retried without tools
+        try:
+            with pytest.raises(EngineError, match="upstream 400: m does not support tools"):
+                await collect(engine.stream(replace(asking_for("m"), forced_call=ForcedCall())))
+        finally:
+            await engine.aclose()
+    assert [(body["tool_choice"], "tools" in body) for body in bodies] == [("required", True)]
 
 
 async def test_native_tools_true_makes_the_refusal_the_error() -> None:

@@ -60,7 +60,7 @@ async def running_request(store: PostgresStore, request_id: str, text: str) -> s
     )
     numbering = RequestFrames(request_id)
     frames = [
-        numbering.next(ProcessingBody({"user_message_id": start.message.id})).text,
+        numbering.next(ProcessingBody("s", start.message.id, "echo", 0, created_session=True)).text,
         numbering.next(ChunkBody("text", text)).text,
     ]
     await store.append_journals([JournalAppend(request_id, 0, frames)])

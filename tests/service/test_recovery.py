@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tether.engines.base import ToolCall
+from tether.engines.base import ToolCall, Usage
+from tether.events import Timings
 from tether.protocol import (
     ChunkBody,
     CompleteBody,
@@ -13,7 +14,7 @@ from tether.protocol import (
     PongBody,
     ProcessingBody,
     RequestFrames,
-    ToolBody,
+    ToolResultBody,
 )
 from tether.recovery import journal_facts, recover
 from tether.store.base import JournalAppend, JournalStart, NewMessage, OpenJournal, Orphans
@@ -26,7 +27,11 @@ def frames_of(request_id: str, *bodies: FrameBody) -> list[str]:
 
 
 def processing(user_message_id: str) -> ProcessingBody:
-    return ProcessingBody({"user_message_id": user_message_id})
+    return ProcessingBody("s", user_message_id, "echo", 0, created_session=False)
+
+
+def complete(message_id: str) -> CompleteBody:
+    return CompleteBody(message_id, "stop", Usage(), Timings(None, None, 0.0))
 
 
 def text(data: str) -> ChunkBody:
@@ -37,7 +42,7 @@ def thought(data: str) -> ChunkBody:
     return ChunkBody("thinking", data)
 
 
-TOOL = ToolBody("tool_result", {"id": "c1", "name": "x"})
+TOOL = ToolResultBody("c1", "x", "ok", None, 1.0)
 
 
 def test_the_answer_text_is_the_text_after_the_last_tool_frame() -> None:
@@ -49,7 +54,7 @@ def test_the_answer_text_is_the_text_after_the_last_tool_frame() -> None:
     assert facts.accepted
     unaccepted = journal_facts(OpenJournal("r", frames_of("r", text("no processing"))))
     assert (unaccepted.user_message_id, unaccepted.accepted) == (None, False)
-    done = CompleteBody({})
+    done = complete("a1")
     assert journal_facts(OpenJournal("r", frames_of("r", processing("u1"), done))).ended
 
 
@@ -122,7 +127,7 @@ async def test_a_journal_whose_final_frame_was_written_only_gets_its_end(
         NewMessage("assistant", "hi"),
         turn_id=start.message.id,
     )
-    done = CompleteBody({"message_id": answer.id})
+    done = complete(answer.id)
     sent = frames_of("r", processing(start.message.id), text("hi"), done)
     await store.append_journals([JournalAppend("r", 0, sent)])
     await recover(store)

@@ -104,6 +104,7 @@ async def test_models_and_tools(http: httpx.AsyncClient) -> None:
             "path": None,
             "tools": True,
             "structured_output": False,  # no `response_format` on echo
+            "forced_calls": False,  # nor a forcing `tool_choice`
             "history_bytes": HISTORY_BYTES,  # the newest messages a turn on it reads
         }
     ]

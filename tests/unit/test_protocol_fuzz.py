@@ -21,7 +21,7 @@ from tether.protocol import (
     ProtocolError,
     RequestFrames,
     ResumeFrame,
-    ToolBody,
+    ToolCallBody,
     parse_client_frame,
     usable_request_id,
 )
@@ -133,7 +133,7 @@ def test_a_frame_that_parses_had_the_right_types(raw: str | bytes) -> None:
 @given(st.text(min_size=1, max_size=200), any_text, junk)
 def test_any_server_frame_goes_out_as_utf8(request_id: str, text: str, data: Any) -> None:
     # A tool call's arguments: whatever JSON the model wrote, lone surrogates included.
-    body = ToolBody("tool_call", {"id": "c", "name": "n", "arguments": {"text": text, "x": data}})
+    body = ToolCallBody("c", "n", {"text": text, "x": data})
     try:
         json.dumps(data)
     except ValueError:  # integers past the digit limit never reach a frame

@@ -234,6 +234,13 @@ class ReliabilitySettings(_Section):
     drain_timeout_sec: float = Field(default=10.0, ge=0)
 
 
+class OpenAIApiSettings(_Section):
+    # `/v1/chat/completions` also offers Tether's own tools (builtin, MCP: those a socket turn
+    # on that model is offered) and runs their calls, answering with the final text; false: only
+    # the request's tools are offered, their calls returned to the client, as OpenAI does.
+    run_server_tools: bool = False
+
+
 class MetricsSettings(_Section):
     # `GET /metrics` (Prometheus text format, behind the token like every route but the public
     # ones); false: no such route.
@@ -352,3 +359,4 @@ class Settings(_Section):
     security: SecuritySettings = SecuritySettings()
     reliability: ReliabilitySettings = ReliabilitySettings()
     metrics: MetricsSettings = MetricsSettings()
+    openai_api: OpenAIApiSettings = OpenAIApiSettings()

@@ -56,6 +56,15 @@ class ToolSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ForcedCall:
+    """The answer must be a call (OpenAI's `tool_choice` `required` or a named function): of
+    the request's tool `name`, or of any of its tools (None). Only engines whose models say
+    `forced_calls` force one; the chat core refuses the request for the others."""
+
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message of the prompt, in the shape OpenAI-style chat templates expect."""
 
@@ -101,6 +110,8 @@ class GenerationRequest:
     # The tools offered this turn, for engines whose runtime takes them as data (the `openai`
     # engine's upstream); every engine also gets them described in the system message.
     tools: tuple[ToolSpec, ...] = ()
+    # The answer must be a call of one of `tools` (None: the model chooses).
+    forced_call: ForcedCall | None = None
     # Who asks (the chat core: the session): a local model's line serves clients in turn.
     client: str | None = None
     # Told the final usage once, also when the consumer leaves early (see the module docstring).
@@ -164,6 +175,8 @@ class ModelInfo:
     tools: bool = True
     # Whether the engine can constrain the answer to `GenerationOptions.json_schema`.
     structured_output: bool = False
+    # Whether the engine can force the answer to be a call (`GenerationRequest.forced_call`).
+    forced_calls: bool = False
     # How much history the model can read, in UTF-8 bytes of message content: a history's newest
     # messages holding this many bytes hold more tokens than its context window, so the engine
     # trims whatever is older; the chat core loads no more of a session than that

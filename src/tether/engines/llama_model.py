@@ -41,14 +41,14 @@ from tether.engines.base import (
     Delta,
     EngineError,
     FinishReason,
-    GenerationOptions,
     GenerationRequest,
     Usage,
 )
 from tether.engines.batch_schedule import Piece, Scheduler
 from tether.engines.chat_template import ChatTemplate
 from tether.engines.context_fit import FittedPrompt, TrimMemory, fit_prompt
-from tether.engines.llama_native import NativeModel, Sampler, SamplerSpec, json_grammar
+from tether.engines.grammars import call_grammar, json_grammar
+from tether.engines.llama_native import NativeModel, Sampler, SamplerSpec
 from tether.engines.prompt_cache import PromptCache, SavedState
 from tether.engines.stop_strings import StopMatcher
 from tether.engines.thread_stream import ThreadStream
@@ -71,7 +71,15 @@ class Sampling:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
 
-    def spec(self, options: GenerationOptions) -> SamplerSpec:
+    def spec(self, request: GenerationRequest) -> SamplerSpec:
+        """The request's sampling; a forced call's grammar outranks a JSON schema's (the answer
+        is then a call, not text)."""
+        options = request.options
+        grammar = (
+            json_grammar(options.json_schema)
+            if request.forced_call is None
+            else call_grammar(request.tools, request.forced_call)
+        )
         return SamplerSpec(
             temperature=self.temperature if options.temperature is None else options.temperature,
             top_p=self.top_p if options.top_p is None else options.top_p,
@@ -79,7 +87,7 @@ class Sampling:
             min_p=self.min_p,
             repeat_penalty=self.repeat_penalty,
             seed=options.seed,
-            grammar=json_grammar(options.json_schema),
+            grammar=grammar,
         )
 
 
@@ -286,7 +294,7 @@ class LoadedModel:
             fitted = self.fit(job.request.messages, options.max_tokens)
             if not fitted.tokens:
                 raise EngineError("the chat template produced an empty prompt")
-            sampler = self.native.sampler(job.sampling.spec(options), fitted.tokens)
+            sampler = self.native.sampler(job.sampling.spec(job.request), fitted.tokens)
         except EngineError as error:
             job.stream.end(error)
             return

@@ -7,14 +7,12 @@ drops a sequence's KV cells past a position, and saves or restores a sequence's 
 thread-safe: only the model's decode thread calls it (`llama_model.py`).
 
 Failures raise `EngineError`: a file that does not load, a decode llama.cpp refuses, a grammar
-it cannot parse, a saved state it cannot restore.
+it refuses, a saved state it cannot restore.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +20,10 @@ from typing import Any
 
 import llama_cpp
 import structlog
-from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from tether.engines.base import EngineError
 from tether.engines.batch_schedule import Piece
+from tether.engines.grammars import Grammar
 
 log = structlog.get_logger(__name__)
 
@@ -54,22 +52,7 @@ class SamplerSpec:
     min_p: float
     repeat_penalty: float
     seed: int | None  # None: a random seed
-    grammar: str | None = None  # GBNF, root rule "root"
-
-
-@functools.lru_cache(maxsize=32)
-def _gbnf_of(schema_json: str) -> str:
-    try:
-        return str(json_schema_to_gbnf(schema_json))
-    except (ValueError, KeyError, TypeError, RecursionError) as error:
-        raise EngineError(f"response_format: the JSON schema has no grammar: {error}") from error
-
-
-def json_grammar(schema: dict[str, Any] | None) -> str | None:
-    """The GBNF grammar that makes the answer JSON valid against `schema` (cached)."""
-    if schema is None:
-        return None
-    return _gbnf_of(json.dumps(schema, sort_keys=True))
+    grammar: Grammar | None = None
 
 
 class NativeModel:
@@ -212,10 +195,10 @@ class NativeModel:
                 sampler.add(penalties)
             if spec.grammar is not None:
                 grammar = llama_cpp.llama_sampler_init_grammar(
-                    self._vocab, spec.grammar.encode(), b"root"
+                    self._vocab, spec.grammar.text.encode(), spec.grammar.root.encode()
                 )
                 if not grammar:
-                    raise EngineError("response_format: llama.cpp refused the schema's grammar")
+                    raise EngineError("llama.cpp refused the grammar of the answer's schema")
                 sampler.add(grammar)
             if spec.temperature <= 0:
                 sampler.add(llama_cpp.llama_sampler_init_greedy())

@@ -175,6 +175,7 @@ class LlamaCppEngine:
                 path=str(line.path),
                 tools=line.tools,
                 structured_output=True,  # a llama.cpp grammar from the JSON schema
+                forced_calls=True,  # a grammar of the `<tool_call>` markup (engines/grammars.py)
                 # n_ctx tokens of at most token_bytes each: an upper bound of the text it reads.
                 history_bytes=self.n_ctx * line.token_bytes if line.token_bytes else None,
             )

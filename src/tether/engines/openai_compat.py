@@ -16,6 +16,11 @@ no `tools` for a model whose upstream refuses them with a 400 (Ollama for models
 support, vLLM without `--enable-auto-tool-choice`), remembered per model until restart; True
 makes that 400 the turn's error; False never sends them. Either way the system prompt describes
 the tools, so an upstream that writes calls as text still gets them found by the detector.
+
+A forced call (`GenerationRequest.forced_call`, from `/v1`'s `tool_choice` `required` or a named
+function) is passed on as that `tool_choice`, for the upstream to enforce; it is never retried
+without `tools` (a 400 to them is the turn's error), and a model whose tools are not sent
+(`native_tools` false, or refused before) does not say `forced_calls`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from tether.engines.openai_wire import (
     ChunkReader,
     decode,
     error_message,
+    forced_tool_choice,
     stream_fields,
     to_openai_messages,
     tool_fields,
@@ -115,10 +121,19 @@ class OpenAIEngine:
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": schema, "strict": True},
             }
-        if self.native_tools is not False and model not in self._refuse_tools:
-            answers_results = bool(request.messages) and request.messages[-1].role == "tool"
-            body |= tool_fields(request.tools, None if answers_results else self.tool_choice)
+        if not self.sends_tools(model):
+            if request.forced_call is not None:
+                raise EngineError(f"tool_choice: tools are not sent to the upstream for {model!r}")
+            return body
+        answers_results = bool(request.messages) and request.messages[-1].role == "tool"
+        body |= tool_fields(request.tools, None if answers_results else self.tool_choice)
+        if request.forced_call is not None and request.tools:  # the upstream forces it
+            body["tool_choice"] = forced_tool_choice(request.forced_call)
         return body
+
+    def sends_tools(self, model: str) -> bool:
+        """Whether a request's tools go to the upstream as `tools` for `model`."""
+        return self.native_tools is not False and model not in self._refuse_tools
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         model = request.model or self.default_model or await self._first_model()
@@ -163,7 +178,9 @@ class OpenAIEngine:
                 yield events
                 return
             error = await events.response.aread()
-            if not (status == 400 and "tools" in body and self.native_tools == "auto"):
+            # Without `tools` a forced call would not be forced: that 400 is the turn's error.
+            fallback = self.native_tools == "auto" and request.forced_call is None
+            if not (status == 400 and "tools" in body and fallback):
                 raise upstream_error(status, error, url)
         log.warning("openai_tools_refused", model=model, error=error_message(error, "400"))
         self._refuse_tools.add(model)
@@ -182,7 +199,13 @@ class OpenAIEngine:
             response.raise_for_status()
             data = response.json().get("data", [])
             return [
-                ModelInfo(id=str(item["id"]), engine=self.name, loaded=True, structured_output=True)
+                ModelInfo(
+                    id=str(item["id"]),
+                    engine=self.name,
+                    loaded=True,
+                    structured_output=True,
+                    forced_calls=self.sends_tools(str(item["id"])),  # passed on as tool_choice
+                )
                 for item in data
                 if isinstance(item, dict) and "id" in item
             ]

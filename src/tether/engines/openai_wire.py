@@ -2,7 +2,7 @@
 
 Request side: `to_openai_messages` (history, tool calls and results included), `stream_fields`
 (streaming with usage, the sampling options), `tool_fields` (the turn's tools in OpenAI's
-function format, with a `tool_choice`).
+function format, with a `tool_choice`), `forced_tool_choice` (a forced call as `tool_choice`).
 
 Response side: a `ChunkReader` takes the stream's chunks as decoded JSON objects (`decode` turns
 an SSE data payload into one; the `mlc` engine dumps MLC's pydantic chunks) and returns each
@@ -39,6 +39,7 @@ from tether.engines.base import (
     Delta,
     EngineError,
     FinishReason,
+    ForcedCall,
     GenerationOptions,
     GenerationRequest,
     ToolCall,
@@ -110,6 +111,13 @@ def tool_choice(choice: str) -> str | dict[str, Any]:
     if choice in _TOOL_CHOICE_WORDS:
         return choice
     return {"type": "function", "function": {"name": choice}}
+
+
+def forced_tool_choice(forced: ForcedCall) -> str | dict[str, Any]:
+    """A forced call as OpenAI's `tool_choice`: `required`, or the named function."""
+    if forced.name is None:
+        return "required"
+    return {"type": "function", "function": {"name": forced.name}}
 
 
 def tool_fields(specs: Sequence[ToolSpec], choice: str | None) -> dict[str, Any]:

@@ -168,12 +168,17 @@ class Timings(_Out):
     total_ms: float | None
 
 
-class DoneData(BaseModel):
-    model_config = ConfigDict(extra="allow")  # an engine's extras (llama.cpp's timings, ...)
+class DoneData(_Out):
     message_id: str
     finish_reason: str
     usage: MessageUsage
     timings: Timings
+    # `protocol.AnswerFacts`: each sent only when known.
+    trimmed_messages: int | None = None
+    cached_tokens: int | None = None
+    truncated_messages: int | None = None
+    usage_estimated: bool | None = None
+    recovered: bool | None = None
 
 
 class LineError(_Out):

@@ -56,7 +56,8 @@ from tether.protocol import (
     ProtocolError,
     QueuedBody,
     ServerFrame,
-    ToolBody,
+    ToolCallBody,
+    ToolResultBody,
     parse_client_frame,
 )
 from tether.runs import Run, Watcher
@@ -213,19 +214,18 @@ def ndjson_event(frame: ServerFrame) -> dict[str, Any]:
     match frame.body:
         case QueuedBody(queue_position=position, waiting_for=waiting_for):
             kind, data = "queued", {"queue_position": position, "waiting_for": waiting_for}
-        case ProcessingBody(metadata=metadata):
-            kind, data = "start", {"request_id": frame.request_id, **metadata}
+        case ProcessingBody():
+            kind, data = "start", {"request_id": frame.request_id, **frame.body.metadata()}
         case ChunkBody(kind=chunk_kind, text=text):
             kind, data = ("token" if chunk_kind == "text" else chunk_kind), {"text": text}
-        case ToolBody(kind="tool_call", data=call):
-            kind, data = "tool_call", call
-        case ToolBody(data=outcome):
-            result = dict(outcome)
-            kind = "tool_result"
-            name = result.pop("name")  # `name` as on the socket; `tool_name` as seed 002 has it
-            data = {"id": result.pop("id"), "name": name, "tool_name": name, **result}
-        case CompleteBody(metadata=metadata):
-            kind, data = "done", metadata
+        case ToolCallBody():
+            kind, data = "tool_call", frame.body.data()
+        case ToolResultBody(call_id=call_id, name=name):
+            # `name` as on the socket; `tool_name` as seed 002 has it.
+            outcome = {"id": call_id, "name": name, "tool_name": name}
+            kind, data = "tool_result", outcome | frame.body.data()
+        case CompleteBody():
+            kind, data = "done", frame.body.metadata()
         case ErrorBody():
             kind, data = "error", frame.body.wire()["error"]
         case _:  # a pong is never one of a run's frames

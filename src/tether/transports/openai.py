@@ -11,12 +11,15 @@ unknown: 404 `model_not_found`), `messages` (system/developer/user/assistant/too
 string or text parts; assistant `tool_calls`, tool `tool_call_id`), `temperature`, `top_p`,
 `max_tokens` / `max_completion_tokens`, `stop`, `seed`, `n` (1 only), `stream`,
 `stream_options.include_usage`, `tools` + `tool_choice` (`none`: no tools offered, `auto`;
-`required` and a named function, which force a call, are a 400: no engine forces one yet),
+`required` or a named function force the answer to be one call: a grammar of the `<tool_call>`
+markup on llamacpp, passed on as `tool_choice` by the openai engine, 400 on engines that cannot),
 `response_format` (`text`, `json_object`, `json_schema`:
-enforced by a grammar on llamacpp, passed on by the openai engine, 400 on engines that cannot).
+enforced by a grammar on llamacpp, passed on by the openai engine, 400 on engines that cannot;
+a forced call outranks it).
 The request's tools are offered to the model as Tether offers its own (`tools/prompt.py`, read
 back by the detector); its calls come back as `tool_calls` for the client to run. Tether's own
-tools are not offered on this route.
+tools are offered on this route only with `openai_api.run_server_tools`: then the server runs
+their calls and answers with what the model says after (`chat._StatelessSteps`).
 
 Every refusal has OpenAI's error body, `{"error": {"message", "type", "param", "code"}}` (built
 by `openai_error` and `tether.openai_errors`, also for the app's handlers and the security
@@ -43,7 +46,7 @@ from starlette.routing import Route
 from starlette.types import Receive
 
 from tether.chat import StatelessTurn, TurnControl
-from tether.engines.base import ChatMessage, ModelInfo, ToolCall, Usage
+from tether.engines.base import ChatMessage, ForcedCall, ModelInfo, ToolCall, Usage
 from tether.errors import TetherError
 from tether.events import (
     Completed,
@@ -239,29 +242,29 @@ def chat_messages(messages: Sequence[RequestMessage]) -> tuple[ChatMessage, ...]
     return tuple(out)
 
 
-def _offered_tools(request: ChatCompletionRequest) -> tuple[ToolSpec, ...]:
+def _offered_tools(
+    request: ChatCompletionRequest,
+) -> tuple[tuple[ToolSpec, ...], ForcedCall | None]:
+    """The tools offered to the model, and the call `tool_choice` forces (None: it chooses)."""
     specs = tuple(
         ToolSpec(tool.function.name, tool.function.description, tool.function.parameters)
         for tool in request.tools or ()
     )
     choice = request.tool_choice
+    if choice in (None, "auto"):
+        return specs, None
     if choice == "none":
-        return ()
-    if isinstance(choice, NamedToolChoice) and not any(
-        spec.name == choice.function.name for spec in specs
-    ):
+        return (), None
+    if not specs:
+        raise InvalidRequest("tool_choice: forcing a tool call needs tools", "tool_choice")
+    if choice == "required":
+        return specs, ForcedCall()
+    assert isinstance(choice, NamedToolChoice)
+    if not any(spec.name == choice.function.name for spec in specs):
         raise InvalidRequest(
             f"tool_choice: no tool named {choice.function.name!r} in tools", "tool_choice"
         )
-    if choice == "required" or isinstance(choice, NamedToolChoice):
-        # OpenAI's meaning is "the answer is a call"; offering the tools would not make it one,
-        # and no engine of Tether forces a call yet: say so rather than answer as `auto`.
-        raise InvalidRequest(
-            "tool_choice: forcing a tool call is not supported by Tether's engines yet; "
-            'use "auto" or "none"',
-            "tool_choice",
-        )
-    return specs
+    return specs, ForcedCall(choice.function.name)
 
 
 def _json_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:
@@ -287,17 +290,21 @@ def stateless_turn(request: ChatCompletionRequest, request_id: str) -> Stateless
             max_tokens=request.max_completion_tokens or request.max_tokens,
             seed=request.seed,
             stop=request.stop,
+            # "none": no tools at all, the server's (`openai_api.run_server_tools`) included.
+            tools=False if request.tool_choice == "none" else None,
         )
     except ValidationError as exc:  # Tether's bounds of a chat's options (seed, stop, ...)
         error = exc.errors(include_url=False)[0]
         param = ".".join(str(part) for part in error["loc"])
         raise InvalidRequest(f"{param}: {error['msg']}", param) from None
+    tools, forced_call = _offered_tools(request)
     return StatelessTurn(
         request_id=request_id,
         messages=chat_messages(request.messages),
         options=options,
-        tools=_offered_tools(request),
+        tools=tools,
         json_schema=_json_schema(request.response_format),
+        forced_call=forced_call,
     )
 
 
