@@ -216,7 +216,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         if refusal is not None:
             app.state.startup_error = refusal  # `tether serve` says it in one line
             raise StartupRefused(refusal)
-        store = build_store(settings.storage)
+        store = build_store(settings.storage, settings.server)
         try:
             await store.open()
         except DatabaseInUse as exc:

@@ -3,17 +3,24 @@ replicas on one database), anything else SQLite at `storage.path` (one process p
 
 from __future__ import annotations
 
-from tether.config.schema import StorageSettings
+import socket
+
+from tether.config.schema import ServerSettings, StorageSettings
 from tether.store.base import Store
 from tether.store.postgres import PostgresStore
+from tether.store.replica_ids import default_replica_id
 from tether.store.sqlite import SQLiteStore
 
 
-def build_store(settings: StorageSettings) -> Store:
-    """The store `settings` name, not yet opened (`Store.open` connects)."""
+def build_store(settings: StorageSettings, server: ServerSettings) -> Store:
+    """The store `settings` name, not yet opened (`Store.open` connects); on PostgreSQL this
+    replica's id is `server.replica_id`, else `<hostname>:<port>` (tether.store.replica_ids)."""
     if settings.postgres_url is not None:
         return PostgresStore(
-            settings.postgres_url, lease_sec=settings.lease_sec, pool_size=settings.pool_size
+            settings.postgres_url,
+            lease_sec=settings.lease_sec,
+            pool_size=settings.pool_size,
+            replica_id=server.replica_id or default_replica_id(socket.gethostname(), server.port),
         )
     return SQLiteStore(settings.path, synchronous=settings.synchronous)
 
