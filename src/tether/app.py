@@ -42,7 +42,7 @@ from tether.request_ids import RequestIdMiddleware
 from tether.runs import RunRegistry
 from tether.security import security_middleware
 from tether.store.base import Store
-from tether.store.factory import build_store
+from tether.store.factory import build_store, session_holds
 from tether.store.factory import describe as describe_store
 from tether.store.lock import DatabaseInUse
 from tether.tools.executor import ToolExecutor
@@ -226,6 +226,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             app.state.startup_error = f"storage {describe_store(settings.storage)}: {exc}"
             raise
         await recover(store)  # turns and journals dead processes left (kill -9)
+        holding = contextlib.AsyncExitStack()
+        holds = await holding.enter_async_context(session_holds(store))
         recovering = (
             asyncio.create_task(keep_recovering(store, store.recovery_interval_sec))
             if store.recovery_interval_sec is not None
@@ -243,6 +245,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             system_prompt=settings.engine.system_prompt,
             tool_policy=ToolPolicy(runner=tools),
             max_tool_loops=settings.limits.max_tool_loops,
+            session_holds=holds,
         )
         runs = RunRegistry(chat, store, settings.reliability, metrics)
         await runs.open()
@@ -271,6 +274,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             await tools.aclose()  # refuse further calls; hung tool threads are not waited for
             await mcp.aclose()
             await router.aclose()
+            await holding.aclose()
             await store.close()
             log.info("app.stopped")
 

@@ -9,9 +9,10 @@ makes up a random one.
 lock keyed by the id, which PostgreSQL releases when that connection ends, so when the process
 dies (kill -9 included). A second living replica with the same id is refused at start-up
 (`ReplicaIdInUse`), so two replicas never take each other's work for their own. Once the lock is
-held, whatever open turns and journals carry the id were left by a dead process under it: they
-are handed to a retired id (`<id>#<random>`) that no replica holds a lease for, so recovery (the
-replica's own, at start-up) closes them at once instead of after the lease expires.
+held, whatever open turns, journals and session holds carry the id were left by a dead process
+under it: they are handed to a retired id (`<id>#<random>`) that no replica holds a lease for,
+so recovery (the replica's own, at start-up) closes them at once instead of after the lease
+expires.
 
 Failures: `ReplicaIdInUse`; asyncpg's errors when the database refuses.
 """
@@ -63,6 +64,9 @@ async def claim(
             "UPDATE journals SET replica_id = $2 WHERE replica_id = $1 AND ended_at IS NULL",
             replica_id,
             retired,
+        )
+        await conn.execute(  # (tether.store.pg_session_holds)
+            "UPDATE session_holds SET replica_id = $2 WHERE replica_id = $1", replica_id, retired
         )
         await conn.execute(
             "INSERT INTO replicas (id) VALUES ($1) ON CONFLICT (id) DO UPDATE "
