@@ -35,7 +35,7 @@ def deployed(
     url = asyncio.run(postgres.create_database())
     with ExitStack() as stack:
         replicas = [stack.enter_context(tether_serve(tmp_path, env=replica_env(url))) for _ in "ab"]
-        yield stack.enter_context(nginx_in_front(replicas)), replicas
+        yield stack.enter_context(nginx_in_front([r.port for r in replicas])), replicas
 
 
 async def metric(server: LoopbackUrls, name: str) -> float:

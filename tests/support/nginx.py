@@ -52,9 +52,10 @@ def find_nginx() -> str:
 
 
 @contextmanager
-def nginx_in_front(upstreams: Sequence[LoopbackUrls]) -> Iterator[Nginx]:
-    """nginx on a free loopback port, round robin over `upstreams`; stopped (and its prefix
-    deleted) afterwards. Ready once a request through it is answered by an upstream."""
+def nginx_in_front(ports: Sequence[int]) -> Iterator[Nginx]:
+    """nginx on a free loopback port, round robin over the servers on 127.0.0.1:`ports`;
+    stopped (and its prefix deleted) afterwards. Ready once a request through it is answered
+    by one of them."""
     find_nginx()
     # (mkdtemp, not a pytest folder: under root the prefix goes to `nobody`, who must reach it)
     prefix = Path(tempfile.mkdtemp(prefix="tether-nginx-"))
@@ -62,7 +63,7 @@ def nginx_in_front(upstreams: Sequence[LoopbackUrls]) -> Iterator[Nginx]:
     env = {
         **os.environ,
         "LISTEN": f"127.0.0.1:{port}",
-        "REPLICAS": " ".join(f"127.0.0.1:{u.port}" for u in upstreams),
+        "REPLICAS": " ".join(f"127.0.0.1:{port}" for port in ports),
     }
     try:
         with (prefix / "run.log").open("wb") as out:
