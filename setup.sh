@@ -144,4 +144,17 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     fi
 fi
 
+# nginx (Debian's package) for deploy/'s example of two replicas behind a load balancer and its
+# test, which runs it unprivileged in a temporary prefix (tests/e2e/test_deploy_nginx.py);
+# installed only when missing, and never started as a system service here.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing nginx (apt-get) for deploy/ and its test" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+    else
+        echo "setup: nginx is missing and cannot be installed here (needs root and apt-get):" \
+            "install it (apt-get install nginx), or the deploy/ test fails" >&2
+    fi
+fi
+
 echo "setup: done. Start the server with: .venv/bin/tether serve" >&2

@@ -27,6 +27,7 @@ from harness import MODEL, Benchmark, Outcome, Profile
 from history_load import history_load
 from idle_sockets import idle_sockets_rss
 from llamacpp_stream import llamacpp_stream, multiturn_ttft
+from replicas import replica_scaling
 
 BENCHMARKS = (
     Benchmark("stream_overhead", "a 5,000-word answer to one client vs bare websockets",
@@ -47,6 +48,8 @@ BENCHMARKS = (
               "beside llama_cpp.server", parallel_decoding, needs_model=True),
     Benchmark("bench_fairness", "a short turn beside ten floods vs alone (issue 14)",
               bench_fairness),
+    Benchmark("replica_scaling", "turns/s on PostgreSQL: two replicas through nginx vs one "
+              "direct", replica_scaling),
 )  # fmt: skip
 
 

@@ -42,7 +42,7 @@ from tether.request_ids import RequestIdMiddleware
 from tether.runs import RunRegistry
 from tether.security import security_middleware
 from tether.store.base import Store
-from tether.store.factory import build_store
+from tether.store.factory import build_store, session_holds
 from tether.store.factory import describe as describe_store
 from tether.store.lock import DatabaseInUse
 from tether.tools.executor import ToolExecutor
@@ -216,7 +216,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         if refusal is not None:
             app.state.startup_error = refusal  # `tether serve` says it in one line
             raise StartupRefused(refusal)
-        store = build_store(settings.storage)
+        store = build_store(settings.storage, settings.server)
         try:
             await store.open()
         except DatabaseInUse as exc:
@@ -226,6 +226,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             app.state.startup_error = f"storage {describe_store(settings.storage)}: {exc}"
             raise
         await recover(store)  # turns and journals dead processes left (kill -9)
+        holding = contextlib.AsyncExitStack()
+        holds = await holding.enter_async_context(session_holds(store))
         recovering = (
             asyncio.create_task(keep_recovering(store, store.recovery_interval_sec))
             if store.recovery_interval_sec is not None
@@ -245,6 +247,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             tool_policy=server_tools,
             stateless_tools=server_tools if settings.openai_api.run_server_tools else NO_TOOLS,
             max_tool_loops=settings.limits.max_tool_loops,
+            session_holds=holds,
         )
         runs = RunRegistry(chat, store, settings.reliability, metrics)
         await runs.open()
@@ -273,6 +276,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             await tools.aclose()  # refuse further calls; hung tool threads are not waited for
             await mcp.aclose()
             await router.aclose()
+            await holding.aclose()
             await store.close()
             log.info("app.stopped")
 

@@ -62,7 +62,7 @@ from tether.events import (
     ToolCallStarted,
 )
 from tether.protocol import ChatOptions, ProtocolError, parse_options
-from tether.session_turns import SessionPlace, SessionTurns
+from tether.session_turns import ONE_PROCESS, SessionHolds, SessionPlace, SessionTurns
 from tether.store.base import (
     Agent,
     JournalStart,
@@ -341,6 +341,7 @@ class ChatService:
         tool_policy: ToolPolicy = NO_TOOLS,
         stateless_tools: ToolPolicy = NO_TOOLS,
         max_tool_loops: int = 5,
+        session_holds: SessionHolds = ONE_PROCESS,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -350,8 +351,10 @@ class ChatService:
         # NO_TOOLS: it offers only its own, for the client to run.
         self.stateless_tools = stateless_tools
         self.max_tool_loops = max_tool_loops
-        # Turns that continue a session's active branch go one at a time (tether.session_turns).
+        # Turns that continue a session's active branch go one at a time (tether.session_turns),
+        # on every replica of a shared store (`session_holds`).
         self.sessions = SessionTurns()
+        self.session_holds = session_holds
         # Turns accepted for a model whose first round has not reached the engine's line yet:
         # counted into `queue_position`, so turns arriving together are told distinct places.
         self._admitted: Counter[str] = Counter()
@@ -406,7 +409,7 @@ class ChatService:
                 release()
         finally:
             if place is not None:
-                self.sessions.leave(place)
+                await self._leave_session(place)
 
     def _session_place(self, turn: Turn) -> SessionPlace | None:
         """The turn's place in its session's line, when it continues the active branch (a
@@ -418,21 +421,36 @@ class ChatService:
     async def _wait_for_session(
         self, place: SessionPlace, emit: EventSink, control: TurnControl
     ) -> bool:
-        """Wait (saying so with `Queued`) until the session's earlier turns are answered;
-        False when the turn was cancelled meanwhile (nothing of it is stored)."""
-        if place.ahead == 0:
-            return True
+        """Wait (saying so with `Queued`) until the session's earlier turns are answered, here
+        and then on other replicas (one ahead there); False when the turn was cancelled
+        meanwhile (nothing of it is stored)."""
         try:
-            ready = False
+            ready = place.ahead == 0
             while not ready:  # told again each time it moves up
                 await emit(Queued(queue_position=place.ahead, waiting_for="session"))
                 ready = await control.run(place.wait())
+            place.hold = await control.run(
+                self.session_holds.take(
+                    place.session_id,
+                    on_wait=lambda: emit(Queued(queue_position=1, waiting_for="session")),
+                )
+            )
         except TurnCancelled:
             await emit(
                 Failed("cancelled", "cancelled while waiting for the session; nothing was stored")
             )
             return False
         return True
+
+    async def _leave_session(self, place: SessionPlace) -> None:
+        """The turn is done with its session: its hold let go, the next turn here goes."""
+        try:
+            if place.hold is not None:
+                await self.session_holds.release(place.session_id, place.hold)
+        except Exception:  # the hold is taken over once stale (tether.store.pg_session_holds)
+            log.exception("session.release_failed", session_id=place.session_id)
+        finally:
+            self.sessions.leave(place)
 
     async def _run_admitted(
         self,

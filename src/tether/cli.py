@@ -65,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
             overrides={
                 "server.host": args.host,
                 "server.port": args.port,
+                "server.replica_id": args.replica_id,
                 "storage.path": args.db,
                 "engine.name": args.engine,
                 "engine.model": args.model,
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument(
+        "--replica-id", help="this replica's id on PostgreSQL (default <hostname>:<port>)"
+    )
     serve.add_argument("--db", type=Path, help="SQLite file (default ~/.local/share/tether)")
     serve.add_argument("--engine", help="echo, llamacpp, mlc or openai")
     serve.add_argument("--model", help="default model")

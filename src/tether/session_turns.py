@@ -9,13 +9,20 @@ regenerations do not wait: they say where they go.
 
 Sans-I/O but for asyncio's Future; nothing is stored while a turn waits, so a turn cancelled in
 the line leaves nothing behind.
+
+Across replicas (a shared store) one process's line is not enough: the turn first in its line
+then takes the session's `SessionHolds` hold, which a turn of the same session on another
+replica may have (it waits, told with a `queued` frame), and lets it go once its answer is
+stored. One process on its own file (SQLite) needs no hold: `ONE_PROCESS`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(eq=False, slots=True)
@@ -29,6 +36,7 @@ class SessionPlace:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     moved: asyncio.Event = field(default_factory=asyncio.Event)  # `ahead` went down
+    hold: str | None = None  # its SessionHolds hold, once taken
 
     async def wait(self) -> bool:
         """Until the place is first (True) or moves up the line (False: `ahead` is new)."""
@@ -73,3 +81,30 @@ class SessionTurns:
                 waiting.moved.set()
         if not line:
             del self._lines[place.session_id]
+
+
+class SessionHolds(Protocol):
+    """A session's hold across processes sharing a store: one turn continuing the session at a
+    time, wherever it runs."""
+
+    async def take(self, session_id: str, on_wait: Callable[[], Awaitable[None]]) -> str:
+        """Wait until this process holds `session_id` (calling `on_wait` once, before waiting
+        for another's hold); the hold's id. Cancellable: nothing is held then."""
+        ...
+
+    async def release(self, session_id: str, hold: str) -> None:
+        """Let go of `hold` (a turn elsewhere waiting for the session goes)."""
+        ...
+
+
+class _OneProcess:
+    """One process owns the store (SQLite): its `SessionTurns` line is the session's only one."""
+
+    async def take(self, session_id: str, on_wait: Callable[[], Awaitable[None]]) -> str:
+        return session_id
+
+    async def release(self, session_id: str, hold: str) -> None:
+        return None
+
+
+ONE_PROCESS: SessionHolds = _OneProcess()

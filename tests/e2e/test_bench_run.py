@@ -71,3 +71,17 @@ def test_an_unknown_benchmark_is_refused_with_the_known_ones() -> None:
     assert done.returncode != 0
     assert "no_such_bench" in done.stderr
     assert "history_load" in done.stderr
+
+
+def test_replica_scaling_measures_three_setups_and_their_cpu_by_process() -> None:
+    done = bench("--only", "replica_scaling", "--json", "--quick")
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])["replica_scaling"]
+    figures = outcome["figures"]
+    rates = [figures[f"{setup}_turns_per_s"] for setup in ("direct_x1", "nginx_x1", "nginx_x2")]
+    assert all(rate > 0 for rate in rates)
+    assert math.isclose(outcome["ratio"], rates[2] / rates[0], rel_tol=0.01)
+    # Both replicas served turns through nginx; PostgreSQL and nginx were busy with them.
+    for key in ("replica", "replica_b", "postgres", "nginx"):
+        assert figures[f"nginx_x2_cpu_ms_{key}"] > 0, key
+    assert "nginx_x1_cpu_ms_replica_b" not in figures

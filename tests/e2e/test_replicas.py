@@ -4,6 +4,7 @@ serves, and a replica killed mid-answer is recovered by the other once its lease
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -251,15 +252,82 @@ async def test_two_hundred_turns_spread_over_both_replicas_lose_nothing(
         assert text_of(frames) == request_id
     async with httpx.AsyncClient(base_url=replicas[1].http_url) as http:
         for session_id in sessions:
-            # The whole tree: turns of one session on two replicas at once are not queued
-            # across them (README), so some branch; each answer is under its own question.
+            # Turns of one session go one at a time across the replicas: the whole tree is one
+            # chain, each question after the answer before it, each answer under its question.
             tree = (await http.get(f"/sessions/{session_id}/messages?tree=true")).json()
             asked_here = sorted(rid for rid, (sid, _) in asked.items() if sid == session_id)
             assert sorted(m["content"] for m in tree if m["role"] == "user") == asked_here
-            by_id = {m["id"]: m for m in tree}
+            assert [m["role"] for m in tree] == ["user", "assistant"] * 10
+            for parent, child in itertools.pairwise(tree):
+                assert child["parent_id"] == parent["id"]
             answers = [m for m in tree if m["role"] == "assistant"]
-            assert sorted(by_id[m["parent_id"]]["content"] for m in answers) == asked_here
+            by_id = {m["id"]: m for m in tree}
             assert all(m["content"] == by_id[m["parent_id"]]["content"] for m in answers)
+
+
+async def new_session(server: ServerProcess) -> str:
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        session_id: str = (await http.post("/sessions", json={})).json()["id"]
+    return session_id
+
+
+async def test_a_second_turn_of_a_session_on_the_other_replica_waits_for_the_first(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = replicas
+    session_id = await new_session(a)
+    async with connect(a.ws_url) as on_a, connect(b.ws_url) as on_b:
+        first, second = ProtocolClient(on_a), ProtocolClient(on_b)
+        await first.send({**long_chat("first", 30, 20), "session_id": session_id})
+        await first.until("first", "processing")  # a holds the session
+        await second.send(
+            {"type": "chat", "request_id": "then", "text": "then", "session_id": session_id}
+        )
+        [queued] = await second.until("then", "queued")
+        assert queued["chunk"]["metadata"] == {"queue_position": 1, "waiting_for": "session"}
+        ended_first = await first.until("first")
+        ended_second = await second.until("then")
+    assert ended_first[-1]["status"] == ended_second[-1]["status"] == "complete"
+    assert [f["status"] for f in ended_second[:2]] == ["queued", "processing"]
+    async with httpx.AsyncClient(base_url=b.http_url) as http:
+        tree = (await http.get(f"/sessions/{session_id}/messages?tree=true")).json()
+    assert [(m["role"], m["content"]) for m in tree] == [
+        ("user", long_chat("first", 30, 20)["text"]),
+        ("assistant", long_chat("first", 30, 20)["text"]),
+        ("user", "then"),
+        ("assistant", "then"),
+    ]
+    for parent, child in itertools.pairwise(tree):
+        assert child["parent_id"] == parent["id"]
+
+
+async def test_a_turn_waiting_for_the_other_replica_can_be_cancelled(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = replicas
+    session_id = await new_session(a)
+    async with connect(a.ws_url) as on_a, connect(b.ws_url) as on_b:
+        first, second = ProtocolClient(on_a), ProtocolClient(on_b)
+        await first.send({**long_chat("busy", 30, 20), "session_id": session_id})
+        await first.until("busy", "processing")
+        await second.send(
+            {"type": "chat", "request_id": "no", "text": "never", "session_id": session_id}
+        )
+        await second.until("no", "queued")
+        await second.send({"type": "cancel", "request_id": "no"})
+        refused = (await second.until("no", "error"))[-1]
+        assert refused["error"]["code"] == "cancelled"
+        await first.until("busy")
+        # The hold went with the first answer: the session goes on, on b.
+        assert (await second.chat("after", "after", session_id=session_id))[-1]["status"] == (
+            "complete"
+        )
+    async with httpx.AsyncClient(base_url=a.http_url) as http:
+        tree = (await http.get(f"/sessions/{session_id}/messages?tree=true")).json()
+    assert [m["content"] for m in tree if m["role"] == "user"] == [
+        long_chat("busy", 30, 20)["text"],
+        "after",
+    ]
 
 
 def test_a_database_that_cannot_be_reached_stops_start_up_in_one_line(tmp_path: Path) -> None:
@@ -279,3 +347,33 @@ def test_a_database_that_cannot_be_reached_stops_start_up_in_one_line(tmp_path: 
     assert last.startswith("tether serve: start-up failed: storage postgresql (storage.url):")
     assert "hunter2" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+async def test_a_turn_waiting_for_a_replica_that_dies_goes_after_its_recovered_answer(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with two_replicas(tmp_path, postgres_url) as (a, b):
+        session_id = await new_session(a)
+        async with connect(a.ws_url) as on_a, connect(b.ws_url) as on_b:
+            first, second = ProtocolClient(on_a), ProtocolClient(on_b)
+            await first.send({**long_chat("dies", 400, 20), "session_id": session_id})
+            await first.until("dies", "chunk")
+            await second.send(
+                {"type": "chat", "request_id": "next", "text": "next", "session_id": session_id}
+            )
+            await second.until("next", "queued")
+            a.process.kill()
+            a.process.wait()
+            async with asyncio.timeout(scaled(10 * LEASE_SEC)):
+                ended = await second.until("next")
+        assert ended[-1]["status"] == "complete"
+        async with httpx.AsyncClient(base_url=b.http_url) as http:
+            tree = (await http.get(f"/sessions/{session_id}/messages?tree=true")).json()
+    assert [(m["role"], m["status"]) for m in tree] == [
+        ("user", "complete"),
+        ("assistant", "interrupted"),
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
+    for parent, child in itertools.pairwise(tree):
+        assert child["parent_id"] == parent["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -207,10 +208,42 @@ def test_a_postgresql_url_chooses_postgresql(
 ) -> None:
     settings = load_settings(environ=environ, overrides=overrides, cwd=tmp_path)
     assert settings.storage.postgres_url == settings.storage.url
-    assert isinstance(build_store(settings.storage), PostgresStore)
+    assert isinstance(build_store(settings.storage, settings.server), PostgresStore)
     sqlite = load_settings(environ={}, cwd=tmp_path)
     assert sqlite.storage.postgres_url is None
-    assert isinstance(build_store(sqlite.storage), SQLiteStore)
+    assert isinstance(build_store(sqlite.storage, sqlite.server), SQLiteStore)
+
+
+@pytest.mark.parametrize(
+    ("environ", "overrides", "expected"),
+    [
+        ({}, {"server.port": 8123}, f"{socket.gethostname()}:8123"),  # stable by default
+        ({"TETHER_SERVER__REPLICA_ID": "east-1"}, {}, "east-1"),
+        ({}, {"server.replica_id": "west-2"}, "west-2"),
+    ],
+)
+def test_a_replica_id_is_configured_or_derived_stably(
+    tmp_path: Path, environ: dict[str, str], overrides: dict[str, object], expected: str
+) -> None:
+    environ = {**environ, "TETHER_STORAGE__URL": "postgresql://tether@db/tether"}
+    settings = load_settings(environ=environ, overrides=overrides, cwd=tmp_path)
+    store = build_store(settings.storage, settings.server)
+    assert isinstance(store, PostgresStore)
+    assert store.replica_id == expected
+
+
+def test_any_free_port_gets_a_random_replica_id(tmp_path: Path) -> None:
+    environ = {"TETHER_STORAGE__URL": "postgresql://tether@db/tether"}
+    settings = load_settings(environ=environ, overrides={"server.port": 0}, cwd=tmp_path)
+    stores = [build_store(settings.storage, settings.server) for _ in range(2)]
+    ids = {store.replica_id for store in stores if isinstance(store, PostgresStore)}
+    assert len(ids) == 2
+    assert all(ids)
+
+
+def test_an_empty_replica_id_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server\.replica_id"):
+        load_settings(environ={"TETHER_SERVER__REPLICA_ID": ""}, cwd=tmp_path)
 
 
 def test_a_sqlite_storage_url_sets_the_path(tmp_path: Path) -> None:

@@ -77,6 +77,10 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)  # 0: pick a free port
     token: SecretStr | None = None
+    # This replica's id on a shared store (PostgreSQL): stable, so that a replica restarted
+    # under it recovers its own open turns at once (tether.store.replica_ids). Unset:
+    # `<hostname>:<port>`; two running replicas never share one (the second is refused).
+    replica_id: str | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("token")
     @classmethod

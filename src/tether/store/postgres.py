@@ -10,8 +10,9 @@ first (`FOR NO KEY UPDATE`, which foreign-key checks never wait on), so that con
 one session chain, as they do on SQLite under its one writer, on any replica; nothing waits on a
 serialisable snapshot, so no serialisation error reaches a client.
 
-Leases (SQLite's file lock does not reach another machine): each store has a replica id and a
-row in `replicas` whose heartbeat it moves every `lease_sec / 3` seconds. Turns and journals are
+Leases (SQLite's file lock does not reach another machine): each store has a replica id (stable
+across restarts and held while the store is open: `replica_ids`) and a row in `replicas` whose
+heartbeat it moves every `lease_sec / 3` seconds. Turns and journals are
 written with the replica that runs them; `orphans()` names the replicas whose lease expired (or
 whose row is gone) while holding an advisory lock, so one replica recovers them, once, and never
 a living one's. A replica stalled past its lease is treated as dead: its turns are closed under
@@ -41,6 +42,7 @@ from asyncpg.pool import PoolConnectionProxy
 from tether import jsonsafe
 from tether.engines.base import ToolCall
 from tether.errors import BadRequest, Conflict, NotFound
+from tether.store import replica_ids
 from tether.store.base import (
     Agent,
     JournalAppend,
@@ -162,16 +164,19 @@ class PostgresStore:
     # -- life cycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect, migrate, and take this replica's lease (raises OSError or
-        asyncpg.PostgresError when the database cannot be reached or refuses)."""
+        """Connect, migrate, claim the replica id and take its lease (`replica_ids`: what a
+        dead process left under the id is recovered at once). Raises OSError or
+        asyncpg.PostgresError when the database cannot be reached or refuses, ReplicaIdInUse
+        when a living replica has the id."""
         self._pool = await asyncpg.create_pool(
             self.url, min_size=1, max_size=self.pool_size, reset=_rollback_only
         )
         try:
+            self._listener = await asyncpg.connect(self.url)
             async with self._pool.acquire() as conn:
                 await self._migrate(conn)
-                await conn.execute("INSERT INTO replicas (id) VALUES ($1)", self.replica_id)
-            self._listener = await asyncpg.connect(self.url)
+                retired = await replica_ids.claim(self._listener, conn, self.replica_id)
+            log.info("store.replica", replica_id=self.replica_id, left_open_turns=retired)
             await self._listener.add_listener(JOURNAL_CHANNEL, self._journal_notified)
             await self._listener.add_listener(CANCEL_CHANNEL, self._cancel_notified)
         except BaseException:
