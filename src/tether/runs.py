@@ -76,11 +76,12 @@ import enum
 import hmac
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
-from tether.chat import ChatService, Turn, TurnControl
+from tether.chat import ChatService, Regenerate, Turn, TurnControl
 from tether.coalesce import DeltaMerger
 from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
@@ -94,7 +95,14 @@ from tether.protocol import (
     frame_body,
     processing_body,
 )
-from tether.store.base import JournalAppend, JournalStart, Store
+from tether.store.base import (
+    JournalAnswered,
+    JournalAppend,
+    JournalEnd,
+    JournalStart,
+    Store,
+    TurnStart,
+)
 from tether.tokens import digest, new_token
 
 log = structlog.get_logger("tether.runs")
@@ -174,14 +182,28 @@ class RunState(enum.Enum):
     FINISHED = "finished"  # ... and every frame and the end are journaled (and published)
 
 
+@dataclass(frozen=True, slots=True)
+class _Closing:
+    """The last frames a run handed to the store with its answer (`Run.closing`)."""
+
+    first_seq: int
+    final: ChatEvent  # the event the turn emits once the answer is stored
+    frame: ServerFrame  # its frame, committed with the answer
+
+
 class Run:
-    """One chat request: its turn's task, its frame log and its watchers."""
+    """One chat request: its turn's task, its frame log and its watchers.
+
+    It is also its turn's `TurnJournal` (`tether.chat`): its `processing` frame is committed
+    with the user's message and sent as soon as that commit returns; its last frames and its
+    end are committed with the answer."""
 
     def __init__(self, registry: RunRegistry, request_id: str) -> None:
         self.registry = registry
         self.request_id = request_id
         self.frames: list[ServerFrame] = []  # frames[seq]; append-only
-        self.durable = 0  # frames[:durable] are journaled: only those go to sockets
+        self.journaled = 0  # frames[:journaled] are handed to the store (committed or on the way)
+        self.durable = 0  # frames[:durable] are committed: only those go to sockets
         self.watchers: list[Watcher] = []
         self.control = TurnControl()
         self.task: asyncio.Task[None] | None = None
@@ -195,6 +217,10 @@ class Run:
         self._merging = DeltaMerger()  # text deltas waiting for the journal writer's next batch
         self._caught_up = asyncio.Event()  # the journal is less than MAX_FRAMES_AHEAD behind
         self._grace: asyncio.TimerHandle | None = None
+        self._opened: ServerFrame | None = None  # `processing`, as begin_turn last rendered it
+        self._closing: _Closing | None = None  # the last frames, on their way with the answer
+        self._end_journaled = False  # the journal's end was committed with the answer
+        self._retry_checked = False  # whether this is a retried chat is known
 
     # -- frames -------------------------------------------------------------------------------
 
@@ -245,9 +271,83 @@ class Run:
             await self._caught_up.wait()
         await asyncio.sleep(0)
 
+    # -- its turn's journal (tether.chat.TurnJournal) -----------------------------------------
+
+    def opening(self, accepted: Callable[[TurnStart], Accepted]) -> JournalStart:
+        """The journal row for `begin_turn`, with the `processing` frame it commits. Frames
+        logged before (`queued`) must be on their way to the store first, or the frame goes
+        the usual way, after them."""
+        seq = len(self.frames)
+        if self.journaled < seq or self._merging:
+            return JournalStart(self.request_id, self.token_digest)
+
+        def render(start: TurnStart) -> str:
+            self._opened = ServerFrame(
+                self.request_id, seq, processing_body(accepted(start), self.token)
+            )
+            return self._opened.text
+
+        return JournalStart(self.request_id, self.token_digest, render, seq)
+
+    def closing(self, final: ChatEvent) -> JournalEnd:
+        """The frames not yet handed to the journal writer and `final`'s, for `append_message`
+        to commit with the answer and end the journal; the writer leaves them alone."""
+        self.logged()
+        first = self.journaled
+        frame = ServerFrame(self.request_id, len(self.frames), frame_body(final))
+        self._closing = _Closing(first, final, frame)
+        self.journaled = len(self.frames)
+        texts = [f.text for f in self.frames[first:]]
+        return JournalEnd(self.request_id, first, [*texts, frame.text])
+
+    def _committed_with_turn(self, event: ChatEvent) -> bool:
+        """Log `event`'s frame if the store committed it with the turn's own write (the
+        opening with the user's message, the final frame with the answer) and send it now;
+        False: it goes the usual way."""
+        if isinstance(event, Accepted) and self._opened is not None:
+            frame, self._opened = self._opened, None
+            if frame.seq != len(self.frames):
+                return False
+        elif self._closing is not None:
+            closing, self._closing = self._closing, None
+            if event is not closing.final:  # the answer was not stored: its frames go back
+                self.journaled = closing.first_seq
+                return False
+            frame, self._end_journaled = closing.frame, True
+        else:
+            return False
+        self.frames.append(frame)
+        self._numbering.next_seq = len(self.frames)
+        self.journaled = len(self.frames)
+        self.publish(len(self.frames), ended=False)
+        return True
+
+    async def _check_retry(self, turn: Turn) -> None:
+        """Before a chat's first frame that is not committed with its question (it waits, or
+        is refused): raise JournalAnswered if its request_id ended having asked this (a client
+        retrying); `begin_turn` checks this itself, in its own transaction."""
+        if self._retry_checked:
+            return
+        self._retry_checked = True
+        if turn.journal is None or isinstance(turn.redo, Regenerate):
+            return
+        record = await self.registry.store.journal_record(self.request_id)
+        asked = None if record is None else record.question_digest
+        if asked is not None and hmac.compare_digest(asked, digest(turn.text)):
+            raise JournalAnswered(self.request_id, None if record is None else record.token_digest)
+
+    async def _replay(self, answered: JournalAnswered) -> None:
+        """The chat was answered before: its frames are the stored journal's."""
+        texts = await self.registry.store.read_journal(self.request_id) or []
+        self.frames = [decode_frame(text) for text in texts]
+        self.journaled = len(self.frames)
+        if answered.token_digest is not None:
+            self.token_digest = answered.token_digest
+        self._end_journaled = True
+
     def publish(self, durable: int, ended: bool) -> None:
-        """The journal writer committed `frames[:durable]` (and, with `ended`, the end)."""
-        self.durable = durable
+        """`frames[:durable]` are committed (and, with `ended`, the journal's end)."""
+        self.durable = max(self.durable, durable)
         if ended:
             self.state = RunState.FINISHED
         self._caught_up.set()
@@ -309,18 +409,25 @@ class Run:
     async def execute(self, turn: Turn, transport: Transport) -> None:
         async def emit(event: ChatEvent) -> None:
             if isinstance(event, Accepted):
+                self._retry_checked = True
                 self.model, self.waiting = event.model, event.queue_position > 0
                 if self.waiting:
                     self.registry.yield_model(self)
-                self.post(processing_body(event, self.token))
+                if not self._committed_with_turn(event):
+                    self.post(processing_body(event, self.token))
             else:
                 self.waiting = False
-                self.record(event)
+                if not self._committed_with_turn(event):
+                    if not self._retry_checked:
+                        await self._check_retry(turn)
+                    self.record(event)
             await self.keep_pace()  # an engine that never awaits must not hog the loop
 
         observed = self.registry.metrics.observe_turn(transport, emit)
         try:
             await self.registry.chat.run_turn(turn, observed, self.control)
+        except JournalAnswered as answered:
+            await self._replay(answered)
         except Exception:
             log.exception("run.crashed", request_id=self.request_id)
             await observed(Failed("internal", "internal error; the server log has the details"))
@@ -330,7 +437,10 @@ class Run:
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = None
-            self.registry.journal_later(self)  # the end itself is journaled too
+            if self._end_journaled:  # committed with the answer: nothing left to write
+                self.publish(len(self.frames), ended=True)
+            else:
+                self.registry.journal_later(self)  # the end itself is journaled too
             # Shielded: even when this task is cancelled (a hard close), its frames are
             # committed (and so sent) before the run leaves memory.
             await asyncio.shield(self.registry.retire(self))
@@ -375,7 +485,7 @@ class RunRegistry:
         self._runs[turn.request_id] = run  # a finished run of the same id is leaving memory
         watcher = run.watch(sink, -1, on_end)
         watcher.live = True  # nothing is logged yet: no replay
-        turn = dataclasses.replace(turn, journal=JournalStart(turn.request_id, run.token_digest))
+        turn = dataclasses.replace(turn, journal=run)
         run.task = asyncio.create_task(run.execute(turn, transport), name=f"run:{turn.request_id}")
         return watcher
 
@@ -423,20 +533,6 @@ class RunRegistry:
         record = await self.store.journal_record(request_id)
         return None if record is None else record.token_digest
 
-    async def answered(self, request_id: str, text: str) -> list[ServerFrame] | None:
-        """The journal of the ended request `request_id` if it asked `text`: a `chat` sent again
-        (its client never learned the outcome: a dropped connection, a crash) gets it replayed
-        instead of storing its question again. None otherwise (the chat starts as usual)."""
-        run = self._runs.get(request_id)
-        if run is not None and not run.finished:
-            return None
-        record = await self.store.journal_record(request_id)
-        if record is None or record.question_digest is None:
-            return None
-        if not hmac.compare_digest(record.question_digest, digest(text)):
-            return None
-        return await self.journal(request_id)
-
     # -- the journal writer: new frames of every run, committed in batches, then sent -----------
 
     def journal_later(self, run: Run) -> None:
@@ -453,18 +549,12 @@ class RunRegistry:
 
     async def _write_journals(self) -> None:
         while self._dirty:
-            batch = [(run, run.logged(), run.ended) for run in self._dirty]
+            batch = [(run, run.logged(), run.ended) for run in self._dirty if not run.finished]
             self._dirty.clear()
             appends = [
-                JournalAppend(
-                    run.request_id,
-                    run.durable,
-                    [frame.text for frame in run.frames[run.durable : count]],
-                    ended,
-                    token_digest=run.token_digest,
-                )
+                append
                 for run, count, ended in batch
-                if count > run.durable or (ended and count > 0)
+                if (append := self._append(run, count, ended)) is not None
             ]
             try:
                 started = time.perf_counter()
@@ -482,6 +572,16 @@ class RunRegistry:
                     run.done.set()
             if time.monotonic() - self._last_prune > PRUNE_INTERVAL_SEC:
                 await self._prune()
+
+    @staticmethod
+    def _append(run: Run, count: int, ended: bool) -> JournalAppend | None:
+        """What the writer commits of `run`: its frames from `journaled` to `count` (and the
+        journal's end); the run's frames are then on their way."""
+        if count <= run.journaled and not (ended and count > 0):
+            return None
+        first, run.journaled = run.journaled, count
+        texts = [frame.text for frame in run.frames[first:count]]
+        return JournalAppend(run.request_id, first, texts, ended, token_digest=run.token_digest)
 
     async def _prune(self) -> None:
         self._last_prune = time.monotonic()

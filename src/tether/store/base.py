@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -56,7 +56,9 @@ class Agent:
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A message to append; the store assigns id and created_at."""
+    """A message to append; the store assigns created_at, and id unless it is given (a turn
+    names its answer before storing it, so that the answer's final frame can be committed with
+    it: `JournalEnd`)."""
 
     role: Role
     content: str
@@ -68,6 +70,7 @@ class NewMessage:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +99,37 @@ class SearchHit:
 @dataclass(frozen=True, slots=True)
 class JournalStart:
     """The journal row `begin_turn` writes with the user's message: the request and the SHA-256
-    (hex) of its resume token."""
+    (hex) of its resume token; with `opening`, also the journal's frame at `opening_seq` (the
+    request's `processing`), rendered from what the transaction stores, so that the frame is
+    committed with the message and can be sent the moment `begin_turn` returns. `opening` may
+    be called more than once (a transaction retried); the frame of its last call is the one
+    committed."""
 
     request_id: str
     token_digest: str
+    opening: Callable[[TurnStart], str] | None = None
+    opening_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEnd:
+    """A journal's last frames, committed with the message `append_message` stores, and the
+    journal's end: `frames[i]` has seq `first_seq + i`."""
+
+    request_id: str
+    first_seq: int
+    frames: Sequence[str]
+
+
+class JournalAnswered(Exception):
+    """`begin_turn` was asked to open the journal of a request that ended having asked the same
+    question (its client is retrying: it never learned the outcome). Nothing was stored; the
+    request's journal (`read_journal`) tells what became of it."""
+
+    def __init__(self, request_id: str, token_digest: str | None) -> None:
+        super().__init__(f"request {request_id!r} was answered already")
+        self.request_id = request_id
+        self.token_digest = token_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +204,12 @@ class Store(Protocol):
     ) -> TurnStart:
         """Commit a user message, creating the session when `session_id` is None; with
         `journal`, open that request's journal row in the same transaction (replacing an ended
-        journal of its request_id), naming the message and the digest of its text.
+        journal of its request_id; keeping the frames of one still open, which the request
+        journaled while it waited), naming the message and the digest of its text, and commit
+        the journal's `opening` frame with them.
+
+        Raises `JournalAnswered`, storing nothing, when `journal`'s request ended having asked
+        `text` (a retried chat is idempotent).
 
         Raises `NotFound` for an unknown session or a parent outside the session. The parent
         defaults to the end of the session's active branch (its newest message unless switched
@@ -203,12 +238,14 @@ class Store(Protocol):
         *,
         turn_id: str | None = None,
         ends_turn: bool = False,
+        journal: JournalEnd | None = None,
     ) -> Message:
         """Commit a message after `parent_id`.
 
         `turn_id` (the user message id from `begin_turn`) says the message belongs to that
         running turn: the turn's record moves to it, or, with `ends_turn`, is closed, in the
-        same transaction.
+        same transaction. With `journal`, the journal's last frames and its end are committed
+        in that transaction too.
         """
         ...
 
