@@ -186,9 +186,10 @@ class RunState(enum.Enum):
 class _Closing:
     """The last frames a run handed to the store with its answer (`Run.closing`)."""
 
-    first_seq: int
+    end: JournalEnd  # the frames, its last one `final`'s
     final: ChatEvent  # the event the turn emits once the answer is stored
-    frame: ServerFrame  # its frame, committed with the answer
+    frame: ServerFrame  # its frame
+    asked: float  # perf_counter when they were handed over
 
 
 class Run:
@@ -218,6 +219,7 @@ class Run:
         self._caught_up = asyncio.Event()  # the journal is less than MAX_FRAMES_AHEAD behind
         self._grace: asyncio.TimerHandle | None = None
         self._opened: ServerFrame | None = None  # `processing`, as begin_turn last rendered it
+        self._opened_asked = 0.0
         self._closing: _Closing | None = None  # the last frames, on their way with the answer
         self._end_journaled = False  # the journal's end was committed with the answer
         self._retry_checked = False  # whether this is a retried chat is known
@@ -281,10 +283,13 @@ class Run:
         if self.journaled < seq or self._merging:
             return JournalStart(self.request_id, self.token_digest)
 
+        asked = time.perf_counter()
+
         def render(start: TurnStart) -> str:
             self._opened = ServerFrame(
                 self.request_id, seq, processing_body(accepted(start), self.token)
             )
+            self._opened_asked = asked
             return self._opened.text
 
         return JournalStart(self.request_id, self.token_digest, render, seq)
@@ -295,10 +300,11 @@ class Run:
         self.logged()
         first = self.journaled
         frame = ServerFrame(self.request_id, len(self.frames), frame_body(final))
-        self._closing = _Closing(first, final, frame)
-        self.journaled = len(self.frames)
         texts = [f.text for f in self.frames[first:]]
-        return JournalEnd(self.request_id, first, [*texts, frame.text])
+        end = JournalEnd(self.request_id, first, [*texts, frame.text])
+        self._closing = _Closing(end, final, frame, time.perf_counter())
+        self.journaled = len(self.frames)
+        return end
 
     def _committed_with_turn(self, event: ChatEvent) -> bool:
         """Log `event`'s frame if the store committed it with the turn's own write (the
@@ -308,14 +314,19 @@ class Run:
             frame, self._opened = self._opened, None
             if frame.seq != len(self.frames):
                 return False
+            append = JournalAppend(self.request_id, len(self.frames), [frame.text])
+            asked = self._opened_asked
         elif self._closing is not None:
             closing, self._closing = self._closing, None
             if event is not closing.final:  # the answer was not stored: its frames go back
-                self.journaled = closing.first_seq
+                self.journaled = closing.end.first_seq
                 return False
-            frame, self._end_journaled = closing.frame, True
+            frame, self._end_journaled, asked = closing.frame, True, closing.asked
+            end = closing.end
+            append = JournalAppend(self.request_id, end.first_seq, end.frames, ended=True)
         else:
             return False
+        self.registry.metrics.journal_committed([append], time.perf_counter() - asked)
         self.frames.append(frame)
         self._numbering.next_seq = len(self.frames)
         self.journaled = len(self.frames)
