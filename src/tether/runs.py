@@ -560,13 +560,16 @@ class RunRegistry:
 
     async def _write_journals(self) -> None:
         while self._dirty:
-            batch = [(run, run.logged(), run.ended) for run in self._dirty if not run.finished]
-            self._dirty.clear()
-            appends = [
-                append
-                for run, count, ended in batch
-                if (append := self._append(run, count, ended)) is not None
+            # Each run's frames not yet on their way; a run whose last frames are on their way
+            # with its answer (or whose opening is with its question) has nothing here, and
+            # is published by that commit, not this one.
+            batch = [
+                (run, self._append(run, run.logged(), run.ended))
+                for run in self._dirty
+                if not run.finished
             ]
+            self._dirty.clear()
+            appends = [append for _, append in batch if append is not None]
             try:
                 started = time.perf_counter()
                 await self.store.append_journals(appends)
@@ -575,9 +578,12 @@ class RunRegistry:
                 # The chat goes on: its frames are sent unjournaled (resume may then miss them);
                 # the turn's own store writes will tell the client if the store is gone.
                 log.exception("runs.journal_failed", requests=len(appends))
-            for run, count, ended in batch:
+            for run, append in batch:
                 try:
-                    run.publish(count, ended)
+                    if append is not None:
+                        run.publish(append.first_seq + len(append.frames), append.ended)
+                    elif run.ended and not run.frames:  # nothing to journal: it is over
+                        run.publish(0, ended=True)
                 except Exception:  # one broken watcher must not stop every run's frames
                     log.exception("runs.publish_failed", request_id=run.request_id)
                     run.done.set()

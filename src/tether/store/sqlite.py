@@ -166,12 +166,11 @@ class Step(enum.IntEnum):
     rows of one step keep the order of their jobs."""
 
     SESSION = 0
-    MESSAGE = 1
-    LEAF = 2
-    TURN = 3
-    JOURNAL = 4
-    FRAME = 5
-    JOURNAL_END = 6
+    MESSAGE = 1  # (a trigger moves the session's active leaf to it: migration 0008)
+    TURN = 2
+    JOURNAL = 3
+    FRAME = 4
+    JOURNAL_END = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +244,6 @@ _INSERT_SESSION = (
 )
 _SET_TITLE = "UPDATE sessions SET title = ? WHERE id = ?"
 _INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
-_MOVE_LEAF = "UPDATE sessions SET updated_at = ?, active_leaf_id = ? WHERE id = ?"
 _OPEN_TURN = (
     "INSERT INTO turns (user_message_id, session_id, head_id, started_at) VALUES (?, ?, ?, ?)"
 )
@@ -288,8 +286,8 @@ LEFT JOIN journals AS j ON j.request_id = ? AND j.ended_at IS NOT NULL AND j.que
 def _message_writes(
     session_id: str, parent_id: str | None, new: NewMessage
 ) -> tuple[Message, list[Write]]:
-    """The message `new` as stored after `parent_id`, and its rows (it, and the session's
-    active leaf moved to it)."""
+    """The message `new` as stored after `parent_id`, and its row (its insert moves the
+    session's active leaf to it: the messages_move_leaf trigger)."""
     stamp = now_iso()
     message = Message(
         id=new.id or new_id(),
@@ -323,10 +321,7 @@ def _message_writes(
         message.prompt_tokens,
         message.completion_tokens,
     )
-    return message, [
-        Write(Step.MESSAGE, _INSERT_MESSAGE, row),
-        Write(Step.LEAF, _MOVE_LEAF, (stamp, message.id, session_id)),
-    ]
+    return message, [Write(Step.MESSAGE, _INSERT_MESSAGE, row)]
 
 
 def _frame_writes(request_id: str, first_seq: int, frames: Sequence[str]) -> list[Write]:
