@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import socket
 import sqlite3
+from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
 
-from tests.support.servers import RunningServer
+from tests.support.servers import RunningServer, make_settings, serve_app
 from tests.support.timeouts import scaled
 from tests.support.wsclient import ProtocolClient, text_of
 from tether.serving.config import listen_socket
@@ -120,3 +122,18 @@ async def test_connections_to_the_listening_socket_send_small_frames_at_once() -
         _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
         assert await asyncio.wait_for(nodelay, scaled(10)) == 1
         writer.close()
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_permessage_deflate_is_off_unless_configured(
+    tmp_path: Path, compression: bool
+) -> None:
+    overrides = {"server.ws_compression": True} if compression else {}
+    async with (
+        serve_app(make_settings(tmp_path, **overrides)) as server,
+        connect(server.ws_url, compression="deflate") as ws,  # the client offers it
+    ):
+        negotiated = [extension.name for extension in ws.protocol.extensions]
+        frames = await ProtocolClient(ws).chat("r", "still works")
+    assert negotiated == (["permessage-deflate"] if compression else [])
+    assert text_of(frames) == "still works"

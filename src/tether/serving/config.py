@@ -28,6 +28,7 @@ def uvicorn_config(
         http=header_timeout_protocol(settings.limits.handshake_timeout_sec),
         ws=close_now_protocol(settings.limits.send_timeout_sec),
         ws_max_size=settings.limits.max_frame_bytes,
+        ws_per_message_deflate=settings.server.ws_compression,
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=10,
