@@ -20,12 +20,19 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   out sooner); then, or for an id never seen, `not_found`. An ended request with no frame
   after `after_seq` sends its final frame again, so that the client learns it is over.
 - Where the frames live: each frame is journaled in SQLite (`events`) before any socket is sent
-  it. A run appends its frames to an in-memory log and marks itself dirty; the registry's journal
-  writer commits the new frames of every dirty run in one statement (group commit: while one
-  commits, the next batch gathers, so a stream costs about one commit per batch, not per token)
-  and only then *publishes* them: `Run.durable` moves up and the live watchers queue them. The
-  turn itself never waits for the journal. A run leaves memory when its final frame is committed
-  (`Run.finished`); until then sockets watch it, afterwards `resume` reads the store.
+  it. The frames of a turn's own commits ride with them (the run is its turn's `TurnJournal`):
+  `processing` is committed in `begin_turn`'s transaction, with the user's message, and
+  published the moment it returns; the answer's last frames, its final frame and the journal's
+  end in `append_message`'s, with the answer. The frames between (chunks, tool frames) go to an
+  in-memory log and mark the run dirty; the registry's journal writer hands the new frames of
+  every dirty run to the store in one job, which the store commits with whatever else waits
+  (group commit, `tether.store.group_commit`: while one commits, the next batch gathers, so a
+  stream costs about one commit per batch, not per token), and only then *publishes* them:
+  `Run.durable` moves up and the live watchers queue them. `Run.journaled` counts the frames
+  handed to the store (committed or on their way), so no frame is handed over twice and the
+  store's line keeps them in seq order. The turn itself never waits for the journal. A run
+  leaves memory when its final frame is committed (`Run.finished`); until then sockets watch
+  it, afterwards `resume` reads the store.
 - Across a crash (kill -9): every frame a client was sent is in the journal. At start-up
   (`tether.recovery`) each journal the dead process left open gets its final frame: `complete`
   with `finish_reason: "interrupted"` naming the stored answer, whose content is the text the
@@ -35,10 +42,12 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
 - Request ids are client-chosen and name a request server-wide: a `chat` whose `request_id` is
   running (or whose final frame is not out yet) gets `conflict`. A `chat` with the id *and text*
   of an ended request is its client retrying (it never learned the outcome: a dropped
-  connection, a crash before `processing` reached it): it gets that request's journal replayed
-  (`answered`), never a second copy of the question. Reusing the id of an ended request for
-  another question starts a new request whose journal replaces the old one. Use unique ids
-  (UUIDs).
+  connection, a crash before `processing` reached it): it gets that request's journal replayed,
+  never a second copy of the question. `begin_turn` finds this out in its own transaction
+  (`JournalAnswered`); a chat that must journal a frame before its question is stored (it
+  waits for its session, or is refused) reads the journal's row first. Reusing the id of an
+  ended request for another question starts a new request whose journal replaces the old one.
+  Use unique ids (UUIDs).
 - Requests belong to whoever started them. Each run draws a resume token (`tether.tokens`),
   sent in its `processing` frame as `resume_token` and stored, hashed, with its journal row (by
   `begin_turn`, in the transaction of the user's message; so a request killed before its first
