@@ -536,7 +536,8 @@ class SQLiteStore:
             await tx.execute("COMMIT")
         except Exception as exc:
             if conn.in_transaction:
-                await tx.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # (the jobs hear of `exc` all the same)
+                    await tx.execute("ROLLBACK")
             if batch.alone:
                 _settle(jobs[0].future, error=exc)
             else:  # which job broke it is unknown: each runs again alone
