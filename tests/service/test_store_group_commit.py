@@ -149,3 +149,26 @@ async def test_frames_journaled_while_waiting_stay_when_the_turn_begins(
     assert await store.open_journals() == [
         OpenJournal("r", ["queued", opening(start)], start.message.id)
     ]
+
+
+async def test_a_request_id_used_again_to_regenerate_replaces_its_journal(
+    store: SQLiteStore,
+) -> None:
+    start = await store.begin_turn(session_id=None, text="q")
+    sid, question = start.session.id, start.message.id
+    await store.append_message(
+        sid, question, NewMessage("assistant", "a"), turn_id=question, ends_turn=True
+    )
+    for answer in ("b", "c"):  # the same request_id regenerates the same question twice
+        again = await store.begin_regeneration(
+            question, session_id=sid, journal=JournalStart("r", "d", opening, 0)
+        )
+        await store.append_message(
+            sid,
+            question,
+            NewMessage("assistant", answer),
+            turn_id=question,
+            ends_turn=True,
+            journal=JournalEnd("r", 1, [f"complete {answer}"]),
+        )
+        assert await store.read_journal("r") == [opening(again), f"complete {answer}"]

@@ -405,7 +405,7 @@ def _turn_writes(message: Message, journal: JournalStart | None) -> list[Write]:
         return writes
     row = (
         journal.request_id,
-        message.created_at,
+        now_iso(),  # (not the message's: a regeneration's question is an old one)
         journal.token_digest,
         message.id,
         digest(message.content),
