@@ -125,10 +125,8 @@ async def test_connections_to_the_listening_socket_send_small_frames_at_once() -
 
 
 @pytest.mark.parametrize("compression", [False, True])
-async def test_permessage_deflate_is_off_unless_configured(
-    tmp_path: Path, compression: bool
-) -> None:
-    overrides = {"server.ws_compression": True} if compression else {}
+async def test_permessage_deflate_follows_the_setting(tmp_path: Path, compression: bool) -> None:
+    overrides = {} if compression else {"server.ws_compression": False}
     async with (
         serve_app(make_settings(tmp_path, **overrides)) as server,
         connect(server.ws_url, compression="deflate") as ws,  # the client offers it
