@@ -52,9 +52,10 @@ def tool_calls_from(raw: str | None) -> tuple[ToolCall, ...]:
 
 
 def new_message(session_id: str, parent_id: str | None, new: NewMessage) -> Message:
-    """The message `new` becomes, with a fresh id and the time now."""
+    """The message `new` becomes, with its id (a fresh one unless `new` names it) and the time
+    now."""
     return Message(
-        id=new_id(),
+        id=new.id or new_id(),
         session_id=session_id,
         parent_id=parent_id,
         role=new.role,
