@@ -359,8 +359,9 @@ class Run:
                 self.journaled = closing.journaled
                 return False
             frame, self._end_journaled, asked = closing.frame, True, closing.asked
-            end = closing.end
-            append = JournalAppend(self.request_id, end.first_seq, end.frames, ended=True)
+            # (counted once: those the journal writer had on their way are its commit's)
+            new = closing.end.frames[closing.journaled - closing.end.first_seq :]
+            append = JournalAppend(self.request_id, closing.journaled, new, ended=True)
         else:
             return False
         self.registry.metrics.journal_committed([append], time.perf_counter() - asked)
