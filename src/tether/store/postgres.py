@@ -8,7 +8,10 @@ is a generated `tsvector` column with a GIN index instead of FTS5.
 Concurrency: every transaction runs at READ COMMITTED. A session's writes take its row's lock
 first (`FOR NO KEY UPDATE`, which foreign-key checks never wait on), so that concurrent turns of
 one session chain, as they do on SQLite under its one writer, on any replica; nothing waits on a
-serialisable snapshot, so no serialisation error reaches a client.
+serialisable snapshot, so no serialisation error reaches a client. Locks are taken in one order:
+the session's row, then a journal's row, then its frames (an answer repeats the frames the
+journal writer may still be inserting: `JournalEnd`), so two transactions never wait on each
+other.
 
 Leases (SQLite's file lock does not reach another machine): each store has a replica id and a
 row in `replicas` whose heartbeat it moves every `lease_sec / 3` seconds. Turns and journals are
@@ -515,13 +518,16 @@ class PostgresStore:
             stored = await self._insert_message(conn, session_id, parent_id, generated(message))
             await conn.execute("DELETE FROM turns WHERE user_message_id = $1", turn_id)
             if journal is not None:
-                await self._insert_frames(
-                    conn, journal.request_id, journal.first_seq, journal.frames
-                )
+                # The journal's row first: the journal writer's transaction may hold it (its
+                # first frames open it) and then insert frames this one repeats; taking the
+                # row before the frames waits for that commit instead of deadlocking with it.
                 await conn.execute(
                     "UPDATE journals SET ended_at = $1 WHERE request_id = $2",
                     now_iso(),
                     journal.request_id,
+                )
+                await self._insert_frames(
+                    conn, journal.request_id, journal.first_seq, journal.frames
                 )
             return stored
 
