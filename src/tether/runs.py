@@ -19,7 +19,7 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   least `reliability.journal_max_age_sec` after it ended (unless `journal_max_rows` pushed it
   out sooner); then, or for an id never seen, `not_found`. An ended request with no frame
   after `after_seq` sends its final frame again, so that the client learns it is over.
-- Where the frames live: each frame is journaled in SQLite (`events`) before any socket is sent
+- Where the frames live: each frame is journaled in the store (`events`) before any socket is sent
   it. The frames of a turn's own commits ride with them (the run is its turn's `TurnJournal`):
   `processing` is committed in `begin_turn`'s transaction, with the user's message, and
   published the moment it returns; the answer's last frames, its final frame and the journal's
@@ -29,8 +29,11 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   (group commit, `tether.store.group_commit`: while one commits, the next batch gathers, so a
   stream costs about one commit per batch, not per token), and only then *publishes* them:
   `Run.durable` moves up and the live watchers queue them. `Run.journaled` counts the frames
-  handed to the store (committed or on their way), so no frame is handed over twice and the
-  store's line keeps them in seq order. The turn itself never waits for the journal. A run
+  handed to the store (committed or on their way), so the writer hands no frame over twice.
+  A store may commit its calls out of order (PostgreSQL's pool; SQLite's line keeps them in
+  order), so the opening rides with `begin_turn` only when every frame before it is committed,
+  and the answer repeats the frames not known committed (a seq keeps its first frame): the
+  journal ends holding every frame. The turn itself never waits for the journal. A run
   leaves memory when its final frame is committed (`Run.finished`); until then sockets watch
   it, afterwards `resume` reads the store.
 - Across a crash (kill -9): every frame a client was sent is in the journal. At start-up
