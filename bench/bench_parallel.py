@@ -110,19 +110,20 @@ def load(url: str, model: str, concurrent: int, max_tokens: int, tag: str) -> di
     }
 
 
-def kernel(threads: int, repeats: int) -> dict[int, float]:
-    """llama.cpp's throughput at n sequences a step over 1 a step (decode only)."""
+def kernel(threads: int, repeats: int, levels: tuple[int, ...]) -> dict[int, float]:
+    """llama.cpp's throughput at n sequences a step over 1 a step (decode only), for each of
+    `levels` (1 among them)."""
     from tether.engines.batch_schedule import Piece
     from tether.engines.llama_native import NativeModel
 
-    model = NativeModel(MODEL, n_ctx=1024, n_seq=max(CONCURRENCY), n_threads=threads)
+    model = NativeModel(MODEL, n_ctx=1024, n_seq=max(levels), n_threads=threads)
     try:
         tokens = model.tokenize("Write a long story about a robot who learns to paint.")
-        for seq in range(max(CONCURRENCY)):
+        for seq in range(max(levels)):
             model.decode([Piece(seq, tuple(tokens), 0, True)])
-        steps: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
+        steps: dict[int, list[float]] = {c: [] for c in levels}
         for _ in range(repeats):
-            for c in CONCURRENCY:
+            for c in levels:
                 started = time.perf_counter()
                 for k in range(10):
                     pos = len(tokens) + k
@@ -159,7 +160,7 @@ def run(
     rounds, max_tokens = (1, max_tokens or 32) if quick else (3, max_tokens or 128)
     levels = QUICK_CONCURRENCY if quick else CONCURRENCY
     raw: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    gains = kernel(threads, 3 if quick else 6)
+    gains = kernel(threads, 3 if quick else 6, levels)
     with tempfile.TemporaryDirectory() as tmp:
         servers = start_servers(threads, parallel, tmp)
         try:

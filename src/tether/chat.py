@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 import uuid
 from collections import Counter
@@ -83,6 +84,19 @@ T = TypeVar("T")
 log = structlog.get_logger("tether.chat")
 
 TITLE_CHARS = 60
+# What a title drops of a first line written in markdown: a heading, quote or list marker at its
+# start, emphasis and code marks, a link's target (its text stays).
+_LINE_MARK = re.compile(r"^\s*(?:#{1,6}\s+|>\s*|[-*+]\s+|\d+[.)]\s+)+")
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_INLINE_MARK = re.compile(r"\*\*|__|~~|`+|(?<!\w)[*_]|[*_](?!\w)")
+
+
+def title_of(text: str) -> str:
+    """A new session's title: the first non-blank line of its first message as plain text (no
+    markdown marks), at most TITLE_CHARS characters; "" when the message is blank."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    plain = _INLINE_MARK.sub("", _LINK.sub(r"\1", _LINE_MARK.sub("", line)))
+    return " ".join(plain.split())[:TITLE_CHARS].rstrip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,7 +493,7 @@ class ChatService:
             text=turn.text,
             parent_id=turn.parent_id,
             agent_id=turn.agent_id,
-            title=turn.text.strip().splitlines()[0][:TITLE_CHARS] if turn.text.strip() else "",
+            title=title_of(turn.text),
             sibling_of=turn.redo.message_id if isinstance(turn.redo, Edit) else None,
             journal=journal,
         )

@@ -44,3 +44,34 @@ def test_the_typescript_client_suite_passes() -> None:
     summary = [line for line in done.stdout.splitlines() if line.startswith("# ")]
     assert done.returncode == 0, f"npm test failed:\n{done.stdout[-20000:]}\n{done.stderr[-5000:]}"
     assert "# fail 0" in summary, summary
+
+
+WEB_CLIENT = PACKAGE.parents[1] / "src" / "tether" / "web" / "client"
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="node/npm is not installed")
+def test_the_web_uis_copy_of_the_client_is_a_fresh_build(tmp_path: Path) -> None:
+    """The browser UI serves `src/tether/web/client/` (committed, so a wheel needs no node): it
+    must be what `tsc` builds from `clients/typescript/src` now, not an older build."""
+    if not (PACKAGE / "node_modules").is_dir():
+        pytest.skip("clients/typescript has no node_modules: run ./setup.sh")
+    tsc = PACKAGE / "node_modules" / ".bin" / "tsc"
+    done = subprocess.run(
+        [str(tsc), "-p", "tsconfig.json", "--outDir", str(tmp_path)],
+        cwd=PACKAGE,
+        capture_output=True,
+        text=True,
+        timeout=scaled(300),
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    built = {p.name: p.read_text() for p in tmp_path.glob("*.js") if p.name != "ai.js"}
+    copied = {p.name: p.read_text() for p in WEB_CLIENT.glob("*.js")}
+    assert built, "tsc built nothing"
+    stale = sorted(
+        name for name in built.keys() | copied.keys() if built.get(name) != copied.get(name)
+    )
+    assert not stale, (
+        f"src/tether/web/client/ differs from a fresh build in {stale}: "
+        "run `npm run build:web` in clients/typescript and commit the result"
+    )
