@@ -62,15 +62,19 @@ from tether.store.base import (
     TurnStart,
 )
 from tether.store.records import (
-    INTERRUPTED_TOOL_RESULT,
     MESSAGE_COLUMNS,
     agent_from,
+    interrupted_answer,
+    interrupted_tool_result,
     iso,
+    journal_tail_from,
     message_from,
     message_values,
     new_id,
     new_message,
     now_iso,
+    open_journals_from,
+    search_hit_from,
     session_from,
     tool_calls_from,
 )
@@ -589,18 +593,7 @@ class PostgresStore:
             session_id,
             limit,
         )
-        return [
-            SearchHit(
-                message_id=row["id"],
-                session_id=row["session_id"],
-                session_title=row["title"],
-                role=row["role"],
-                snippet=row["snippet"],
-                created_at=row["created_at"],
-                rank=row["score"],
-            )
-            for row in rows
-        ]
+        return [search_hit_from(row) for row in rows]
 
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
         # As SQLite's BRANCH_SQL: walked up from the leaf, the contents' UTF-8 bytes summed, the
@@ -668,14 +661,7 @@ class PostgresStore:
             "ORDER BY j.started_at, j.request_id, e.seq",
             self._owned_by(orphans),
         )
-        journals: dict[str, OpenJournal] = {}
-        for row in rows:
-            journal = journals.setdefault(
-                row["request_id"], OpenJournal(row["request_id"], [], row["user_message_id"])
-            )
-            if row["frame"] is not None:
-                journal.frames.append(row["frame"])
-        return list(journals.values())
+        return open_journals_from(rows)
 
     async def close_open_turns(
         self, orphans: Orphans, partial_answers: Mapping[str, str] | None = None
@@ -696,25 +682,12 @@ class PostgresStore:
                 unanswered = await self._unanswered_calls(conn, head_id)
                 for call in unanswered:
                     result = await self._insert_message(
-                        conn,
-                        session_id,
-                        head_id,
-                        NewMessage(
-                            role="tool",
-                            content=INTERRUPTED_TOOL_RESULT,
-                            name=call.name,
-                            tool_call_id=call.id,
-                            status="error",
-                        ),
+                        conn, session_id, head_id, interrupted_tool_result(call)
                     )
                     head_id = result.id
-                # Text after unanswered calls is the calling message's own, already stored.
-                text = "" if unanswered else partial_answers.get(turn["user_message_id"], "")
+                partial = partial_answers.get(turn["user_message_id"], "")
                 closed[turn["user_message_id"]] = await self._insert_message(
-                    conn,
-                    session_id,
-                    head_id,
-                    generated(NewMessage(role="assistant", content=text, status="interrupted")),
+                    conn, session_id, head_id, generated(interrupted_answer(partial, unanswered))
                 )
         return closed
 
@@ -832,10 +805,7 @@ class PostgresStore:
             request_id,
             after_seq,
         )
-        if not rows:
-            return None
-        frames = [row["frame"] for row in rows if row["frame"] is not None]
-        return JournalTail(frames, rows[0]["ended_at"] is not None)
+        return journal_tail_from(rows)
 
     @asynccontextmanager
     async def journal_changes(self, request_id: str) -> AsyncIterator[asyncio.Event]:

@@ -57,15 +57,19 @@ from tether.store.base import (
 from tether.store.group_commit import Batch, CommitQueue
 from tether.store.lock import DatabaseLock
 from tether.store.records import (
-    INTERRUPTED_TOOL_RESULT,
     MESSAGE_COLUMNS,
     agent_from,
+    interrupted_answer,
+    interrupted_tool_result,
     iso,
+    journal_tail_from,
     message_from,
     message_values,
     new_id,
     new_message,
     now_iso,
+    open_journals_from,
+    search_hit_from,
     session_from,
     tool_calls_from,
 )
@@ -727,25 +731,13 @@ class SQLiteStore:
                 unanswered = await self._unanswered_calls(tx, head_id)
                 for call in unanswered:
                     result, writes = _message_writes(
-                        turn["session_id"],
-                        head_id,
-                        NewMessage(
-                            role="tool",
-                            content=INTERRUPTED_TOOL_RESULT,
-                            name=call.name,
-                            tool_call_id=call.id,
-                            status="error",
-                        ),
+                        turn["session_id"], head_id, interrupted_tool_result(call)
                     )
                     await tx.write(writes)
                     head_id = result.id
-                # No text is generated while calls wait for results: text the journal shows
-                # after the last tool frame then is the calling message's, already stored.
-                text = "" if unanswered else partial_answers.get(turn["user_message_id"], "")
+                partial = partial_answers.get(turn["user_message_id"], "")
                 answer, writes = _message_writes(
-                    turn["session_id"],
-                    head_id,
-                    NewMessage(role="assistant", content=text, status="interrupted"),
+                    turn["session_id"], head_id, interrupted_answer(partial, unanswered)
                 )
                 await tx.write(writes)
                 closed[turn["user_message_id"]] = answer
@@ -848,18 +840,7 @@ class SQLiteStore:
             """,
             (fts_query(query, syntax), session_id, session_id, limit),
         )
-        return [
-            SearchHit(
-                message_id=row["id"],
-                session_id=row["session_id"],
-                session_title=row["title"],
-                role=row["role"],
-                snippet=row["snippet"],
-                created_at=row["created_at"],
-                rank=row["score"],
-            )
-            for row in rows
-        ]
+        return [search_hit_from(row) for row in rows]
 
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
         rows = await self._fetchall(BRANCH_SQL, {"leaf": message_id, "bound": covering_bytes})
@@ -882,15 +863,7 @@ class SQLiteStore:
             "LEFT JOIN events e USING (request_id) "
             "WHERE j.ended_at IS NULL ORDER BY j.started_at, j.request_id, e.seq"
         )
-        journals: dict[str, OpenJournal] = {}
-        for row in rows:
-            journal = journals.setdefault(
-                row["request_id"],
-                OpenJournal(row["request_id"], [], row["user_message_id"]),
-            )
-            if row["frame"] is not None:
-                journal.frames.append(row["frame"])
-        return list(journals.values())
+        return open_journals_from(rows)
 
     async def read_journal(self, request_id: str) -> list[str] | None:
         rows = await self._fetchall(
@@ -914,10 +887,7 @@ class SQLiteStore:
             "WHERE j.request_id = ? ORDER BY e.seq",
             (after_seq, request_id),
         )
-        if not rows:
-            return None
-        frames = [row["frame"] for row in rows if row["frame"] is not None]
-        return JournalTail(frames, rows[0]["ended_at"] is not None)
+        return journal_tail_from(rows)
 
     @asynccontextmanager
     async def journal_changes(self, request_id: str) -> AsyncIterator[asyncio.Event]:
