@@ -623,6 +623,7 @@ class _TurnSteps:
     usage: Usage = field(default_factory=Usage)
     current: _Round = field(default_factory=_Round)
     finish_reason: FinishReason = "stop"
+    told_place: int | None = None  # its client's last word of its place, for the first round
 
     def __post_init__(self) -> None:
         self.head = self.turn_id
@@ -655,6 +656,7 @@ class _TurnSteps:
         await self.finish()
 
     async def accept(self, position: int) -> None:
+        self.told_place = position
         created = self.start.created_session
         log.info("turn.accepted", user_message_id=self.turn_id, created=created)
         await self.emit(_accepted(self.start, self.model, position))
@@ -700,7 +702,9 @@ class _TurnSteps:
             client=self.session_id,
             usage_sink=self.current.record_usage,
             on_queue_position=self.moved_up,
+            queue_position=self.told_place,
         )
+        self.told_place = None  # (a later round's place is the line's to tell)
         release()  # from here the engine's own line counts this turn
         generation = _generate(
             self.engine,
