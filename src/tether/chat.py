@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -65,6 +65,7 @@ from tether.protocol import ChatOptions, ProtocolError, parse_options
 from tether.session_turns import ONE_PROCESS, SessionHolds, SessionPlace, SessionTurns
 from tether.store.base import (
     Agent,
+    JournalEnd,
     JournalStart,
     Message,
     MessageStatus,
@@ -116,6 +117,23 @@ class Regenerate:
     message_id: str
 
 
+class TurnJournal(Protocol):
+    """How a stored turn's frames ride on its own commits (`tether.runs.Run` is one): the frame
+    saying it was accepted is committed with its user message, its last frames and the
+    journal's end with its answer. Each is asked for just before the store call it goes with.
+    """
+
+    def opening(self, accepted: Callable[[TurnStart], Accepted]) -> JournalStart:
+        """The journal row `begin_turn` opens, committing the frame of `accepted` (the turn's
+        `Accepted` event, made from what `begin_turn` stores)."""
+        ...
+
+    def closing(self, final: ChatEvent) -> JournalEnd:
+        """The journal's last frames, `final`'s among them (the event the turn emits once the
+        answer is stored), for `end_turn` to commit with the answer."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     request_id: str
@@ -127,7 +145,7 @@ class Turn:
     options: ChatOptions = field(default_factory=ChatOptions)
     # A turn that branches from a stored message (needs `session_id`); None: a new message.
     redo: Edit | Regenerate | None = None
-    journal: JournalStart | None = None  # opened with the user's message (tether.runs sets it)
+    journal: TurnJournal | None = None  # its frames' journal (tether.runs sets it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +270,17 @@ def _with_defaults(options: ChatOptions, agent: Agent | None) -> ChatOptions:
     except ProtocolError as exc:
         raise BadRequest(f"agent {agent.id!r} has unusable {exc.message}") from None
     return options.over(defaults)
+
+
+def _accepted(start: TurnStart, model: str, position: int) -> Accepted:
+    """The event of a turn whose start `begin_turn` stored."""
+    return Accepted(
+        session_id=start.session.id,
+        user_message_id=start.message.id,
+        model=model,
+        queue_position=position,
+        created_session=start.created_session,
+    )
 
 
 def _error_event(exc: BaseException) -> Failed:
@@ -465,7 +494,7 @@ class ChatService:
         release: Callable[[], None],
     ) -> None:
         try:
-            start = await self._begin(turn)
+            start = await self._begin(turn, model_info.id, position)
         except (TetherError, UnknownModelError) as exc:
             await emit(_error_event(exc))
             return
@@ -473,13 +502,17 @@ class ChatService:
         steps = _TurnSteps(self, turn, start, emit, control, clock, engine, model_info)
         await steps.run(agent, position, release)
 
-    async def _begin(self, turn: Turn) -> TurnStart:
-        """Commit the turn's start: its user message, or the stored one it answers again."""
+    async def _begin(self, turn: Turn, model: str, position: int) -> TurnStart:
+        """Commit the turn's start: its user message, or the stored one it answers again (and
+        the journal's frame saying so)."""
+        journal = None
+        if turn.journal is not None:
+            journal = turn.journal.opening(lambda start: _accepted(start, model, position))
         if isinstance(turn.redo, Regenerate):
             if turn.session_id is None:
                 raise BadRequest("a regeneration needs the session_id of its message")
             return await self.store.begin_regeneration(
-                turn.redo.message_id, session_id=turn.session_id, journal=turn.journal
+                turn.redo.message_id, session_id=turn.session_id, journal=journal
             )
         return await self.store.begin_turn(
             session_id=turn.session_id,
@@ -488,7 +521,7 @@ class ChatService:
             agent_id=turn.agent_id,
             title=title_of(turn.text),
             sibling_of=turn.redo.message_id if isinstance(turn.redo, Edit) else None,
-            journal=turn.journal,
+            journal=journal,
         )
 
     async def _agent_for(self, turn: Turn) -> Agent | None:
@@ -690,6 +723,7 @@ class _TurnSteps:
     usage: Usage = field(default_factory=Usage)
     current: _Round = field(default_factory=_Round)
     finish_reason: FinishReason = "stop"
+    told_place: int | None = None  # its client's last word of its place, for the first round
 
     def __post_init__(self) -> None:
         self.head = self.turn_id
@@ -722,17 +756,10 @@ class _TurnSteps:
         await self.finish()
 
     async def accept(self, position: int) -> None:
+        self.told_place = position
         created = self.start.created_session
         log.info("turn.accepted", user_message_id=self.turn_id, created=created)
-        await self.emit(
-            Accepted(
-                session_id=self.session_id,
-                user_message_id=self.turn_id,
-                model=self.model,
-                queue_position=position,
-                created_session=created,
-            )
-        )
+        await self.emit(_accepted(self.start, self.model, position))
 
     async def answer(self, agent: Agent | None, release: Callable[[], None]) -> None:
         """Engine rounds over the session's branch, running the tools the model calls between
@@ -775,7 +802,9 @@ class _TurnSteps:
             client=self.session_id,
             usage_sink=self.current.record_usage,
             on_queue_position=self.moved_up,
+            queue_position=self.told_place,
         )
+        self.told_place = None  # (a later round's place is the line's to tell)
         release()  # from here the engine's own line counts this turn
         generation = _generate(
             self.engine,
@@ -878,9 +907,13 @@ class _TurnSteps:
         for result in results:
             await self.store_result(result)
 
-    async def store_answer(self, outcome: Outcome) -> Message:
-        """Store the answer so far (closing the turn) as `outcome` says."""
-        return await self.chat.store.end_turn(
+    async def store_answer(self, outcome: Outcome, final: Callable[[str], ChatEvent]) -> ChatEvent:
+        """Store the answer so far (closing the turn) as `outcome` says; return the event that
+        ends the turn, `final(answer_id)`, whose frame the journal commits with the answer."""
+        answer_id = uuid.uuid4().hex
+        event = final(answer_id)
+        journal = None if self.turn.journal is None else self.turn.journal.closing(event)
+        await self.chat.store.end_turn(
             self.session_id,
             self.head,
             NewMessage(
@@ -891,16 +924,25 @@ class _TurnSteps:
                 finish_reason=outcome.finish_reason,
                 prompt_tokens=self.usage.prompt_tokens,
                 completion_tokens=self.usage.completion_tokens,
+                id=answer_id,
             ),
             turn_id=self.turn_id,
+            journal=journal,
         )
+        return event
 
     async def interrupted(self) -> None:
         """The task itself was cancelled (server shutdown): keep what was said and say so (the
         cancellation was taken, so this emit runs)."""
-        answer = await asyncio.shield(self.store_answer(INTERRUPTED))
         self.clock.completion_tokens = self.usage.completion_tokens
-        await self.emit(Completed(answer.id, "interrupted", self.usage, self.clock.timings(), {}))
+        timings = self.clock.timings()
+        event = await asyncio.shield(
+            self.store_answer(
+                INTERRUPTED,
+                lambda answer_id: Completed(answer_id, "interrupted", self.usage, timings, {}),
+            )
+        )
+        await self.emit(event)
 
     async def failed(self, exc: Exception) -> None:
         failure = _error_event(exc)
@@ -908,22 +950,23 @@ class _TurnSteps:
             log.exception("turn.failed")
         else:
             log.warning("turn.failed", code=failure.code, error=failure.message)
-        await self.store_answer(FAILED)
-        await self.emit(failure)
+        await self.emit(await self.store_answer(FAILED, lambda _answer_id: failure))
 
     async def finish(self) -> None:
-        message = await self.store_answer(Outcome.of(self.finish_reason))
         self.clock.completion_tokens = self.usage.completion_tokens
         timings = self.clock.timings()
+        reason, usage, metadata = self.finish_reason, self.usage, dict(self.current.metadata)
+        event = await self.store_answer(
+            Outcome.of(reason),
+            lambda answer_id: Completed(answer_id, reason, usage, timings, metadata),
+        )
         log.info(
             "turn.complete",
-            message_id=message.id,
-            finish_reason=self.finish_reason,
-            completion_tokens=self.usage.completion_tokens,
+            finish_reason=reason,
+            completion_tokens=usage.completion_tokens,
             total_ms=timings.total_ms,
         )
-        metadata = dict(self.current.metadata)
-        await self.emit(Completed(message.id, self.finish_reason, self.usage, timings, metadata))
+        await self.emit(event)
 
 
 async def _generate(

@@ -18,7 +18,8 @@ Where the numbers come from:
   between two generations are not counted); tool calls and their failures by tool (names the
   server does not know, or calls it could not parse, count as `unknown`: a model can invent any
   name, and a label value each would grow without bound).
-- The journal writer (`journal_committed`): frames per group commit and its time.
+- The journal (`journal_committed`): frames per commit (the journal writer's, or a turn's start
+  or answer carrying its frames) and the time from handing them over to their commit.
 - State read at scrape time (`watch`): running and waiting requests per model, from the run
   registry (a run waits while it was accepted behind others on its model and has no output
   yet), and open chat sockets. A model has its series (0 when idle) once a request was

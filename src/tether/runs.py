@@ -19,13 +19,23 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
   least `reliability.journal_max_age_sec` after it ended (unless `journal_max_rows` pushed it
   out sooner); then, or for an id never seen, `not_found`. An ended request with no frame
   after `after_seq` sends its final frame again, so that the client learns it is over.
-- Where the frames live: each frame is journaled in SQLite (`events`) before any socket is sent
-  it. A run appends its frames to an in-memory log and marks itself dirty; the registry's journal
-  writer commits the new frames of every dirty run in one statement (group commit: while one
-  commits, the next batch gathers, so a stream costs about one commit per batch, not per token)
-  and only then *publishes* them: `Run.durable` moves up and the live watchers queue them. The
-  turn itself never waits for the journal. A run leaves memory when its final frame is committed
-  (`Run.finished`); until then sockets watch it, afterwards `resume` reads the store.
+- Where the frames live: each frame is journaled in the store (`events`) before any socket is sent
+  it. The frames of a turn's own commits ride with them (the run is its turn's `TurnJournal`):
+  `processing` is committed in `begin_turn`'s transaction, with the user's message, and
+  published the moment it returns; the answer's last frames, its final frame and the journal's
+  end in `end_turn`'s, with the answer. The frames between (chunks, tool frames) go to an
+  in-memory log and mark the run dirty; the registry's journal writer hands the new frames of
+  every dirty run to the store in one job, which the store commits with whatever else waits
+  (group commit, `tether.store.group_commit`: while one commits, the next batch gathers, so a
+  stream costs about one commit per batch, not per token), and only then *publishes* them:
+  `Run.durable` moves up and the live watchers queue them. `Run.journaled` counts the frames
+  handed to the store (committed or on their way), so the writer hands no frame over twice.
+  A store may commit its calls out of order (PostgreSQL's pool; SQLite's line keeps them in
+  order), so the opening rides with `begin_turn` only when every frame before it is committed,
+  and the answer repeats the frames not known committed (a seq keeps its first frame): the
+  journal ends holding every frame. The turn itself never waits for the journal. A run
+  leaves memory when its final frame is committed (`Run.finished`); until then sockets watch
+  it, afterwards `resume` reads the store.
 - Across a crash (kill -9): every frame a client was sent is in the journal. At start-up
   (`tether.recovery`) each journal the dead process left open gets its final frame: `complete`
   with `finish_reason: "interrupted"` naming the stored answer, whose content is the text the
@@ -35,10 +45,12 @@ What is promised (and tested in tests/service/test_ws_resume.py, tests/e2e/test_
 - Request ids are client-chosen and name a request server-wide: a `chat` whose `request_id` is
   running (or whose final frame is not out yet) gets `conflict`. A `chat` with the id *and text*
   of an ended request is its client retrying (it never learned the outcome: a dropped
-  connection, a crash before `processing` reached it): it gets that request's journal replayed
-  (`answered`), never a second copy of the question. Reusing the id of an ended request for
-  another question starts a new request whose journal replaces the old one. Use unique ids
-  (UUIDs).
+  connection, a crash before `processing` reached it): it gets that request's journal replayed,
+  never a second copy of the question. `begin_turn` finds this out in its own transaction
+  (`JournalAnswered`); a chat that must journal a frame before its question is stored (it
+  waits for its session, or is refused) reads the journal's row first. Reusing the id of an
+  ended request for another question starts a new request whose journal replaces the old one.
+  Use unique ids (UUIDs).
 - Requests belong to whoever started them. Each run draws a resume token (`tether.tokens`),
   sent in its `processing` frame as `resume_token` and stored, hashed, with its journal row (by
   `begin_turn`, in the transaction of the user's message; so a request killed before its first
@@ -76,11 +88,12 @@ import enum
 import hmac
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
-from tether.chat import ChatService, Turn, TurnControl
+from tether.chat import ChatService, Regenerate, Turn, TurnControl
 from tether.coalesce import DeltaMerger
 from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
@@ -94,7 +107,15 @@ from tether.protocol import (
     frame_body,
     processing_body,
 )
-from tether.store.base import JournalAppend, JournalStart, JournalStore, RunSignals
+from tether.store.base import (
+    JournalAnswered,
+    JournalAppend,
+    JournalEnd,
+    JournalStart,
+    JournalStore,
+    RunSignals,
+    TurnStart,
+)
 from tether.tokens import digest, new_token
 
 log = structlog.get_logger("tether.runs")
@@ -182,14 +203,30 @@ class RunState(enum.Enum):
     FINISHED = "finished"  # ... and every frame and the end are journaled (and published)
 
 
+@dataclass(frozen=True, slots=True)
+class _Closing:
+    """The last frames a run handed to the store with its answer (`Run.closing`)."""
+
+    end: JournalEnd  # the frames, its last one `final`'s
+    final: ChatEvent  # the event the turn emits once the answer is stored
+    frame: ServerFrame  # its frame
+    asked: float  # perf_counter when they were handed over
+    journaled: int  # `Run.journaled` before: what the journal writer had handed over
+
+
 class Run:
-    """One chat request: its turn's task, its frame log and its watchers."""
+    """One chat request: its turn's task, its frame log and its watchers.
+
+    It is also its turn's `TurnJournal` (`tether.chat`): its `processing` frame is committed
+    with the user's message and sent as soon as that commit returns; its last frames and its
+    end are committed with the answer."""
 
     def __init__(self, registry: RunRegistry, request_id: str) -> None:
         self.registry = registry
         self.request_id = request_id
         self.frames: list[ServerFrame] = []  # frames[seq]; append-only
-        self.durable = 0  # frames[:durable] are journaled: only those go to sockets
+        self.journaled = 0  # frames[:journaled] are handed to the store (committed or on the way)
+        self.durable = 0  # frames[:durable] are committed: only those go to sockets
         self.watchers: list[Watcher] = []
         self.control = TurnControl()
         self.task: asyncio.Task[None] | None = None
@@ -203,6 +240,11 @@ class Run:
         self._merging = DeltaMerger()  # text deltas waiting for the journal writer's next batch
         self._caught_up = asyncio.Event()  # the journal is less than MAX_FRAMES_AHEAD behind
         self._grace: asyncio.TimerHandle | None = None
+        self._opened: ServerFrame | None = None  # `processing`, as begin_turn last rendered it
+        self._opened_asked = 0.0
+        self._closing: _Closing | None = None  # the last frames, on their way with the answer
+        self._end_journaled = False  # the journal's end was committed with the answer
+        self._retry_checked = False  # whether this is a retried chat is known
 
     # -- frames -------------------------------------------------------------------------------
 
@@ -240,12 +282,22 @@ class Run:
         self._log_joined(self._merging.take())
         return len(self.frames)
 
-    def logged_end(self) -> tuple[int, bool]:
-        """`logged()`, and whether those frames end the run: its final frame is among them (so
-        the journal ends in the commit that a client learns the outcome from, and a retry
-        sent on seeing `complete` finds the request ended), or its turn is over."""
+    def journal_append(self) -> JournalAppend | None:
+        """What the journal writer commits of this run: its frames not yet on their way to the
+        store, with the journal's end when its final frame is among them (so the journal ends
+        in the commit that a client learns the outcome from, and a retry sent on seeing
+        `complete` finds the request ended) or its turn is over. The frames are then on their
+        way. None: nothing to commit (a run whose end was committed with its answer, or the
+        replay of an answered request, has nothing left)."""
+        if self._end_journaled:
+            return None
         count = self.logged()
-        return count, self.ended or (count > 0 and self.frames[count - 1].final)
+        ended = self.ended or (count > 0 and self.frames[count - 1].final)
+        if count <= self.journaled and not (ended and count > 0):
+            return None
+        first, self.journaled = self.journaled, count
+        texts = [frame.text for frame in self.frames[first:count]]
+        return JournalAppend(self.request_id, first, texts, ended, token_digest=self.token_digest)
 
     def _log_joined(self, joined: TextDelta | ThinkingDelta | None) -> None:
         if joined is not None:
@@ -260,9 +312,94 @@ class Run:
             await self._caught_up.wait()
         await asyncio.sleep(0)
 
+    # -- its turn's journal (tether.chat.TurnJournal) -----------------------------------------
+
+    def opening(self, accepted: Callable[[TurnStart], Accepted]) -> JournalStart:
+        """The journal row for `begin_turn`, with the `processing` frame it commits. Frames
+        logged before (`queued`) must be committed first (a store may commit its calls in any
+        order: PostgreSQL's pool), or the frame goes the usual way, after them."""
+        seq = len(self.frames)
+        if self.durable < seq or self._merging:
+            return JournalStart(self.request_id, self.token_digest)
+
+        asked = time.perf_counter()
+
+        def render(start: TurnStart) -> str:
+            self._opened = ServerFrame(
+                self.request_id, seq, processing_body(accepted(start), self.token)
+            )
+            self._opened_asked = asked
+            return self._opened.text
+
+        return JournalStart(self.request_id, self.token_digest, render, seq)
+
+    def closing(self, final: ChatEvent) -> JournalEnd:
+        """The frames not known committed and `final`'s, for `end_turn` to commit with the
+        answer and end the journal (with those the journal writer has on their way: whichever
+        commits first, the journal ends with all its frames); the writer leaves them alone."""
+        self.logged()
+        first = self.durable
+        frame = ServerFrame(self.request_id, len(self.frames), frame_body(final))
+        texts = [f.text for f in self.frames[first:]]
+        end = JournalEnd(self.request_id, first, [*texts, frame.text])
+        self._closing = _Closing(end, final, frame, time.perf_counter(), self.journaled)
+        self.journaled = len(self.frames)
+        return end
+
+    def _committed_with_turn(self, event: ChatEvent) -> bool:
+        """Log `event`'s frame if the store committed it with the turn's own write (the
+        opening with the user's message, the final frame with the answer) and send it now;
+        False: it goes the usual way."""
+        if isinstance(event, Accepted) and self._opened is not None:
+            frame, self._opened = self._opened, None
+            if frame.seq != len(self.frames):
+                return False
+            append = JournalAppend(self.request_id, len(self.frames), [frame.text])
+            asked = self._opened_asked
+        elif self._closing is not None:
+            closing, self._closing = self._closing, None
+            if event is not closing.final:  # the answer was not stored: its frames go back
+                self.journaled = closing.journaled
+                return False
+            frame, self._end_journaled, asked = closing.frame, True, closing.asked
+            # (counted once: those the journal writer had on their way are its commit's)
+            new = closing.end.frames[closing.journaled - closing.end.first_seq :]
+            append = JournalAppend(self.request_id, closing.journaled, new, ended=True)
+        else:
+            return False
+        self.registry.metrics.journal_committed([append], time.perf_counter() - asked)
+        self.frames.append(frame)
+        self._numbering.next_seq = len(self.frames)
+        self.journaled = len(self.frames)
+        self.publish(len(self.frames), ended=False)
+        return True
+
+    async def _check_retry(self, turn: Turn) -> None:
+        """Before a chat's first frame that is not committed with its question (it waits, or
+        is refused): raise JournalAnswered if its request_id ended having asked this (a client
+        retrying); `begin_turn` checks this itself, in its own transaction."""
+        if self._retry_checked:
+            return
+        self._retry_checked = True
+        if turn.journal is None or isinstance(turn.redo, Regenerate):
+            return
+        record = await self.registry.store.journal_record(self.request_id)
+        asked = None if record is None else record.question_digest
+        if asked is not None and hmac.compare_digest(asked, digest(turn.text)):
+            raise JournalAnswered(self.request_id, None if record is None else record.token_digest)
+
+    async def _replay(self, answered: JournalAnswered) -> None:
+        """The chat was answered before: its frames are the stored journal's."""
+        texts = await self.registry.store.read_journal(self.request_id) or []
+        self.frames = [decode_frame(text) for text in texts]
+        self.journaled = len(self.frames)
+        if answered.token_digest is not None:
+            self.token_digest = answered.token_digest
+        self._end_journaled = True
+
     def publish(self, durable: int, ended: bool) -> None:
-        """The journal writer committed `frames[:durable]` (and, with `ended`, the end)."""
-        self.durable = durable
+        """`frames[:durable]` are committed (and, with `ended`, the journal's end)."""
+        self.durable = max(self.durable, durable)
         if ended:
             self.state = RunState.FINISHED
         self._caught_up.set()
@@ -324,18 +461,25 @@ class Run:
     async def execute(self, turn: Turn, transport: Transport) -> None:
         async def emit(event: ChatEvent) -> None:
             if isinstance(event, Accepted):
+                self._retry_checked = True
                 self.model, self.waiting = event.model, event.queue_position > 0
                 if self.waiting:
                     self.registry.yield_model(self)
-                self.post(processing_body(event, self.token))
+                if not self._committed_with_turn(event):
+                    self.post(processing_body(event, self.token))
             else:
                 self.waiting = False
-                self.record(event)
+                if not self._committed_with_turn(event):
+                    if not self._retry_checked:
+                        await self._check_retry(turn)
+                    self.record(event)
             await self.keep_pace()  # an engine that never awaits must not hog the loop
 
         observed = self.registry.metrics.observe_turn(transport, emit)
         try:
             await self.registry.chat.run_turn(turn, observed, self.control)
+        except JournalAnswered as answered:
+            await self._replay(answered)
         except Exception:
             log.exception("run.crashed", request_id=self.request_id)
             await observed(Failed("internal", "internal error; the server log has the details"))
@@ -346,7 +490,10 @@ class Run:
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = None
-            self.registry.journal_later(self)  # the end itself is journaled too
+            if self._end_journaled:  # committed with the answer: nothing left to write
+                self.publish(len(self.frames), ended=True)
+            else:
+                self.registry.journal_later(self)  # the end itself is journaled too
             # Shielded: even when this task is cancelled (a hard close), its frames are
             # committed (and so sent) before the run leaves memory.
             await asyncio.shield(self.registry.retire(self))
@@ -437,7 +584,7 @@ class RunRegistry:
         self._runs[turn.request_id] = run  # a finished run of the same id is leaving memory
         watcher = run.watch(sink, -1, on_end)
         watcher.live = True  # nothing is logged yet: no replay
-        turn = dataclasses.replace(turn, journal=JournalStart(turn.request_id, run.token_digest))
+        turn = dataclasses.replace(turn, journal=run)
         run.task = asyncio.create_task(run.execute(turn, transport), name=f"run:{turn.request_id}")
         return watcher
 
@@ -485,22 +632,6 @@ class RunRegistry:
         record = await self.store.journal_record(request_id)
         return None if record is None else record.token_digest
 
-    async def answered(self, request_id: str, text: str) -> list[ServerFrame] | None:
-        """The journal of the ended request `request_id` if it asked `text`: a `chat` sent again
-        (its client never learned the outcome: a dropped connection, a crash) gets it replayed
-        instead of storing its question again. None otherwise (the chat starts as usual)."""
-        run = self._runs.get(request_id)
-        if run is not None and not run.finished:
-            return None
-        record = await self.store.journal_record(request_id)
-        if record is None or record.question_digest is None:
-            return None
-        if not hmac.compare_digest(record.question_digest, digest(text)):
-            return None
-        if await self.running_elsewhere(request_id):
-            return None  # not ended: its chat meets a conflict, not a replay
-        return await self.journal(request_id)
-
     # -- the journal writer: new frames of every run, committed in batches, then sent -----------
 
     def journal_later(self, run: Run) -> None:
@@ -517,19 +648,12 @@ class RunRegistry:
 
     async def _write_journals(self) -> None:
         while self._dirty:
-            batch = [(run, *run.logged_end()) for run in self._dirty]
+            # Each run's frames not yet on their way; a run whose last frames are on their way
+            # with its answer (or whose opening is with its question) has nothing here, and
+            # is published by that commit, not this one.
+            batch = [(run, run.journal_append()) for run in self._dirty if not run.finished]
             self._dirty.clear()
-            appends = [
-                JournalAppend(
-                    run.request_id,
-                    run.durable,
-                    [frame.text for frame in run.frames[run.durable : count]],
-                    ended,
-                    token_digest=run.token_digest,
-                )
-                for run, count, ended in batch
-                if count > run.durable or (ended and count > 0)
-            ]
+            appends = [append for _, append in batch if append is not None]
             try:
                 started = time.perf_counter()
                 await self.store.append_journals(appends)
@@ -538,9 +662,12 @@ class RunRegistry:
                 # The chat goes on: its frames are sent unjournaled (resume may then miss them);
                 # the turn's own store writes will tell the client if the store is gone.
                 log.exception("runs.journal_failed", requests=len(appends))
-            for run, count, ended in batch:
+            for run, append in batch:
                 try:
-                    run.publish(count, ended)
+                    if append is not None:
+                        run.publish(append.first_seq + len(append.frames), append.ended)
+                    elif run.ended and not run.frames:  # nothing to journal: it is over
+                        run.publish(0, ended=True)
                 except Exception:  # one broken watcher must not stop every run's frames
                     log.exception("runs.publish_failed", request_id=run.request_id)
                     run.done.set()

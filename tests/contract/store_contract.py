@@ -25,7 +25,9 @@ from tether.protocol import ChunkBody, ProcessingBody, RequestFrames
 from tether.recovery import recover
 from tether.store.base import (
     Agent,
+    JournalAnswered,
     JournalAppend,
+    JournalEnd,
     JournalStart,
     JournalTail,
     Message,
@@ -34,6 +36,7 @@ from tether.store.base import (
     SearchSyntax,
     Session,
     Store,
+    TurnStart,
 )
 from tether.tokens import digest
 from tether.tools.executor import ToolExecutor
@@ -65,6 +68,11 @@ async def answered(store: Store, text: str, session_id: str | None = None) -> li
 
 async def ignore(_event: ChatEvent) -> None:
     pass
+
+
+def opening(start: TurnStart) -> str:
+    """A journal's opening frame, rendered from what begin_turn stored."""
+    return f"processing {start.session.id} {start.message.id}"
 
 
 class StoreContract:
@@ -552,6 +560,143 @@ class StoreContract:
         renewed = await store.journal_record("q1")
         assert renewed is not None
         assert renewed.token_digest == "digest-2"
+
+    async def test_the_opening_frame_is_committed_with_the_question(
+        self, store: Store, restart: Restart
+    ) -> None:
+        journal = JournalStart("r", digest("token"), opening, 0)
+        start = await store.begin_turn(session_id=None, text="hello", journal=journal)
+        assert await store.read_journal("r") == [opening(start)]
+        again = await restart(store)  # (committed: a dead process leaves it for recovery)
+        async with again.orphans() as orphans:
+            assert await again.open_journals(orphans) == [
+                OpenJournal("r", [opening(start)], start.message.id)
+            ]
+
+    async def test_a_refused_turn_commits_no_opening_frame(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            await store.begin_turn(
+                session_id="nope", text="q", journal=JournalStart("r", "d", opening, 0)
+            )
+        assert await store.read_journal("r") is None
+        assert await store.journal_record("r") is None
+
+    async def test_the_answer_commits_the_last_frames_and_ends_the_journal(
+        self, store: Store, restart: Restart
+    ) -> None:
+        start = await store.begin_turn(
+            session_id=None, text="hi", journal=JournalStart("r", "d", opening, 0)
+        )
+        await store.append_journals([JournalAppend("r", 1, ["chunk 1"])])
+        assert await store.journal_tail("r", 0) == JournalTail(["chunk 1"], False)
+        answer = await store.end_turn(
+            start.session.id,
+            start.message.id,
+            NewMessage("assistant", "hi", id="answer-1"),
+            turn_id=start.message.id,
+            journal=JournalEnd("r", 2, ["chunk 2", "complete"]),
+        )
+        assert answer.id == "answer-1"  # the id the turn named (its final frame says it)
+        assert (await session_of(store, start.session.id)).active_leaf_id == "answer-1"
+        assert await store.journal_tail("r", -1) == JournalTail(
+            [opening(start), "chunk 1", "chunk 2", "complete"], True
+        )
+        assert await store.turn_answer(start.message.id) == answer
+        again = await restart(store)
+        async with again.orphans() as orphans:
+            assert await again.open_journals(orphans) == []  # ended
+            assert await again.close_open_turns(orphans) == {}  # closed
+
+    async def test_the_answers_last_frames_may_overlap_frames_on_their_way(
+        self, store: Store
+    ) -> None:
+        # The journal writer's frames 1-2 may commit before the answer (SQLite's one line) or
+        # after it (PostgreSQL's pool): either way each seq is in once and the journal ends
+        # with every frame.
+        for request_id, writer_first in (("before", True), ("after", False)):
+            start = await store.begin_turn(
+                session_id=None, text="q", journal=JournalStart(request_id, "d", opening, 0)
+            )
+            on_their_way = JournalAppend(request_id, 1, ["chunk 1", "chunk 2"])
+            if writer_first:
+                await store.append_journals([on_their_way])
+            await store.end_turn(
+                start.session.id,
+                start.message.id,
+                NewMessage("assistant", "a"),
+                turn_id=start.message.id,
+                journal=JournalEnd(request_id, 1, ["chunk 1", "chunk 2", "complete"]),
+            )
+            if not writer_first:
+                await store.append_journals([on_their_way])
+            assert await store.journal_tail(request_id, -1) == JournalTail(
+                [opening(start), "chunk 1", "chunk 2", "complete"], True
+            )
+
+    async def test_a_question_asked_again_under_its_ended_request_is_answered_already(
+        self, store: Store
+    ) -> None:
+        first = await store.begin_turn(
+            session_id=None, text="same", journal=JournalStart("r", "d1", opening, 0)
+        )
+        await store.end_turn(
+            first.session.id,
+            first.message.id,
+            NewMessage("assistant", "a"),
+            turn_id=first.message.id,
+            journal=JournalEnd("r", 1, ["complete"]),
+        )
+        with pytest.raises(JournalAnswered) as answered:
+            await store.begin_turn(
+                session_id=first.session.id,
+                text="same",
+                journal=JournalStart("r", "d2", opening, 0),
+            )
+        assert (answered.value.request_id, answered.value.token_digest) == ("r", "d1")
+        assert len(await store.list_messages(first.session.id)) == 2  # nothing stored
+        assert await store.read_journal("r") == [opening(first), "complete"]
+        record = await store.journal_record("r")
+        assert record is not None
+        assert record.token_digest == "d1"
+        # Another question under the same id is a new request: its journal replaces the old.
+        other = await store.begin_turn(
+            session_id=first.session.id, text="other", journal=JournalStart("r", "d3", opening, 0)
+        )
+        assert await store.journal_tail("r", -1) == JournalTail([opening(other)], False)
+
+    async def test_a_question_still_running_under_its_request_is_not_answered(
+        self, store: Store
+    ) -> None:
+        # (the journal has not ended: a chat sent again meets `conflict` in the run registry)
+        await store.append_journals([JournalAppend("r", 0, ["queued"], token_digest="d")])
+        start = await store.begin_turn(
+            session_id=None, text="q", journal=JournalStart("r", "d", opening, 1)
+        )
+        # Frames journaled while the turn waited for its session stay: begin_turn opens the
+        # same row with its question and adds its opening after them.
+        assert await store.read_journal("r") == ["queued", opening(start)]
+        record = await store.journal_record("r")
+        assert record is not None
+        assert record.question_digest == digest("q")
+
+    async def test_a_request_id_used_again_to_regenerate_replaces_its_journal(
+        self, store: Store
+    ) -> None:
+        start = await store.begin_turn(session_id=None, text="q")
+        sid, question = start.session.id, start.message.id
+        await store.end_turn(sid, question, NewMessage("assistant", "a"), turn_id=question)
+        for answer in ("b", "c"):  # the same request_id regenerates the same question twice
+            again = await store.begin_regeneration(
+                question, session_id=sid, journal=JournalStart("r", "d", opening, 0)
+            )
+            await store.end_turn(
+                sid,
+                question,
+                NewMessage("assistant", answer),
+                turn_id=question,
+                journal=JournalEnd("r", 1, [f"complete {answer}"]),
+            )
+            assert await store.read_journal("r") == [opening(again), f"complete {answer}"]
 
     async def test_journals_are_pruned_whole_by_age_and_by_rows(self, store: Store) -> None:
         await store.append_journals([JournalAppend("running", 0, ["1", "2", "3", "4"])])

@@ -21,7 +21,7 @@ from tests.support.timeouts import scaled
 from tether.app import create_app, drain_app
 from tether.config import Settings, load_settings
 from tether.engines.base import Engine
-from tether.serving.config import uvicorn_config
+from tether.serving.config import listen_socket, uvicorn_config
 from tether.serving.graceful import TetherServer
 
 
@@ -71,8 +71,7 @@ async def serve_app(
 ) -> AsyncIterator[RunningServer]:
     """Run `create_app(settings)` under a real uvicorn on a free loopback port, in this loop."""
     # Bound here and handed to uvicorn, so no other process can take the port in between.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock = listen_socket("127.0.0.1", 0)  # as `tether serve` makes it (TCP_NODELAY)
     port: int = sock.getsockname()[1]
     app = create_app(settings, engine=engine)
     server = TetherServer(

@@ -108,3 +108,34 @@ async def test_a_new_clients_request_moves_a_busy_clients_back() -> None:
     for task in [*busy, other, last]:
         task.cancel()
     await asyncio.gather(*busy, other, last, return_exceptions=True)
+
+
+async def test_a_waiter_told_another_place_hears_its_place_at_once() -> None:
+    # Its client was told place 3 (the turn was admitted behind others); by the time it joins
+    # the line, those went ahead: it is told 1 without waiting for a change, then nothing more.
+    line = FairLine()
+    await line.acquire("holder")
+    heard: list[int] = []
+    told_once = asyncio.Event()
+
+    async def told(place: int) -> None:
+        heard.append(place)
+        told_once.set()
+
+    waiter = asyncio.create_task(line.acquire("late", told, told=3))
+    await asyncio.wait_for(told_once.wait(), 5)
+    assert heard == [1]
+    line.release()
+    await waiter
+    assert heard == [1]
+    unchanged: list[int] = []
+
+    async def never(place: int) -> None:
+        unchanged.append(place)
+
+    second = asyncio.create_task(line.acquire("other", never, told=1))
+    await asyncio.sleep(0)
+    line.release()
+    await second
+    assert unchanged == []  # its place was the one it was told
+    line.release()

@@ -119,6 +119,9 @@ class GenerationRequest:
     # Told each new place while the request waits in a model's line (engines with a line:
     # `llamacpp`); awaited in the consumer's task, so it may send the place on at once.
     on_queue_position: QueuePositionSink | None = field(default=None, compare=False, repr=False)
+    # The place its client was told last (the `processing` frame's), None: none. A line that
+    # seats the request at another place tells `on_queue_position` at once.
+    queue_position: int | None = None
 
 
 class UsageReport:

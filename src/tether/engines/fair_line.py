@@ -64,9 +64,15 @@ class FairLine:
                 served += min(len(waiters), index if reached else index + 1)
         return 1 + served
 
-    async def acquire(self, key: Hashable | None = None, on_place: PlaceSink | None = None) -> None:
-        """Wait for a place among the holders; tell `on_place` each new place while waiting
-        (not the first one: that is `ahead` just before)."""
+    async def acquire(
+        self,
+        key: Hashable | None = None,
+        on_place: PlaceSink | None = None,
+        told: int | None = None,
+    ) -> None:
+        """Wait for a place among the holders; tell `on_place` each new place while waiting:
+        the first one too when it is not `told` (the place the caller last said; None: the
+        first one is `ahead` just before, not told)."""
         if not self.full and not self._waiting:
             self.holders += 1
             return
@@ -75,14 +81,16 @@ class FairLine:
         self._waiting.setdefault(key, deque()).append(ready)
         self._touch()
         try:
-            told = self._place_of(key, ready)
+            if told is None:
+                told = self._place_of(key, ready)
             while not ready.done():
-                changed = self._changes()
-                await asyncio.wait((ready, changed), return_when=asyncio.FIRST_COMPLETED)
                 place = self._place_of(key, ready)
-                if on_place is not None and not ready.done() and place != told:
+                if on_place is not None and place != told:
                     told = place
                     await on_place(place)
+                    continue  # (the line may have moved meanwhile)
+                changed = self._changes()
+                await asyncio.wait((ready, changed), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             if ready.done() and not ready.cancelled():
                 self.release()  # handed over just as it was cancelled: pass it on

@@ -281,7 +281,9 @@ class LlamaCppEngine:
         self._check_room(line)
         line.in_line += 1
         try:
-            await line.lock.acquire(request.client, request.on_queue_position)
+            await line.lock.acquire(
+                request.client, request.on_queue_position, request.queue_position
+            )
         except BaseException:
             line.in_line -= 1
             raise

@@ -28,6 +28,7 @@ def uvicorn_config(
         http=header_timeout_protocol(settings.limits.handshake_timeout_sec),
         ws=close_now_protocol(settings.limits.send_timeout_sec),
         ws_max_size=settings.limits.max_frame_bytes,
+        ws_per_message_deflate=settings.server.ws_compression,
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=10,
@@ -36,9 +37,13 @@ def uvicorn_config(
 
 def listen_socket(host: str, port: int) -> socket.socket:
     """The listening socket of `tether serve`, bound before anything starts (as uvicorn would
-    bind it), so that a port in use is one OSError the command can say in a line."""
+    bind it), so that a port in use is one OSError the command can say in a line.
+
+    Made with `IPPROTO_TCP` named, as getaddrinfo names it for uvicorn: asyncio sets
+    TCP_NODELAY only on connections whose socket says so, and without it Nagle's algorithm holds
+    each small frame after the first until the client's delayed ACK (~40 ms a turn)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))

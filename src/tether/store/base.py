@@ -68,7 +68,9 @@ class Agent:
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A message to append; the store assigns id and created_at."""
+    """A message to append; the store assigns created_at, and id unless it is given (a turn
+    names its answer before storing it, so that the answer's final frame can be committed with
+    it: `JournalEnd`)."""
 
     role: Role
     content: str
@@ -80,6 +82,7 @@ class NewMessage:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +111,48 @@ class SearchHit:
 @dataclass(frozen=True, slots=True)
 class JournalStart:
     """The journal row `begin_turn` writes with the user's message: the request and the SHA-256
-    (hex) of its resume token."""
+    (hex) of its resume token; with `opening`, also the journal's frame at `opening_seq` (the
+    request's `processing`), rendered from what the transaction stores, so that the frame is
+    committed with the message and can be sent the moment `begin_turn` returns. `opening` may
+    be called more than once (a transaction retried); the frame of its last call is the one
+    committed."""
 
     request_id: str
     token_digest: str
+    opening: Callable[[TurnStart], str] | None = None
+    opening_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEnd:
+    """A journal's last frames, committed with the answer `end_turn` stores, and the
+    journal's end: `frames[i]` has seq `first_seq + i`. They start after the last frame known
+    committed, so some may be on their way in another write already (`append_journals`): a
+    seq the journal holds keeps its frame (the same text), and when the end commits every
+    frame up to the last is in."""
+
+    request_id: str
+    first_seq: int
+    frames: Sequence[str]
+
+
+class JournalAnswered(Exception):
+    """`begin_turn` was asked to open the journal of a request that ended having asked the same
+    question (its client is retrying: it never learned the outcome). Nothing was stored; the
+    request's journal (`read_journal`) tells what became of it."""
+
+    def __init__(self, request_id: str, token_digest: str | None) -> None:
+        super().__init__(f"request {request_id!r} was answered already")
+        self.request_id = request_id
+        self.token_digest = token_digest
 
 
 @dataclass(frozen=True, slots=True)
 class JournalAppend:
     """New frames of one request's journal: `frames[i]` has seq `first_seq + i`.
 
-    `first_seq` 0 starts the journal (replacing an ended one of the same request_id, whose
+    A seq the journal holds already keeps its frame (`JournalEnd`). `first_seq` 0 starts the
+    journal (replacing an ended one of the same request_id, whose
     row then takes `token_digest`; a row `begin_turn` opened for this request is kept as it is);
     `ended` says these are its last frames."""
 
@@ -258,7 +292,12 @@ class TurnStore(Protocol):
     ) -> TurnStart:
         """Commit a user message, creating the session when `session_id` is None; with
         `journal`, open that request's journal row in the same transaction (replacing an ended
-        journal of its request_id), naming the message and the digest of its text.
+        journal of its request_id; keeping the frames of one still open, which the request
+        journaled while it waited), naming the message and the digest of its text, and commit
+        the journal's `opening` frame with them.
+
+        Raises `JournalAnswered`, storing nothing, when `journal`'s request ended having asked
+        `text` (a retried chat is idempotent).
 
         Raises `NotFound` for an unknown session or a parent outside the session. The parent
         defaults to the end of the session's active branch (its newest message unless switched
@@ -293,10 +332,17 @@ class TurnStore(Protocol):
         ...
 
     async def end_turn(
-        self, session_id: str, parent_id: str, message: NewMessage, *, turn_id: str
+        self,
+        session_id: str,
+        parent_id: str,
+        message: NewMessage,
+        *,
+        turn_id: str,
+        journal: JournalEnd | None = None,
     ) -> Message:
         """Commit the answer of the open turn `turn_id` after `parent_id`, closing the turn in
-        the same transaction."""
+        the same transaction; with `journal`, the journal's last frames and its end are
+        committed in that transaction too."""
         ...
 
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:

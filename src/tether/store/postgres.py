@@ -8,7 +8,10 @@ is a generated `tsvector` column with a GIN index instead of FTS5.
 Concurrency: every transaction runs at READ COMMITTED. A session's writes take its row's lock
 first (`FOR NO KEY UPDATE`, which foreign-key checks never wait on), so that concurrent turns of
 one session chain, as they do on SQLite under its one writer, on any replica; nothing waits on a
-serialisable snapshot, so no serialisation error reaches a client.
+serialisable snapshot, so no serialisation error reaches a client. Locks are taken in one order:
+the session's row, then a journal's row, then its frames (an answer repeats the frames the
+journal writer may still be inserting: `JournalEnd`), so two transactions never wait on each
+other.
 
 Leases (SQLite's file lock does not reach another machine): each store has a replica id (stable
 across restarts and held while the store is open: `replica_ids`) and a row in `replicas` whose
@@ -45,7 +48,9 @@ from tether.errors import BadRequest, Conflict, NotFound
 from tether.store import replica_ids
 from tether.store.base import (
     Agent,
+    JournalAnswered,
     JournalAppend,
+    JournalEnd,
     JournalRecord,
     JournalStart,
     JournalTail,
@@ -59,15 +64,19 @@ from tether.store.base import (
     TurnStart,
 )
 from tether.store.records import (
-    INTERRUPTED_TOOL_RESULT,
     MESSAGE_COLUMNS,
     agent_from,
+    interrupted_answer,
+    interrupted_tool_result,
     iso,
+    journal_tail_from,
     message_from,
     message_values,
     new_id,
     new_message,
     now_iso,
+    open_journals_from,
+    search_hit_from,
     session_from,
     tool_calls_from,
 )
@@ -330,16 +339,10 @@ class PostgresStore:
     async def _insert_message(
         self, conn: Connection, session_id: str, parent_id: str | None, new: NewMessage
     ) -> Message:
-        """Insert after `parent_id` and move the session's active leaf to it (the caller holds
-        the session's lock)."""
+        """Insert after `parent_id` (the caller holds the session's lock); the insert moves the
+        session's active leaf to it (the messages_move_leaf trigger)."""
         message = new_message(session_id, parent_id, new)
         await conn.execute(_INSERT_MESSAGE, *message_values(message))
-        await conn.execute(
-            "UPDATE sessions SET updated_at = $1, active_leaf_id = $2 WHERE id = $3",
-            message.created_at,
-            message.id,
-            session_id,
-        )
         return message
 
     async def _message_in(self, conn: Connection, message_id: str, session_id: str) -> Message:
@@ -372,6 +375,8 @@ class PostgresStore:
         given_text(text, "text")
         given_text(title, "title")
         async with self._transaction() as conn:
+            if journal is not None:
+                await self._check_answered(conn, journal, text)
             created = session_id is None
             if session_id is None:
                 await self._check_agent(conn, agent_id)
@@ -393,10 +398,11 @@ class PostgresStore:
                 conn, session.id, parent_id, NewMessage(role="user", content=text)
             )
             await self._open_turn(conn, message)
-            if journal is not None:
-                await self._open_journal(conn, journal, message)
             started = replace(session, updated_at=message.created_at, active_leaf_id=message.id)
-            return TurnStart(started, message, created)
+            start = TurnStart(started, message, created)
+            if journal is not None:
+                await self._open_journal(conn, journal, start)
+            return start
 
     async def begin_regeneration(
         self, message_id: str, *, session_id: str, journal: JournalStart | None = None
@@ -410,9 +416,10 @@ class PostgresStore:
                 message = await self._message_in(conn, message.parent_id, session.id)
             if not await self._open_turn(conn, message):
                 raise Conflict(f"message {message.id!r} is being answered already")
+            start = TurnStart(session, message, False)
             if journal is not None:
-                await self._open_journal(conn, journal, message)
-            return TurnStart(session, message, False)
+                await self._open_journal(conn, journal, start)
+            return start
 
     async def _open_turn(self, conn: Connection, message: Message) -> bool:
         """Open the turn of `message` (run by this replica); False when one is open already."""
@@ -426,23 +433,40 @@ class PostgresStore:
         )
         return _count(status) == 1
 
+    async def _check_answered(self, conn: Connection, journal: JournalStart, text: str) -> None:
+        """Raise JournalAnswered when `journal`'s request ended having asked `text` (a client
+        retrying), before anything is written."""
+        row = await conn.fetchrow(
+            "SELECT token_digest FROM journals WHERE request_id = $1 "
+            "AND ended_at IS NOT NULL AND question_digest = $2",
+            journal.request_id,
+            digest(text),
+        )
+        if row is not None:
+            raise JournalAnswered(journal.request_id, row["token_digest"])
+
     async def _open_journal(
-        self, conn: Connection, journal: JournalStart, question: Message
+        self, conn: Connection, journal: JournalStart, start: TurnStart
     ) -> None:
-        # (the journal_restarted trigger drops the frames of an ended journal of the same id)
-        # A journal still open on another replica is a request running there: Conflict. One
-        # open here is this request's own (its `queued` frame went first): this replica's
-        # registry knows its runs, as SQLite's one process does.
+        """Open the journal row of `start`'s question and commit the journal's opening frame.
+
+        An ended journal of the same request_id is replaced (a new started_at: the
+        journal_restarted trigger drops its frames); one open here is the request's own, from
+        frames it journaled while it waited (`queued`): its started_at and frames stay. One
+        open on another replica is a request running there: Conflict."""
+        question = start.message
         status = await conn.execute(
             "INSERT INTO journals (request_id, started_at, token_digest, user_message_id, "
             "question_digest, replica_id) VALUES ($1, $2, $3, $4, $5, $6) "
-            "ON CONFLICT (request_id) DO UPDATE SET started_at = excluded.started_at, "
+            "ON CONFLICT (request_id) DO UPDATE SET started_at = CASE "
+            "WHEN journals.ended_at IS NULL THEN journals.started_at "
+            "ELSE excluded.started_at END, "
             "ended_at = NULL, token_digest = excluded.token_digest, "
             "user_message_id = excluded.user_message_id, "
             "question_digest = excluded.question_digest, replica_id = excluded.replica_id "
             "WHERE journals.ended_at IS NOT NULL OR journals.replica_id = excluded.replica_id",
             journal.request_id,
-            question.created_at,
+            now_iso(),  # (not the message's: a regeneration's question is an old one)
             journal.token_digest,
             question.id,
             digest(question.content),
@@ -450,6 +474,28 @@ class PostgresStore:
         )
         if _count(status) == 0:
             raise Conflict(f"request {journal.request_id!r} is already running")
+        if journal.opening is not None:
+            await self._insert_frames(
+                conn, journal.request_id, journal.opening_seq, [journal.opening(start)]
+            )
+
+    @staticmethod
+    async def _insert_frames(
+        conn: Connection, request_id: str, first_seq: int, frames: Sequence[str]
+    ) -> None:
+        """Insert a journal's frames from `first_seq` (a seq already there is left as it is:
+        `JournalEnd`) and wake its followers at commit."""
+        await conn.execute(
+            "INSERT INTO events (request_id, seq, frame, created_at) "
+            "SELECT $1, $2 + ordinality::int - 1, frame, $4 "
+            "FROM unnest($3::text[]) WITH ORDINALITY AS f(frame, ordinality) "
+            "ON CONFLICT (request_id, seq) DO NOTHING",
+            request_id,
+            first_seq,
+            list(frames),
+            now_iso(),
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", JOURNAL_CHANNEL, request_id)
 
     async def append_message(self, session_id: str, parent_id: str, message: NewMessage) -> Message:
         async with self._transaction() as conn:
@@ -468,12 +514,30 @@ class PostgresStore:
             return stored
 
     async def end_turn(
-        self, session_id: str, parent_id: str, message: NewMessage, *, turn_id: str
+        self,
+        session_id: str,
+        parent_id: str,
+        message: NewMessage,
+        *,
+        turn_id: str,
+        journal: JournalEnd | None = None,
     ) -> Message:
         async with self._transaction() as conn:
             await self._lock_session(conn, session_id)
             stored = await self._insert_message(conn, session_id, parent_id, generated(message))
             await conn.execute("DELETE FROM turns WHERE user_message_id = $1", turn_id)
+            if journal is not None:
+                # The journal's row first: the journal writer's transaction may hold it (its
+                # first frames open it) and then insert frames this one repeats; taking the
+                # row before the frames waits for that commit instead of deadlocking with it.
+                await conn.execute(
+                    "UPDATE journals SET ended_at = $1 WHERE request_id = $2",
+                    now_iso(),
+                    journal.request_id,
+                )
+                await self._insert_frames(
+                    conn, journal.request_id, journal.first_seq, journal.frames
+                )
             return stored
 
     async def list_messages(self, session_id: str) -> list[Message]:
@@ -534,18 +598,7 @@ class PostgresStore:
             session_id,
             limit,
         )
-        return [
-            SearchHit(
-                message_id=row["id"],
-                session_id=row["session_id"],
-                session_title=row["title"],
-                role=row["role"],
-                snippet=row["snippet"],
-                created_at=row["created_at"],
-                rank=row["score"],
-            )
-            for row in rows
-        ]
+        return [search_hit_from(row) for row in rows]
 
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
         # As SQLite's BRANCH_SQL: walked up from the leaf, the contents' UTF-8 bytes summed, the
@@ -613,14 +666,7 @@ class PostgresStore:
             "ORDER BY j.started_at, j.request_id, e.seq",
             self._owned_by(orphans),
         )
-        journals: dict[str, OpenJournal] = {}
-        for row in rows:
-            journal = journals.setdefault(
-                row["request_id"], OpenJournal(row["request_id"], [], row["user_message_id"])
-            )
-            if row["frame"] is not None:
-                journal.frames.append(row["frame"])
-        return list(journals.values())
+        return open_journals_from(rows)
 
     async def close_open_turns(
         self, orphans: Orphans, partial_answers: Mapping[str, str] | None = None
@@ -641,25 +687,12 @@ class PostgresStore:
                 unanswered = await self._unanswered_calls(conn, head_id)
                 for call in unanswered:
                     result = await self._insert_message(
-                        conn,
-                        session_id,
-                        head_id,
-                        NewMessage(
-                            role="tool",
-                            content=INTERRUPTED_TOOL_RESULT,
-                            name=call.name,
-                            tool_call_id=call.id,
-                            status="error",
-                        ),
+                        conn, session_id, head_id, interrupted_tool_result(call)
                     )
                     head_id = result.id
-                # Text after unanswered calls is the calling message's own, already stored.
-                text = "" if unanswered else partial_answers.get(turn["user_message_id"], "")
+                partial = partial_answers.get(turn["user_message_id"], "")
                 closed[turn["user_message_id"]] = await self._insert_message(
-                    conn,
-                    session_id,
-                    head_id,
-                    generated(NewMessage(role="assistant", content=text, status="interrupted")),
+                    conn, session_id, head_id, generated(interrupted_answer(partial, unanswered))
                 )
         return closed
 
@@ -735,7 +768,9 @@ class PostgresStore:
                 await conn.execute(
                     "INSERT INTO events (request_id, seq, frame, created_at) "
                     "SELECT request_id, seq, frame, $4 "
-                    "FROM unnest($1::text[], $2::int[], $3::text[]) AS f(request_id, seq, frame)",
+                    "FROM unnest($1::text[], $2::int[], $3::text[]) AS f(request_id, seq, frame) "
+                    # (an answer's transaction may have committed them first: `JournalEnd`)
+                    "ON CONFLICT (request_id, seq) DO NOTHING",
                     [f[0] for f in frames],
                     [f[1] for f in frames],
                     [f[2] for f in frames],
@@ -775,10 +810,7 @@ class PostgresStore:
             request_id,
             after_seq,
         )
-        if not rows:
-            return None
-        frames = [row["frame"] for row in rows if row["frame"] is not None]
-        return JournalTail(frames, rows[0]["ended_at"] is not None)
+        return journal_tail_from(rows)
 
     @asynccontextmanager
     async def journal_changes(self, request_id: str) -> AsyncIterator[asyncio.Event]:

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tether.engines.base import ToolCall
-from tether.store.base import Agent, Message, NewMessage, Session
+from tether.store.base import (
+    Agent,
+    JournalTail,
+    Message,
+    NewMessage,
+    OpenJournal,
+    SearchHit,
+    Session,
+)
 
 INTERRUPTED_TOOL_RESULT = "Error: interrupted: the server stopped before the tool returned"
 
@@ -51,10 +59,31 @@ def tool_calls_from(raw: str | None) -> tuple[ToolCall, ...]:
     return tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(raw))
 
 
+def interrupted_tool_result(call: ToolCall) -> NewMessage:
+    """The error result recovery stores for a call a dead process left without one (a history
+    with a call left unanswered is refused by chat templates and OpenAI-compatible servers)."""
+    return NewMessage(
+        role="tool",
+        content=INTERRUPTED_TOOL_RESULT,
+        name=call.name,
+        tool_call_id=call.id,
+        status="error",
+    )
+
+
+def interrupted_answer(partial: str, unanswered: Sequence[ToolCall]) -> NewMessage:
+    """The answer recovery stores for a turn a dead process left open: `partial` (what its
+    client was sent), unless calls were left unanswered: no text is generated while calls wait
+    for results, so text the journal shows after them is the calling message's, stored
+    already."""
+    return NewMessage(role="assistant", content="" if unanswered else partial, status="interrupted")
+
+
 def new_message(session_id: str, parent_id: str | None, new: NewMessage) -> Message:
-    """The message `new` becomes, with a fresh id and the time now."""
+    """The message `new` becomes, with its id (a fresh one unless `new` names it) and the time
+    now."""
     return Message(
-        id=new_id(),
+        id=new.id or new_id(),
         session_id=session_id,
         parent_id=parent_id,
         role=new.role,
@@ -131,3 +160,38 @@ def agent_from(row: Row) -> Agent:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def search_hit_from(row: Row) -> SearchHit:
+    """A search's row: id, session_id, title (the session's), role, snippet, created_at, score."""
+    return SearchHit(
+        message_id=row["id"],
+        session_id=row["session_id"],
+        session_title=row["title"],
+        role=row["role"],
+        snippet=row["snippet"],
+        created_at=row["created_at"],
+        rank=row["score"],
+    )
+
+
+def open_journals_from(rows: Iterable[Row]) -> list[OpenJournal]:
+    """Open journals from rows of (request_id, user_message_id, frame), a journal's in seq
+    order (frame NULL: a journal with no frame yet), journals in the rows' order."""
+    journals: dict[str, OpenJournal] = {}
+    for row in rows:
+        journal = journals.setdefault(
+            row["request_id"], OpenJournal(row["request_id"], [], row["user_message_id"])
+        )
+        if row["frame"] is not None:
+            journal.frames.append(row["frame"])
+    return list(journals.values())
+
+
+def journal_tail_from(rows: Sequence[Row]) -> JournalTail | None:
+    """A journal's tail from rows of (ended_at, frame) in seq order, one row with frame NULL when
+    there is no frame after the seq; None for no rows (no journal)."""
+    if not rows:
+        return None
+    frames = [row["frame"] for row in rows if row["frame"] is not None]
+    return JournalTail(frames, rows[0]["ended_at"] is not None)

@@ -1,31 +1,47 @@
 """The SQLite store: aiosqlite, WAL, `synchronous=FULL`, migrations by `PRAGMA user_version`.
 
-One writer connection (its transactions serialised by an asyncio lock, so concurrent turns never
-meet "database is locked") and one reader connection, which WAL lets read while the writer writes.
+Writes go through one writer task with group commit (`tether.store.group_commit`): every store
+call that writes is a job put in a line; the writer takes what waits into one transaction
+(`BEGIN IMMEDIATE` ... `COMMIT`), so concurrent turns' starts, answers and journal frames share
+one commit and one fsync, and no write ever waits on SQLite's own lock. A turn's jobs read what
+they must (one statement for `begin_turn`, none for an answer or a journal batch) and hand their
+rows to the batch, which writes each kind of row with one `executemany` in a fixed order
+(`Step`): so a batch costs a few statements, not a few per turn. A job that refuses (NotFound,
+`JournalAnswered`) has written nothing and the batch goes on; any other failure rolls the batch
+back and its jobs run again one transaction each, so one bad job fails alone.
+
+Two writer connections: FULL for a batch that stores a message; NORMAL (in WAL mode durable
+when the process dies, not on power loss until the next FULL commit, whose fsync covers every
+frame before it) for a batch of journal frames only: a write per batch of tokens must not cost
+an fsync. One reader connection, which WAL lets read while the writer writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import itertools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
 from tether import jsonsafe
 from tether.engines.base import ToolCall
-from tether.errors import BadRequest, Conflict, NotFound
+from tether.errors import BadRequest, Conflict, NotFound, TetherError
 from tether.store.base import (
     Agent,
+    JournalAnswered,
     JournalAppend,
+    JournalEnd,
     JournalRecord,
     JournalStart,
     JournalTail,
@@ -38,27 +54,29 @@ from tether.store.base import (
     Session,
     TurnStart,
 )
+from tether.store.group_commit import Batch, CommitQueue
 from tether.store.lock import DatabaseLock
 from tether.store.records import (
-    INTERRUPTED_TOOL_RESULT,
     MESSAGE_COLUMNS,
     agent_from,
+    interrupted_answer,
+    interrupted_tool_result,
     iso,
+    journal_tail_from,
     message_from,
     message_values,
     new_id,
     new_message,
     now_iso,
+    open_journals_from,
+    search_hit_from,
     session_from,
     tool_calls_from,
 )
 from tether.tokens import digest
 
 Synchronous = Literal["FULL", "NORMAL"]
-
-
-# Frames per INSERT statement: 4 variables each, within the 999 variables of older SQLites.
-FRAMES_PER_INSERT = 240
+T = TypeVar("T")
 
 
 def load_migrations(package: str = "tether.store.migrations") -> list[tuple[int, str]]:
@@ -113,17 +131,262 @@ SELECT {MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.dept
 """
 
 
+class Step(enum.IntEnum):
+    """The order a batch writes its rows in (so that every row's references exist first);
+    rows of one step keep the order of their jobs."""
+
+    SESSION = 0
+    MESSAGE = 1  # (a trigger moves the session's active leaf to it: migration 0008)
+    TURN = 2
+    JOURNAL = 3
+    FRAME = 4
+    JOURNAL_END = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One row a job hands to its batch: `sql` with `params`, written at `step`; `leaf`:
+    (session id, message id) when the row is a message, which becomes its session's active
+    leaf."""
+
+    step: Step
+    sql: str
+    params: tuple[Any, ...]
+    leaf: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """What the writer did, counted since the store opened (`SQLiteStore.stats`)."""
+
+    transactions: int = 0  # committed
+    durable: int = 0  # ... of them at synchronous=FULL (an fsync each)
+    jobs: int = 0  # store calls settled by those commits
+    statements: int = 0  # statements the writer sent (each one hand-off to aiosqlite's thread)
+    rollbacks: int = 0  # batches that failed and were run again one job at a time
+
+
+class _Tx:
+    """The writer's connection inside one transaction, counting the statements it sends. Each
+    call is one statement and one hand-off to the connection's thread."""
+
+    def __init__(self, conn: aiosqlite.Connection, stats: WriteStats) -> None:
+        self.conn = conn
+        self._stats = stats
+        # The active leaf of each session once the rows handed to this transaction so far are
+        # written (they are written at its end): a turn after another in the same batch goes
+        # after that one's message.
+        self.leaves: dict[str, str] = {}
+
+    def handed(self, writes: Iterable[Write]) -> None:
+        """A job handed `writes` to the transaction."""
+        for write in writes:
+            if write.leaf is not None:
+                session_id, message_id = write.leaf
+                self.leaves[session_id] = message_id
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        self._stats.statements += 1
+        return list(await self.conn.execute_fetchall(sql, tuple(params)))
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
+        self._stats.statements += 1
+        return await self.conn.execute(sql, tuple(params))
+
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> aiosqlite.Cursor:
+        self._stats.statements += 1
+        return await self.conn.executemany(sql, [tuple(row) for row in rows])
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        """Write the rows by step, each run of one statement as one `executemany`."""
+        ordered = sorted(writes, key=lambda write: write.step)  # stable: job order kept
+        for (_, sql), group in itertools.groupby(ordered, key=lambda w: (w.step, w.sql)):
+            await self.executemany(sql, [write.params for write in group])
+
+
+# A batched job: its reads, then its rows and what its caller gets. It must not write itself.
+Prepare = Callable[[_Tx], Awaitable[tuple[Any, list[Write]]]]
+# A solo job: runs alone in its transaction, writing as it goes.
+Solo = Callable[[_Tx], Awaitable[Any]]
+
+# Refusals: a batched job raising one has written nothing; its batch goes on without it.
+REFUSALS = (TetherError, JournalAnswered)
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    prepare: Prepare
+    future: asyncio.Future[Any]
+
+
+_INSERT_SESSION = (
+    "INSERT INTO sessions (id, title, agent_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+)
+_SET_TITLE = "UPDATE sessions SET title = ? WHERE id = ?"
+_INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+_OPEN_TURN = (
+    "INSERT INTO turns (user_message_id, session_id, head_id, started_at) VALUES (?, ?, ?, ?)"
+)
+_MOVE_TURN = "UPDATE turns SET head_id = ? WHERE user_message_id = ?"
+_CLOSE_TURN = "DELETE FROM turns WHERE user_message_id = ?"
+# begin_turn's journal row. An ended journal of the same request_id is replaced (a new
+# started_at: the journal_restarted trigger drops its frames); an open one is the request's
+# own, from frames it journaled while it waited (`queued`): its started_at and frames stay.
+_OPEN_JOURNAL = (
+    "INSERT INTO journals (request_id, started_at, token_digest, user_message_id, "
+    "question_digest) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (request_id) DO UPDATE SET started_at = CASE WHEN journals.ended_at IS NULL "
+    "THEN journals.started_at ELSE excluded.started_at END, "
+    "ended_at = NULL, token_digest = excluded.token_digest, "
+    "user_message_id = excluded.user_message_id, question_digest = excluded.question_digest"
+)
+# A journal's first frames (from the journal writer): a row still open is this request's own,
+# from begin_turn, kept as it is; an ended one is replaced.
+_START_JOURNAL = (
+    "INSERT INTO journals (request_id, started_at, token_digest) VALUES (?, ?, ?) "
+    "ON CONFLICT (request_id) DO UPDATE "
+    "SET started_at = excluded.started_at, ended_at = NULL, "
+    "token_digest = excluded.token_digest, user_message_id = NULL, question_digest = NULL "
+    "WHERE journals.ended_at IS NOT NULL"
+)
+# A seq the journal holds keeps its frame: an answer's last frames (`JournalEnd`) repeat those
+# the journal writer had on their way.
+_INSERT_FRAME = (
+    "INSERT OR IGNORE INTO events (request_id, seq, frame, created_at) VALUES (?, ?, ?, ?)"
+)
+_END_JOURNAL = "UPDATE journals SET ended_at = ? WHERE request_id = ?"
+# begin_turn's one read: the session (NULLs for a new one), whether the agent exists, and
+# whether the request ended having asked this question already.
+_BEGIN_READ = """
+SELECT s.id, s.title, s.agent_id, s.created_at, s.updated_at, s.active_leaf_id,
+       EXISTS (SELECT 1 FROM agents WHERE id = ?) AS agent_found,
+       j.request_id AS answered, j.token_digest AS answered_token
+FROM (SELECT 1) AS one
+LEFT JOIN sessions AS s ON s.id = ?
+LEFT JOIN journals AS j ON j.request_id = ? AND j.ended_at IS NOT NULL AND j.question_digest = ?
+"""
+
+
+def _message_writes(
+    session_id: str, parent_id: str | None, new: NewMessage
+) -> tuple[Message, list[Write]]:
+    """The message `new` as stored after `parent_id`, and its row (its insert moves the
+    session's active leaf to it: the messages_move_leaf trigger)."""
+    message = new_message(session_id, parent_id, new)
+    row = Write(Step.MESSAGE, _INSERT_MESSAGE, message_values(message), (session_id, message.id))
+    return message, [row]
+
+
+def _frame_writes(request_id: str, first_seq: int, frames: Sequence[str]) -> list[Write]:
+    stamp = now_iso()
+    return [
+        Write(Step.FRAME, _INSERT_FRAME, (request_id, first_seq + offset, frame, stamp))
+        for offset, frame in enumerate(frames)
+    ]
+
+
+def _journal_writes(appends: Sequence[JournalAppend]) -> list[Write]:
+    stamp = now_iso()
+    writes = [
+        Write(Step.JOURNAL, _START_JOURNAL, (a.request_id, stamp, a.token_digest))
+        for a in appends
+        if a.first_seq == 0 and a.frames
+    ]
+    for a in appends:
+        writes += _frame_writes(a.request_id, a.first_seq, a.frames)
+    writes += [
+        Write(Step.JOURNAL_END, _END_JOURNAL, (stamp, a.request_id)) for a in appends if a.ended
+    ]
+    return writes
+
+
+def _settle(
+    future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+) -> None:
+    if future.done():  # its caller was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+async def _session_in(tx: _Tx, session_id: str) -> Session:
+    row = await tx.fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
+    if row is None:
+        raise NotFound(f"session {session_id!r} does not exist")
+    return session_from(row)
+
+
+async def _message_in(tx: _Tx, message_id: str, session_id: str) -> Message:
+    row = await tx.fetchone(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND session_id = ?",
+        (message_id, session_id),
+    )
+    if row is None:
+        raise NotFound(f"message {message_id!r} is not in session {session_id!r}")
+    return message_from(row)
+
+
+async def _user_message_in(tx: _Tx, message_id: str, session_id: str) -> Message:
+    message = await _message_in(tx, message_id, session_id)
+    if message.role != "user":
+        raise NotFound(f"message {message_id!r} is a {message.role} message, not a user's")
+    return message
+
+
+async def _check_agent(tx: _Tx, agent_id: str | None) -> None:
+    if (
+        agent_id is not None
+        and await tx.fetchone("SELECT 1 FROM agents WHERE id = ?", (agent_id,)) is None
+    ):
+        raise NotFound(f"agent {agent_id!r} does not exist")
+
+
+def _session_writes(title: str, agent_id: str | None) -> tuple[Session, list[Write]]:
+    stamp = now_iso()
+    session = Session(new_id(), title, agent_id, stamp, stamp)
+    row = (session.id, session.title, session.agent_id, stamp, stamp)
+    return session, [Write(Step.SESSION, _INSERT_SESSION, row)]
+
+
+def _turn_writes(message: Message, journal: JournalStart | None) -> list[Write]:
+    """The turn of `message` is open until its answer is stored (see close_open_turns); its
+    journal row, and the journal's opening frame, go with it."""
+    writes = [Write(Step.TURN, _OPEN_TURN, (message.id, message.session_id, message.id, now_iso()))]
+    if journal is None:
+        return writes
+    row = (
+        journal.request_id,
+        now_iso(),  # (not the message's: a regeneration's question is an old one)
+        journal.token_digest,
+        message.id,
+        digest(message.content),
+    )
+    return [*writes, Write(Step.JOURNAL, _OPEN_JOURNAL, row)]
+
+
+def _opening_writes(journal: JournalStart | None, start: TurnStart) -> list[Write]:
+    if journal is None or journal.opening is None:
+        return []
+    return _frame_writes(journal.request_id, journal.opening_seq, [journal.opening(start)])
+
+
 class SQLiteStore:
     def __init__(self, path: Path, *, synchronous: Synchronous = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
+        self.stats = WriteStats()
         self._writer: aiosqlite.Connection | None = None
-        # The frame journal's writer: commits at NORMAL, which in WAL mode is durable when the
-        # process dies but not on power loss until the next FULL commit (its fsync covers every
-        # frame written before it). A write per batch of tokens must not cost an fsync.
+        # The frame journal's writer: commits at NORMAL (see the module docstring).
         self._journal: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._queue: CommitQueue[_Job] = CommitQueue()
+        self._writing: asyncio.Task[None] | None = None
         self._file_lock = DatabaseLock(path)
         self._cancel_handlers: list[Callable[[str], None]] = []
 
@@ -150,6 +413,8 @@ class SQLiteStore:
         self._reader = await self._connect(self.synchronous)
 
     async def close(self) -> None:
+        if self._writing is not None:
+            await asyncio.wait({self._writing})  # what is waiting is written first
         for conn in (self._reader, self._journal, self._writer):
             if conn is not None:
                 await conn.close()
@@ -175,23 +440,74 @@ class SQLiteStore:
             raise RuntimeError("store is not open")
         return self._reader
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    # -- the writer: group commit -------------------------------------------------------------
+
+    async def _batched(self, prepare: Prepare, *, durable: bool = True) -> Any:
+        """Run `prepare` in the next transaction the writer commits, with whatever else waits;
+        return what it returned once its rows are committed."""
+        return await self._put(prepare, solo=False, durable=durable)
+
+    async def _solo(self, work: Solo) -> Any:
+        """Run `work` in a transaction of its own (it writes as it goes)."""
+
+        async def prepare(tx: _Tx) -> tuple[Any, list[Write]]:
+            return await work(tx), []
+
+        return await self._put(prepare, solo=True, durable=True)
+
+    async def _put(self, prepare: Prepare, *, solo: bool, durable: bool) -> Any:
         if self._writer is None:
             raise RuntimeError("store is not open")
-        # The journal's connection writes under the same lock: no write ever waits on SQLite's
-        # own lock (busy_timeout sleeps).
-        async with self._write_lock:
-            conn = self._writer
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                await asyncio.shield(conn.execute("ROLLBACK"))
-                raise
-            # Shielded: once the rows are written, a cancelled caller must not leave the
-            # transaction open for the next writer.
-            await asyncio.shield(conn.execute("COMMIT"))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Job(prepare, future), solo=solo, durable=durable)
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write(), name="store-writer")
+        # A caller cancelled before the writer took its job stores nothing; one cancelled
+        # while its transaction runs has it committed (or rolled back) all the same.
+        return await future
+
+    async def _write(self) -> None:
+        while (batch := self._queue.take()) is not None:
+            jobs = [job for job in batch.jobs if not job.future.done()]
+            if jobs:
+                await self._commit(batch, jobs)
+
+    async def _commit(self, batch: Batch[_Job], jobs: list[_Job]) -> None:
+        conn = self._writer if batch.durable else self._journal
+        assert conn is not None
+        tx = _Tx(conn, self.stats)
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            await tx.execute("BEGIN IMMEDIATE")
+            writes: list[Write] = []
+            for job in jobs:
+                try:
+                    result, rows = await job.prepare(tx)
+                except REFUSALS as exc:
+                    if batch.alone:
+                        raise
+                    outcomes.append((job, None, exc))
+                    continue
+                outcomes.append((job, result, None))
+                tx.handed(rows)
+                writes += rows
+            await tx.write(writes)
+            await tx.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # (the jobs hear of `exc` all the same)
+                    await tx.execute("ROLLBACK")
+            if batch.alone:
+                _settle(jobs[0].future, error=exc)
+            else:  # which job broke it is unknown: each runs again alone
+                self.stats.rollbacks += 1
+                self._queue.retry_alone(batch)
+            return
+        self.stats.transactions += 1
+        self.stats.durable += batch.durable
+        self.stats.jobs += len(outcomes)
+        for job, result, error in outcomes:
+            _settle(job.future, result, error)
 
     # Each read runs to its end in one call on the reader's thread. A statement left open
     # across awaits (execute, then fetch) holds the connection's read snapshot, and every read
@@ -209,39 +525,27 @@ class SQLiteStore:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    async def _insert_session(
-        self, conn: aiosqlite.Connection, title: str, agent_id: str | None
-    ) -> Session:
-        stamp = now_iso()
-        session = Session(new_id(), title, agent_id, stamp, stamp)
-        await conn.execute(
-            "INSERT INTO sessions (id, title, agent_id, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (session.id, session.title, session.agent_id, stamp, stamp),
-        )
-        return session
-
-    async def _check_agent(self, conn: aiosqlite.Connection, agent_id: str | None) -> None:
-        if agent_id is None:
-            return
-        async with conn.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)) as cursor:
-            if await cursor.fetchone() is None:
-                raise NotFound(f"agent {agent_id!r} does not exist")
-
     async def create_session(self, title: str = "", agent_id: str | None = None) -> Session:
-        async with self._transaction() as conn:
-            await self._check_agent(conn, agent_id)
-            return await self._insert_session(conn, title, agent_id)
+        async def prepare(tx: _Tx) -> tuple[Session, list[Write]]:
+            await _check_agent(tx, agent_id)
+            return _session_writes(title, agent_id)
+
+        session: Session = await self._batched(prepare)
+        return session
 
     async def ensure_session(self, session_id: str) -> bool:
         stamp = now_iso()
-        async with self._transaction() as conn:
-            cursor = await conn.execute(
+
+        async def work(tx: _Tx) -> bool:
+            cursor = await tx.execute(
                 "INSERT OR IGNORE INTO sessions (id, title, agent_id, created_at, updated_at) "
                 "VALUES (?, '', NULL, ?, ?)",
                 (session_id, stamp, stamp),
             )
             return cursor.rowcount == 1
+
+        created: bool = await self._solo(work)
+        return created
 
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
@@ -255,40 +559,33 @@ class SQLiteStore:
         return [session_from(row) for row in rows]
 
     async def update_session(self, session_id: str, *, title: str) -> Session | None:
-        async with self._transaction() as conn:
-            await conn.execute(
+        async def work(tx: _Tx) -> aiosqlite.Row | None:
+            await tx.execute(
                 "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?",
                 (title, now_iso(), session_id),
             )
-            async with conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
-                row = await cur.fetchone()
+            return await tx.fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
+
+        row = await self._solo(work)
         return session_from(row) if row else None
 
     async def delete_session(self, session_id: str) -> bool:
-        async with self._transaction() as conn:
-            cursor = await conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        async def work(tx: _Tx) -> bool:
+            cursor = await tx.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             return cursor.rowcount > 0
 
+        deleted: bool = await self._solo(work)
+        return deleted
+
     async def delete_all_sessions(self) -> int:
-        async with self._transaction() as conn:
-            cursor = await conn.execute("DELETE FROM sessions")
+        async def work(tx: _Tx) -> int:
+            cursor = await tx.execute("DELETE FROM sessions")
             return cursor.rowcount
 
-    # -- messages ---------------------------------------------------------------------------
+        deleted: int = await self._solo(work)
+        return deleted
 
-    async def _insert_message(
-        self, conn: aiosqlite.Connection, session_id: str, parent_id: str | None, new: NewMessage
-    ) -> Message:
-        message = new_message(session_id, parent_id, new)
-        await conn.execute(
-            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-            message_values(message),
-        )
-        await conn.execute(
-            "UPDATE sessions SET updated_at = ?, active_leaf_id = ? WHERE id = ?",
-            (message.created_at, message.id, session_id),
-        )
-        return message
+    # -- messages ---------------------------------------------------------------------------
 
     async def begin_turn(
         self,
@@ -303,129 +600,110 @@ class SQLiteStore:
     ) -> TurnStart:
         if sibling_of is not None and parent_id is not None:
             raise BadRequest("a turn goes after parent_id or beside sibling_of, not both")
-        async with self._transaction() as conn:
-            created = session_id is None
+
+        async def prepare(tx: _Tx) -> tuple[TurnStart, list[Write]]:
+            request_id = None if journal is None else journal.request_id
+            row = await tx.fetchone(_BEGIN_READ, (agent_id, session_id, request_id, digest(text)))
+            assert row is not None  # (one row, always)
+            if row["answered"] is not None:
+                raise JournalAnswered(row["answered"], row["answered_token"])
+            writes: list[Write] = []
             if session_id is None:
-                await self._check_agent(conn, agent_id)
-                session = await self._insert_session(conn, title, agent_id)
+                if agent_id is not None and not row["agent_found"]:
+                    raise NotFound(f"agent {agent_id!r} does not exist")
+                session, writes = _session_writes(title, agent_id)
+            elif row["id"] is None:
+                raise NotFound(f"session {session_id!r} does not exist")
             else:
-                session = await self._session_in(conn, session_id)
-            if sibling_of is not None:
-                parent_id = (await self._user_message_in(conn, sibling_of, session.id)).parent_id
-            elif parent_id is not None:
-                await self._message_in(conn, parent_id, session.id)
-            else:
-                parent_id = session.active_leaf_id
-            if not session.title and session.active_leaf_id is None and title:
-                await conn.execute(
-                    "UPDATE sessions SET title = ? WHERE id = ?", (title, session.id)
+                stored = session_from(row)
+                session = replace(
+                    stored, active_leaf_id=tx.leaves.get(stored.id, stored.active_leaf_id)
                 )
+            parent = await self._turn_parent(tx, session, parent_id, sibling_of)
+            if not session.title and session.active_leaf_id is None and title:
+                writes.append(Write(Step.SESSION, _SET_TITLE, (title, session.id)))
                 session = replace(session, title=title)
-            message = await self._insert_message(
-                conn, session.id, parent_id, NewMessage(role="user", content=text)
-            )
-            await self._open_turn(conn, message)
-            if journal is not None:
-                await self._open_journal(conn, journal, message)
+            message, rows = _message_writes(session.id, parent, NewMessage("user", text))
             started = replace(session, updated_at=message.created_at, active_leaf_id=message.id)
-            return TurnStart(started, message, created)
+            start = TurnStart(started, message, session_id is None)
+            writes += rows + _turn_writes(message, journal) + _opening_writes(journal, start)
+            return start, writes
+
+        start: TurnStart = await self._batched(prepare)
+        return start
+
+    @staticmethod
+    async def _turn_parent(
+        tx: _Tx, session: Session, parent_id: str | None, sibling_of: str | None
+    ) -> str | None:
+        """Where a new turn's message goes: beside `sibling_of`, after `parent_id` (checked to
+        be in the session), else at the end of the session's active branch."""
+        if sibling_of is not None:
+            return (await _user_message_in(tx, sibling_of, session.id)).parent_id
+        if parent_id is not None:
+            await _message_in(tx, parent_id, session.id)
+            return parent_id
+        return session.active_leaf_id
 
     async def begin_regeneration(
         self, message_id: str, *, session_id: str, journal: JournalStart | None = None
     ) -> TurnStart:
-        async with self._transaction() as conn:
-            session = await self._session_in(conn, session_id)
-            message = await self._message_in(conn, message_id, session.id)
+        async def prepare(tx: _Tx) -> tuple[TurnStart, list[Write]]:
+            session = await _session_in(tx, session_id)
+            message = await _message_in(tx, message_id, session.id)
             while message.role != "user":  # up from an answer, a tool call or its result
                 if message.parent_id is None:
                     raise NotFound(f"message {message_id!r} answers no user message")
-                message = await self._message_in(conn, message.parent_id, session.id)
-            async with conn.execute(
-                "SELECT 1 FROM turns WHERE user_message_id = ?", (message.id,)
-            ) as cursor:
-                if await cursor.fetchone() is not None:
-                    raise Conflict(f"message {message.id!r} is being answered already")
-            await self._open_turn(conn, message)
-            if journal is not None:
-                await self._open_journal(conn, journal, message)
-            return TurnStart(session, message, False)
+                message = await _message_in(tx, message.parent_id, session.id)
+            if (
+                await tx.fetchone("SELECT 1 FROM turns WHERE user_message_id = ?", (message.id,))
+                is not None
+            ):
+                raise Conflict(f"message {message.id!r} is being answered already")
+            start = TurnStart(session, message, False)
+            return start, _turn_writes(message, journal) + _opening_writes(journal, start)
 
-    async def _open_turn(self, conn: aiosqlite.Connection, message: Message) -> None:
-        """The turn of `message` is open until its answer is stored (see close_open_turns)."""
-        await conn.execute(
-            "INSERT INTO turns (user_message_id, session_id, head_id, started_at) "
-            "VALUES (?, ?, ?, ?)",
-            (message.id, message.session_id, message.id, now_iso()),
-        )
-
-    async def _session_in(self, conn: aiosqlite.Connection, session_id: str) -> Session:
-        async with conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            raise NotFound(f"session {session_id!r} does not exist")
-        return session_from(row)
-
-    async def _message_in(
-        self, conn: aiosqlite.Connection, message_id: str, session_id: str
-    ) -> Message:
-        async with conn.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND session_id = ?",
-            (message_id, session_id),
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            raise NotFound(f"message {message_id!r} is not in session {session_id!r}")
-        return message_from(row)
-
-    async def _user_message_in(
-        self, conn: aiosqlite.Connection, message_id: str, session_id: str
-    ) -> Message:
-        message = await self._message_in(conn, message_id, session_id)
-        if message.role != "user":
-            raise NotFound(f"message {message_id!r} is a {message.role} message, not a user's")
-        return message
-
-    async def _open_journal(
-        self, conn: aiosqlite.Connection, journal: JournalStart, question: Message
-    ) -> None:
-        # (the journal_restarted trigger drops the frames of an ended journal of the same id)
-        await conn.execute(
-            "INSERT INTO journals (request_id, started_at, token_digest, user_message_id, "
-            "question_digest) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (request_id) DO UPDATE SET started_at = excluded.started_at, "
-            "ended_at = NULL, token_digest = excluded.token_digest, "
-            "user_message_id = excluded.user_message_id, "
-            "question_digest = excluded.question_digest",
-            (
-                journal.request_id,
-                question.created_at,
-                journal.token_digest,
-                question.id,
-                digest(question.content),
-            ),
-        )
+        start: TurnStart = await self._batched(prepare)
+        return start
 
     async def append_message(self, session_id: str, parent_id: str, message: NewMessage) -> Message:
-        async with self._transaction() as conn:
-            return await self._insert_message(conn, session_id, parent_id, message)
+        async def prepare(_tx: _Tx) -> tuple[Message, list[Write]]:
+            return _message_writes(session_id, parent_id, message)
+
+        stored: Message = await self._batched(prepare)
+        return stored
 
     async def append_to_turn(
         self, session_id: str, parent_id: str, message: NewMessage, *, turn_id: str
     ) -> Message:
-        async with self._transaction() as conn:
-            stored = await self._insert_message(conn, session_id, parent_id, message)
-            await conn.execute(
-                "UPDATE turns SET head_id = ? WHERE user_message_id = ?", (stored.id, turn_id)
-            )
-            return stored
+        async def prepare(_tx: _Tx) -> tuple[Message, list[Write]]:
+            stored, writes = _message_writes(session_id, parent_id, message)
+            return stored, [*writes, Write(Step.TURN, _MOVE_TURN, (stored.id, turn_id))]
+
+        stored: Message = await self._batched(prepare)
+        return stored
 
     async def end_turn(
-        self, session_id: str, parent_id: str, message: NewMessage, *, turn_id: str
+        self,
+        session_id: str,
+        parent_id: str,
+        message: NewMessage,
+        *,
+        turn_id: str,
+        journal: JournalEnd | None = None,
     ) -> Message:
-        async with self._transaction() as conn:
-            stored = await self._insert_message(conn, session_id, parent_id, message)
-            await conn.execute("DELETE FROM turns WHERE user_message_id = ?", (turn_id,))
-            return stored
+        async def prepare(_tx: _Tx) -> tuple[Message, list[Write]]:
+            stored, writes = _message_writes(session_id, parent_id, message)
+            writes.append(Write(Step.TURN, _CLOSE_TURN, (turn_id,)))
+            if journal is not None:
+                writes += _frame_writes(journal.request_id, journal.first_seq, journal.frames)
+                writes.append(
+                    Write(Step.JOURNAL_END, _END_JOURNAL, (now_iso(), journal.request_id))
+                )
+            return stored, writes
+
+        stored: Message = await self._batched(prepare)
+        return stored
 
     # -- recovery (one process per file: whatever is open at start-up is a dead one's) ------
 
@@ -439,42 +717,34 @@ class SQLiteStore:
         self, orphans: Orphans, partial_answers: Mapping[str, str] | None = None
     ) -> dict[str, Message]:
         partial_answers = partial_answers or {}
-        closed: dict[str, Message] = {}
-        async with self._transaction() as conn:
-            async with conn.execute(
+
+        async def work(tx: _Tx) -> dict[str, Message]:
+            closed: dict[str, Message] = {}
+            open_turns = await tx.fetchall(
                 "SELECT user_message_id, session_id, head_id FROM turns ORDER BY started_at"
-            ) as cursor:
-                open_turns = list(await cursor.fetchall())
+            )
             for turn in open_turns:
                 head_id = turn["head_id"]
                 # Calls the dead process stored but never answered get an error result first:
                 # a history with a call left unanswered is refused by chat templates and by
                 # OpenAI-compatible servers.
-                unanswered = await self._unanswered_calls(conn, head_id)
+                unanswered = await self._unanswered_calls(tx, head_id)
                 for call in unanswered:
-                    result = await self._insert_message(
-                        conn,
-                        turn["session_id"],
-                        head_id,
-                        NewMessage(
-                            role="tool",
-                            content=INTERRUPTED_TOOL_RESULT,
-                            name=call.name,
-                            tool_call_id=call.id,
-                            status="error",
-                        ),
+                    result, writes = _message_writes(
+                        turn["session_id"], head_id, interrupted_tool_result(call)
                     )
+                    await tx.write(writes)
                     head_id = result.id
-                # No text is generated while calls wait for results: text the journal shows
-                # after the last tool frame then is the calling message's, already stored.
-                text = "" if unanswered else partial_answers.get(turn["user_message_id"], "")
-                closed[turn["user_message_id"]] = await self._insert_message(
-                    conn,
-                    turn["session_id"],
-                    head_id,
-                    NewMessage(role="assistant", content=text, status="interrupted"),
+                partial = partial_answers.get(turn["user_message_id"], "")
+                answer, writes = _message_writes(
+                    turn["session_id"], head_id, interrupted_answer(partial, unanswered)
                 )
-            await conn.execute("DELETE FROM turns")
+                await tx.write(writes)
+                closed[turn["user_message_id"]] = answer
+            await tx.execute("DELETE FROM turns")
+            return closed
+
+        closed: dict[str, Message] = await self._solo(work)
         return closed
 
     async def turn_answer(self, user_message_id: str) -> Message | None:
@@ -500,17 +770,17 @@ class SQLiteStore:
                 (message.id,),
             )
 
-    async def _unanswered_calls(self, conn: aiosqlite.Connection, head_id: str) -> list[ToolCall]:
+    @staticmethod
+    async def _unanswered_calls(tx: _Tx, head_id: str) -> list[ToolCall]:
         """The tool calls of the answer at (or just above the tool results at) `head_id` that
         have no result yet."""
         answered: set[str] = set()
         current: str | None = head_id
         while current is not None:
-            async with conn.execute(
+            row = await tx.fetchone(
                 "SELECT role, tool_calls, tool_call_id, parent_id FROM messages WHERE id = ?",
                 (current,),
-            ) as cursor:
-                row = await cursor.fetchone()
+            )
             if row is None:
                 return []
             if row["role"] == "tool":
@@ -530,22 +800,24 @@ class SQLiteStore:
         return [message_from(row) for row in rows]
 
     async def set_active_leaf(self, session_id: str, message_id: str) -> Message:
-        async with self._transaction() as conn:
-            leaf = await self._message_in(conn, message_id, session_id)
+        async def work(tx: _Tx) -> Message:
+            leaf = await _message_in(tx, message_id, session_id)
             while True:
-                async with conn.execute(
+                row = await tx.fetchone(
                     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE parent_id = ? "
                     "ORDER BY rowid DESC LIMIT 1",
                     (leaf.id,),
-                ) as cursor:
-                    row = await cursor.fetchone()
+                )
                 if row is None:
                     break
                 leaf = message_from(row)
-            await conn.execute(
+            await tx.execute(
                 "UPDATE sessions SET active_leaf_id = ? WHERE id = ?", (leaf.id, session_id)
             )
             return leaf
+
+        leaf: Message = await self._solo(work)
+        return leaf
 
     async def search(
         self,
@@ -568,18 +840,7 @@ class SQLiteStore:
             """,
             (fts_query(query, syntax), session_id, session_id, limit),
         )
-        return [
-            SearchHit(
-                message_id=row["id"],
-                session_id=row["session_id"],
-                session_title=row["title"],
-                role=row["role"],
-                snippet=row["snippet"],
-                created_at=row["created_at"],
-                rank=row["score"],
-            )
-            for row in rows
-        ]
+        return [search_hit_from(row) for row in rows]
 
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
         rows = await self._fetchall(BRANCH_SQL, {"leaf": message_id, "bound": covering_bytes})
@@ -588,46 +849,13 @@ class SQLiteStore:
     # -- the frame journal ------------------------------------------------------------------
 
     async def append_journals(self, appends: Sequence[JournalAppend]) -> None:
-        # No explicit transaction: each statement commits on its own, so the usual batch (new
-        # frames of running journals) costs one call on the journal's thread. A crash between
-        # the statements leaves states recovery handles: a started journal with no frames, or
-        # a final frame whose journal is not marked ended.
-        conn = self._journal
-        if conn is None:
-            raise RuntimeError("store is not open")
-        stamp = now_iso()
-        started = [
-            (a.request_id, stamp, a.token_digest) for a in appends if a.first_seq == 0 and a.frames
-        ]
-        rows = [
-            (a.request_id, a.first_seq + offset, frame, stamp)
-            for a in appends
-            for offset, frame in enumerate(a.frames)
-        ]
-        ended = [(stamp, a.request_id) for a in appends if a.ended]
-        async with self._write_lock:
-            if started:  # (the journal_restarted trigger drops an earlier journal's frames)
-                # A row still open is this request's own, from begin_turn: kept as it is.
-                await conn.executemany(
-                    "INSERT INTO journals (request_id, started_at, token_digest) VALUES (?, ?, ?) "
-                    "ON CONFLICT (request_id) DO UPDATE "
-                    "SET started_at = excluded.started_at, ended_at = NULL, "
-                    "token_digest = excluded.token_digest, user_message_id = NULL, "
-                    "question_digest = NULL "
-                    "WHERE journals.ended_at IS NOT NULL",
-                    started,
-                )
-            for first in range(0, len(rows), FRAMES_PER_INSERT):
-                part = rows[first : first + FRAMES_PER_INSERT]
-                await conn.execute(
-                    "INSERT INTO events (request_id, seq, frame, created_at) VALUES "
-                    + ", ".join(["(?, ?, ?, ?)"] * len(part)),
-                    [value for row in part for value in row],
-                )
-            if ended:
-                await conn.executemany(
-                    "UPDATE journals SET ended_at = ? WHERE request_id = ?", ended
-                )
+        # A batch of journal frames only commits at NORMAL; with a turn's start or answer in
+        # the same transaction, at FULL.
+        async def prepare(_tx: _Tx) -> tuple[None, list[Write]]:
+            return None, _journal_writes(appends)
+
+        if appends:
+            await self._batched(prepare, durable=False)
 
     async def open_journals(self, orphans: Orphans) -> list[OpenJournal]:
         rows = await self._fetchall(
@@ -635,15 +863,7 @@ class SQLiteStore:
             "LEFT JOIN events e USING (request_id) "
             "WHERE j.ended_at IS NULL ORDER BY j.started_at, j.request_id, e.seq"
         )
-        journals: dict[str, OpenJournal] = {}
-        for row in rows:
-            journal = journals.setdefault(
-                row["request_id"],
-                OpenJournal(row["request_id"], [], row["user_message_id"]),
-            )
-            if row["frame"] is not None:
-                journal.frames.append(row["frame"])
-        return list(journals.values())
+        return open_journals_from(rows)
 
     async def read_journal(self, request_id: str) -> list[str] | None:
         rows = await self._fetchall(
@@ -667,10 +887,7 @@ class SQLiteStore:
             "WHERE j.request_id = ? ORDER BY e.seq",
             (after_seq, request_id),
         )
-        if not rows:
-            return None
-        frames = [row["frame"] for row in rows if row["frame"] is not None]
-        return JournalTail(frames, rows[0]["ended_at"] is not None)
+        return journal_tail_from(rows)
 
     @asynccontextmanager
     async def journal_changes(self, request_id: str) -> AsyncIterator[asyncio.Event]:
@@ -687,10 +904,11 @@ class SQLiteStore:
 
     async def prune_journals(self, max_age_sec: float, max_rows: int) -> int:
         stamp = iso(datetime.now(UTC) - timedelta(seconds=max_age_sec))
-        async with self._transaction() as conn:
+
+        async def work(tx: _Tx) -> int:
             # Ended more than max_age_sec ago; then, newest kept first, the ended journals
             # beyond max_rows frames.
-            async with conn.execute(
+            rows = await tx.fetchall(
                 """
                 SELECT request_id FROM journals WHERE ended_at < ?
                 UNION
@@ -705,20 +923,24 @@ class SQLiteStore:
                 ) WHERE kept > ?
                 """,
                 (stamp, max_rows),
-            ) as cursor:
-                pruned = [(row["request_id"],) for row in await cursor.fetchall()]
+            )
+            pruned = [(row["request_id"],) for row in rows]
             if not pruned:
                 return 0
-            deleted = await conn.executemany("DELETE FROM events WHERE request_id = ?", pruned)
-            await conn.executemany("DELETE FROM journals WHERE request_id = ?", pruned)
+            deleted = await tx.executemany("DELETE FROM events WHERE request_id = ?", pruned)
+            await tx.executemany("DELETE FROM journals WHERE request_id = ?", pruned)
             return max(deleted.rowcount, 0)
+
+        deleted: int = await self._solo(work)
+        return deleted
 
     # -- agents -----------------------------------------------------------------------------
 
     async def put_agent(self, agent: Agent) -> Agent:
         stamp = now_iso()
-        async with self._transaction() as conn:
-            await conn.execute(
+
+        async def work(tx: _Tx) -> aiosqlite.Row | None:
+            await tx.execute(
                 """
                 INSERT INTO agents (id, name, system_prompt, markdown_context, default_options,
                                     created_at, updated_at)
@@ -738,8 +960,9 @@ class SQLiteStore:
                     stamp,
                 ),
             )
-            async with conn.execute("SELECT * FROM agents WHERE id = ?", (agent.id,)) as cursor:
-                row = await cursor.fetchone()
+            return await tx.fetchone("SELECT * FROM agents WHERE id = ?", (agent.id,))
+
+        row = await self._solo(work)
         assert row is not None
         return agent_from(row)
 
@@ -753,6 +976,9 @@ class SQLiteStore:
         ]
 
     async def delete_agent(self, agent_id: str) -> bool:
-        async with self._transaction() as conn:
-            cursor = await conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+        async def work(tx: _Tx) -> bool:
+            cursor = await tx.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
             return cursor.rowcount > 0
+
+        deleted: bool = await self._solo(work)
+        return deleted

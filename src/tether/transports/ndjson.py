@@ -111,13 +111,8 @@ async def generate_stream(request: Request) -> Response:
 
 
 async def _answer(request: Request, frame: ChatFrame, render: LineRenderer) -> Response:
-    answered = await request.app.state.services.runs.answered(frame.request_id, frame.text)
-    if answered:  # sent again after it ended: what became of it, as a resume would send
-        return StreamingResponse(
-            (render(frame) for frame in answered),
-            media_type=NDJSON,
-            headers=_stream_headers(frame.request_id),
-        )
+    # Sent again after it ended, the same question gets what became of it, as a resume would
+    # send (the run finds out in its first transaction: tether.runs).
     return await stream_turn(request, turn_from_frame(frame), render=render)
 
 

@@ -184,6 +184,8 @@ class ChatSocket:
         request_id = watcher.run.request_id
         if self.watching.get(request_id) is watcher:
             del self.watching[request_id]
+            # (a retried chat replays the journal of the first: its token is that one's)
+            self._remember(request_id, watcher.run.token_digest)
 
     def _remember(self, request_id: str, token_digest: str) -> None:
         self.known[request_id] = token_digest
@@ -252,19 +254,9 @@ class ChatSocket:
                 request_id, ErrorBody("conflict", f"request {request_id!r} is already running")
             )
             return
-        # The same question under the id of an ended request: the client is retrying (it may
-        # never have seen `processing`); it gets what became of it, as a resume would.
-        answered = (
-            await self.runs.answered(request_id, frame.text)
-            if isinstance(frame, ChatFrame)
-            else None
-        )
-        if answered:
-            token_digest = await self.runs.token_digest(request_id)
-            if token_digest is not None:
-                self._remember(request_id, token_digest)
-            await self._replay(answered, -1)
-            return
+        # The same question under the id of an ended request (the client is retrying: it may
+        # never have seen `processing`) gets what became of it, as a resume would: the run
+        # finds out in its first transaction (tether.runs).
         try:
             watcher = self.runs.start(
                 turn_from_frame(frame), self.frames, self._ended, transport="ws"
