@@ -85,7 +85,7 @@ async def _drive(url: str, seconds: float, tag: str) -> float:
 
 def replica_scaling(profile: Profile) -> Outcome:
     rounds = profile.pick(1, 3)
-    seconds = profile.pick_s(2.0, 5.0)
+    seconds = profile.pick_s(1.0, 5.0)
     rates: dict[str, list[float]] = {name: [] for name in SETUPS}
     cpu: dict[str, dict[str, float]] = {name: {} for name in SETUPS}  # CPU s by process
     turns = dict.fromkeys(SETUPS, 0.0)
