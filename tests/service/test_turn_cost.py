@@ -126,9 +126,8 @@ async def test_connections_to_the_listening_socket_send_small_frames_at_once() -
 
 @pytest.mark.parametrize("compression", [False, True])
 async def test_permessage_deflate_follows_the_setting(tmp_path: Path, compression: bool) -> None:
-    overrides = {} if compression else {"server.ws_compression": False}
     async with (
-        serve_app(make_settings(tmp_path, **overrides)) as server,
+        serve_app(make_settings(tmp_path, **{"server.ws_compression": compression})) as server,
         connect(server.ws_url, compression="deflate") as ws,  # the client offers it
     ):
         negotiated = [extension.name for extension in ws.protocol.extensions]

@@ -84,8 +84,7 @@ class ServerSettings(_Section):
     # permessage-deflate on /ws/chat when a client offers it. Tether's frames are small (a
     # chunk is a few words of JSON): deflate saves little on them and costs CPU per frame both
     # ways (measured without it: echo turns/s +30 %, first frame p50 halved, frames/s +60 %).
-    # On by default while the TypeScript client's suite hangs without it (plan.md, Speed).
-    ws_compression: bool = True
+    ws_compression: bool = False
 
     @field_validator("token")
     @classmethod
