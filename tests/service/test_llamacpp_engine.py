@@ -27,6 +27,7 @@ from tether.engines.base import (
     UnknownModelError,
     Usage,
 )
+from tether.engines.llama_native import FlashAttention
 from tether.engines.llamacpp import LlamaCppEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +47,7 @@ async def open_engine(
     max_loaded: int = 1,
     max_queue: int = 16,
     prompt_cache_bytes: int = 256 << 20,
+    flash_attn: FlashAttention = "off",
     on_run: Runs | None = None,
 ) -> AsyncIterator[LlamaCppEngine]:
     # One thread: the machine is shared, and spinning OpenMP threads suffer most from that.
@@ -58,6 +60,7 @@ async def open_engine(
         max_loaded=max_loaded,
         max_queue=max_queue,
         prompt_cache_bytes=prompt_cache_bytes,
+        flash_attn=flash_attn,
         on_run=on_run,
     )
     try:

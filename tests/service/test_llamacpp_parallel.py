@@ -1,5 +1,9 @@
 """Parallel decoding on real llama.cpp (the tiny GGUF): several sequences of one model decoded
-together in one context, each answering as it would alone."""
+together in one context, each answering as it would alone.
+
+Greedy answers are the same in a batch as alone with flash attention on; without it llama.cpp's
+attention sums in another order when sequences share a batch, so an answer may part from its solo
+answer after a few tokens. The identity tests turn it on (`ON`)."""
 
 from __future__ import annotations
 
@@ -23,14 +27,16 @@ from tests.service.test_llamacpp_engine import (
 )
 from tests.support.llama_runs import Runs
 from tether.engines.base import ChatMessage, Delta, GenerationOptions, GenerationRequest
+from tether.engines.llama_native import FlashAttention
 from tether.engines.llamacpp import LlamaCppEngine
 
+ON: FlashAttention = "on"
 PROMPTS = ("Hello", "Tell me about the sea.", "What is two plus two?", "Name a colour.")
 
 
 @pytest.fixture
 async def engine(dist: Path) -> AsyncIterator[LlamaCppEngine]:
-    async with open_engine(dist, parallel=4) as engine:
+    async with open_engine(dist, parallel=4, flash_attn=ON) as engine:
         yield engine
 
 
@@ -98,7 +104,7 @@ async def test_concurrent_greedy_answers_are_their_solo_answers(
     assert len({text for text, _, _ in solo}) == len(solo)  # four answers, not one repeated
     assert all(overlap.overlapped("g0", f"g{i}") for i in (1, 2, 3))  # decoded together
     # The same text as an engine decoding one sequence at a time.
-    async with open_engine(dist, parallel=1) as one_at_a_time:
+    async with open_engine(dist, parallel=1, flash_attn=ON) as one_at_a_time:
         assert await solo_outcomes(one_at_a_time, requests) == solo
 
 
@@ -178,7 +184,7 @@ async def test_a_freed_slot_goes_to_the_request_waiting(dist: Path) -> None:
 
 
 async def test_one_sequence_fills_its_window_while_the_others_run(dist: Path) -> None:
-    async with open_engine(dist, n_ctx=256, parallel=3) as engine:
+    async with open_engine(dist, n_ctx=256, parallel=3, flash_attn=ON) as engine:
         # A long prompt and no max_tokens: it ends when its window is full.
         full = ask("word " * 400, "full", temperature=0)
         others = [greedy(PROMPTS[i], f"o{i}", max_tokens=120) for i in range(2)]
@@ -245,7 +251,9 @@ class TestParallelContract(EngineContract):
 
 @pytest.mark.slow
 async def test_smollm2_answers_the_same_alone_and_in_a_batch() -> None:
-    async with open_engine(SMOLLM2.parent, default_model=SMOLLM2.name, parallel=4) as engine:
+    async with open_engine(
+        SMOLLM2.parent, default_model=SMOLLM2.name, parallel=4, flash_attn=ON
+    ) as engine:
         requests = [greedy(text, f"m{i}", max_tokens=32) for i, text in enumerate(PROMPTS)]
         solo = await solo_outcomes(engine, requests)
         batched = [outcome(deltas) for deltas in await together(engine, requests)]

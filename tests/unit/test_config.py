@@ -83,6 +83,7 @@ def test_config_yaml_in_the_working_directory_is_found(tmp_path: Path) -> None:
         ("server:\n  port: 70000\n", {}, "server.port"),
         ("server:\n  prot: 1\n", {}, "server.prot"),
         ("engine:\n  name: gpt\n", {}, "engine.name"),
+        ("engine:\n  llamacpp:\n    flash_attn: fast\n", {}, "engine.llamacpp.flash_attn"),
         ("", {"TETHER_PORT": "eighty"}, "server.port"),
         ("", {"TETHER_LIMITS__MAX_TEXT_CHARS": "0"}, "limits.max_text_chars"),
         ("", {"TETHER_TOKEN": " "}, "server.token (from TETHER_TOKEN): Value error, the token"),
@@ -97,6 +98,19 @@ def test_bad_values_name_the_key(
     with pytest.raises(ConfigError) as caught:
         load_settings(config_path=config, environ=env, cwd=tmp_path)
     assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("off", "off"), ("on", "on"), ('"off"', "off"), ("auto", "auto"), ("false", "off")],
+)
+def test_flash_attention_reads_as_written(tmp_path: Path, written: str, meant: str) -> None:
+    # YAML 1.1 reads a bare on/off as a boolean; the setting takes it as the word.
+    config = write(tmp_path / "c.yaml", f"engine:\n  llamacpp:\n    flash_attn: {written}\n")
+    settings = load_settings(config_path=config, environ={}, cwd=tmp_path)
+    assert settings.engine.llamacpp.flash_attn == meant
+    from_env = {"TETHER_ENGINE__LLAMACPP__FLASH_ATTN": meant}
+    assert load_settings(environ=from_env, cwd=tmp_path).engine.llamacpp.flash_attn == meant
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:

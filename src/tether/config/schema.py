@@ -156,6 +156,8 @@ class LlamaCppSettings(_Section):
     # Sequences of one model decoded together (continuous batching); each holds n_ctx of KV
     # cache (SmolLM2 at 4096: 90 MB a sequence).
     parallel: int = Field(default=1, ge=1, le=64)
+    # llama.cpp's flash attention: auto (llama.cpp's choice: on, on a CPU), on, off.
+    flash_attn: Literal["auto", "on", "off"] = "off"
     n_threads: int | None = Field(default=None, ge=1)  # None: every core
     max_loaded: int = Field(default=1, ge=1)  # models kept in memory (LRU)
     max_queue: int = Field(default=16, ge=0)  # requests waiting per model before `busy`
@@ -167,6 +169,14 @@ class LlamaCppSettings(_Section):
     top_k: int = Field(default=40, ge=0)
     min_p: float = Field(default=0.05, ge=0, le=1)
     repeat_penalty: float = Field(default=1.0, gt=0)
+
+    @field_validator("flash_attn", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `on`/`off` as a boolean: take it as the word that was written.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 class EngineSettings(_Section):

@@ -48,7 +48,7 @@ from tether.engines.batch_schedule import Piece, Scheduler
 from tether.engines.chat_template import ChatTemplate
 from tether.engines.context_fit import FittedPrompt, TrimMemory, fit_prompt
 from tether.engines.grammars import call_grammar, json_grammar
-from tether.engines.llama_native import NativeModel, Sampler, SamplerSpec
+from tether.engines.llama_native import FlashAttention, NativeModel, Sampler, SamplerSpec
 from tether.engines.prompt_cache import PromptCache, SavedState
 from tether.engines.stop_strings import StopMatcher
 from tether.engines.thread_stream import ThreadStream
@@ -203,13 +203,16 @@ class LoadedModel:
         n_ctx: int,
         n_threads: int,
         n_slots: int = 1,
+        flash_attn: FlashAttention = "off",
         prefill_budget: int = PREFILL_BUDGET,
         prompt_cache_bytes: int = 0,
     ) -> None:
         """Load the model (blocking: call it on the thread that will `serve` it)."""
         self.name = name
         self.path = path
-        self.native = NativeModel(path, n_ctx=n_ctx, n_seq=n_slots, n_threads=n_threads)
+        self.native = NativeModel(
+            path, n_ctx=n_ctx, n_seq=n_slots, n_threads=n_threads, flash_attn=flash_attn
+        )
         self.n_ctx = self.native.n_ctx
         budget = min(prefill_budget, self.native.n_batch - n_slots)
         self.scheduler: Scheduler[_Sequence] = Scheduler(n_slots, budget)

@@ -16,7 +16,7 @@ import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp
 import structlog
@@ -28,6 +28,13 @@ from tether.engines.grammars import Grammar
 log = structlog.get_logger(__name__)
 
 N_BATCH = 512
+# llama.cpp's flash attention: "auto" lets llama.cpp choose (on, on this CPU build).
+FlashAttention = Literal["auto", "on", "off"]
+_FLASH_ATTN_TYPES = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 PENALTY_LAST_N = 64
 GGML_LOG_LEVEL_ERROR = 4
 
@@ -57,7 +64,14 @@ class SamplerSpec:
 
 class NativeModel:
     def __init__(
-        self, path: Path, *, n_ctx: int, n_seq: int, n_threads: int, n_batch: int = N_BATCH
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_seq: int,
+        n_threads: int,
+        flash_attn: FlashAttention = "off",
+        n_batch: int = N_BATCH,
     ) -> None:
         llama_cpp.llama_log_set(_LOG_CALLBACK, None)
         llama_cpp.llama_backend_init()
@@ -71,6 +85,7 @@ class NativeModel:
         params.kv_unified = False  # each sequence its own n_ctx of KV cache
         params.n_batch = params.n_ubatch = n_batch
         params.n_threads = params.n_threads_batch = n_threads
+        params.flash_attn_type = _FLASH_ATTN_TYPES[flash_attn]
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:

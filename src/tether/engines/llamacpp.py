@@ -44,6 +44,7 @@ from tether.engines.gguf_models import (
     template_takes_tools,
 )
 from tether.engines.llama_model import Job, LoadedModel, RunProgress, RunStats, Sampling
+from tether.engines.llama_native import FlashAttention
 from tether.engines.thread_stream import ThreadStream
 
 log = structlog.get_logger(__name__)
@@ -105,6 +106,7 @@ class LlamaCppEngine:
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
         parallel: int = DEFAULT_PARALLEL,
+        flash_attn: FlashAttention = "off",
         max_loaded: int = 1,
         max_queue: int = DEFAULT_MAX_QUEUE,
         prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
@@ -113,6 +115,7 @@ class LlamaCppEngine:
     ) -> None:
         """`n_ctx` is each sequence's window; `parallel` how many sequences a model decodes
         together (each holds `n_ctx` of KV cache); `n_threads` defaults to every core;
+        `flash_attn` is llama.cpp's flash attention (auto, on, off);
         `max_queue` is how many requests may wait per model; `prompt_cache_bytes` bounds each
         loaded model's cache of saved prompt states (0 turns it off); `on_run` gets each
         generation's `RunStats`, called in the model's decode thread."""
@@ -121,6 +124,7 @@ class LlamaCppEngine:
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.parallel = max(1, parallel)
+        self.flash_attn: FlashAttention = flash_attn
         self.max_loaded = max(1, max_loaded)
         self.max_queue = max(0, max_queue)
         self.prompt_cache_bytes = prompt_cache_bytes
@@ -239,6 +243,7 @@ class LlamaCppEngine:
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
             n_slots=self.parallel,
+            flash_attn=self.flash_attn,
             prompt_cache_bytes=self.prompt_cache_bytes,
         )
         try:

@@ -53,6 +53,7 @@ def _llamacpp(config: EngineSettings) -> Engine:
         n_ctx=llama.n_ctx,
         n_threads=llama.n_threads,
         parallel=llama.parallel,
+        flash_attn=llama.flash_attn,
         max_loaded=llama.max_loaded,
         max_queue=llama.max_queue,
         prompt_cache_bytes=llama.prompt_cache_mb << 20,
