@@ -86,7 +86,7 @@ async def drain_app(app: Starlette) -> None:
 def _count_error(request: Request, code: str) -> None:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is not None:
-        services.metrics.http_error(code)
+        services.metrics.error(code)
 
 
 async def _tether_error(request: Request, exc: Exception) -> Response:

@@ -9,8 +9,9 @@ the same thing (`vllm:time_to_first_token_seconds`, `vllm:inter_token_latency_se
 Where the numbers come from:
 
 - A turn's events (`tether.events`), through the sink that `observe_turn(transport, emit)`
-  wraps around the transport's: requests that ended, by transport (`ws`, `ndjson`, `openai`:
-  whoever runs the turn names it) and outcome (`complete`, `cancelled`, `interrupted`,
+  wraps around the transport's (`observe_stateless` for `/v1`'s stateless turns, which have no
+  run): requests that ended, by transport (`ws`, `ndjson`, `openai`: whoever runs the turn
+  names it) and outcome (`complete`, `cancelled`, `interrupted`,
   `error`); errors by code; prompt and generation tokens (the engine's usage, when the turn
   completes); time to first token and end-to-end latency (the chat core's own timings);
   inter-token latency (the gap between consecutive text or thinking pieces of one generation,
@@ -21,12 +22,12 @@ Where the numbers come from:
 - The journal (`journal_committed`): frames per commit (the journal writer's, or a turn's start
   or answer carrying its frames) and the time from handing them over to their commit.
 - State read at scrape time (`watch`): running and waiting requests per model, from the run
-  registry (a run waits while it was accepted behind others on its model and has no output
-  yet), and open chat sockets. A model has its series (0 when idle) once a request was
-  accepted for it.
-- HTTP error responses of the app's routes (`http_error`), in `tether_errors_total` too. Not
-  counted (yet): the security middleware's refusals, and a socket's error frames outside a
-  request's turn (a bad frame, the rate limit).
+  registry and the stateless turns in flight (a request waits while it was accepted behind
+  others on its model and has no output yet), and open chat sockets. A model has its series
+  (0 when idle) once a request was accepted for it.
+- Errors told outside a turn (`error`), in `tether_errors_total` too: the HTTP routes' error
+  responses, the security middleware's refusals (`count_refusal`, from the ASGI scope), and a
+  socket's error frames about no turn of its own (a bad frame, the rate limit, a conflict).
 
 Observing costs a few microseconds a token (one histogram observation); nothing here does I/O.
 """
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import (
@@ -50,21 +51,25 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from tether.events import (
     Accepted,
     ChatEvent,
     Completed,
     Failed,
+    Started,
+    StatelessEvent,
     TextDelta,
     ThinkingDelta,
     ToolCallFinished,
+    ToolCallsRequested,
     ToolCallStarted,
 )
 
 if TYPE_CHECKING:
-    from tether.chat import EventSink
-    from tether.runs import RunRegistry
+    from tether.chat import EventSink, StatelessSink
+    from tether.runs import Run, RunRegistry
     from tether.store.base import JournalAppend
     from tether.tools.registry import Registry
     from tether.transports.ws import SocketHub
@@ -92,6 +97,7 @@ class Metrics:
         self._tools = tools
         self._clock = clock
         self.models: set[str] = set()  # every model a request was accepted for
+        self.stateless: set[_TurnObserver] = set()  # /v1 turns in flight (they have no run)
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
@@ -164,7 +170,7 @@ class Metrics:
 
     def watch(self, runs: RunRegistry, sockets: SocketHub) -> None:
         """Report `runs`' running and waiting requests and the open `sockets` at each scrape."""
-        self.registry.register(_ServerState(runs, sockets, self.models))
+        self.registry.register(_ServerState(runs, sockets, self))
 
     def observe_turn(self, transport: Transport, emit: EventSink) -> EventSink:
         """`emit`, counting the events of one turn run for `transport` on the way through."""
@@ -176,12 +182,31 @@ class Metrics:
 
         return observed
 
+    async def observe_stateless(
+        self, emit: StatelessSink, run: Callable[[StatelessSink], Awaitable[None]]
+    ) -> None:
+        """`run(sink)`: one stateless turn (`/v1`), its events counted on their way to `emit`
+        as the `openai` transport's; until it returns it counts as running (or waiting) on its
+        model."""
+        turn = _TurnObserver(self, "openai")
+
+        async def observed(event: StatelessEvent) -> None:
+            turn.saw(event)
+            await emit(event)
+
+        self.stateless.add(turn)
+        try:
+            await run(observed)
+        finally:
+            self.stateless.discard(turn)
+
     def journal_committed(self, appends: Sequence[JournalAppend], seconds: float) -> None:
         if appends:
             self.journal_batch.observe(sum(len(append.frames) for append in appends))
             self.journal_commit.observe(seconds)
 
-    def http_error(self, code: str) -> None:
+    def error(self, code: str) -> None:
+        """An error told outside a turn: an HTTP error response, a refusal, an error frame."""
         self.errors.labels(code).inc()
 
     def tool_label(self, name: str) -> str:
@@ -198,27 +223,30 @@ class Metrics:
 class _TurnObserver:
     """What one turn's events move: per-turn state (its model, its last token's time)."""
 
-    __slots__ = ("_itl", "_last_piece", "_metrics", "_model", "_transport")
+    __slots__ = ("_itl", "_last_piece", "_metrics", "_transport", "model", "waiting")
 
     def __init__(self, metrics: Metrics, transport: Transport) -> None:
         self._metrics = metrics
         self._transport = transport
-        self._model: str | None = None
+        self.model: str | None = None  # known once the turn is accepted
+        self.waiting = False  # accepted behind others, no output yet
         self._itl: Histogram | None = None  # the model's child, looked up once
         self._last_piece: float | None = None
 
-    def saw(self, event: ChatEvent) -> None:
+    def saw(self, event: ChatEvent | StatelessEvent) -> None:
         metrics = self._metrics
+        if not isinstance(event, Accepted | Started):
+            self.waiting = False
         if isinstance(event, TextDelta | ThinkingDelta):
             now = metrics.now()
             if self._last_piece is not None and self._itl is not None:
                 self._itl.observe(now - self._last_piece)
             self._last_piece = now
-        elif isinstance(event, Accepted):
-            self._model = event.model
+        elif isinstance(event, Accepted | Started):
+            self.model, self.waiting = event.model, event.queue_position > 0
             self._itl = metrics.itl.labels(event.model)
             metrics.models.add(event.model)
-        elif isinstance(event, ToolCallStarted):
+        elif isinstance(event, ToolCallStarted | ToolCallsRequested):
             self._last_piece = None  # the next generation starts after the tools ran
         elif isinstance(event, ToolCallFinished):
             tool = metrics.tool_label(event.name)
@@ -235,7 +263,7 @@ class _TurnObserver:
         metrics = self._metrics
         outcome = _OUTCOMES.get(event.finish_reason, "complete")
         metrics.requests.labels(self._transport, outcome).inc()
-        model = self._model
+        model = self.model
         if model is None:  # a Completed always follows Accepted; nothing to label without it
             return
         metrics.prompt_tokens.labels(model).inc(event.usage.prompt_tokens)
@@ -248,10 +276,10 @@ class _TurnObserver:
 class _ServerState:
     """Gauges read at scrape time: requests per model (running, waiting), open sockets."""
 
-    def __init__(self, runs: RunRegistry, sockets: SocketHub, models: set[str]) -> None:
+    def __init__(self, runs: RunRegistry, sockets: SocketHub, metrics: Metrics) -> None:
         self._runs = runs
         self._sockets = sockets
-        self._models = models  # every model seen: its series drop to 0, they do not vanish
+        self._metrics = metrics  # every model seen: its series drop to 0, they do not vanish
 
     def collect(self) -> Iterator[Metric]:
         running = GaugeMetricFamily(
@@ -264,10 +292,11 @@ class _ServerState:
         )
         generating: collections.Counter[str] = collections.Counter()
         queued: collections.Counter[str] = collections.Counter()
-        for run in self._runs.running():
+        requests: list[Run | _TurnObserver] = [*self._runs.running(), *self._metrics.stateless]
+        for run in requests:
             if run.model is not None:
                 (queued if run.waiting else generating)[run.model] += 1
-        for model in sorted(self._models.union(generating, queued)):
+        for model in sorted(self._metrics.models.union(generating, queued)):
             running.add_metric([model], generating[model])
             waiting.add_metric([model], queued[model])
         yield running
@@ -275,6 +304,15 @@ class _ServerState:
         yield GaugeMetricFamily(
             "tether_sockets_active", "Open /ws/chat connections.", value=len(self._sockets)
         )
+
+
+def count_refusal(scope: Scope, code: str) -> None:
+    """Count an error told before the app's routes (the security middleware's), for the
+    Tether app in `scope` (none while it starts: nothing to count)."""
+    state = getattr(scope.get("app"), "state", None)
+    services = getattr(state, "services", None)
+    if services is not None:
+        services.metrics.error(code)
 
 
 async def metrics_endpoint(request: Request) -> Response:

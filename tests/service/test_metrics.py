@@ -63,6 +63,11 @@ def metadata(frames: list[Frame]) -> dict[str, Any]:
     return meta
 
 
+def text_of(chunk: dict[str, Any]) -> str:
+    choices = chunk["choices"]
+    return str(choices[0]["delta"].get("content") or "") if choices else ""
+
+
 def inter_token_gaps(frames: list[Frame]) -> int:
     """Gaps between consecutive output pieces of one generation (tool frames split them)."""
     gaps, run = 0, 0
@@ -235,3 +240,85 @@ async def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, **{"metrics.enabled": False})
     async with serve_app(settings) as server, httpx.AsyncClient(base_url=server.http_url) as http:
         assert (await http.get("/metrics")).status_code == 404
+
+
+async def test_openai_requests_are_counted(server: RunningServer, http: httpx.AsyncClient) -> None:
+    before = await scrape(http)
+    body = {"model": "echo", "messages": [{"role": "user", "content": "count me please"}]}
+    plain = (await http.post("/v1/chat/completions", json=body)).json()
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    async with http.stream("POST", "/v1/chat/completions", json=streamed) as response:
+        events = [line for line in [line async for line in response.aiter_lines()] if line]
+    usage = json.loads(events[-2].removeprefix("data: "))["usage"]
+    unknown = await http.post("/v1/chat/completions", json={**body, "model": "nope"})
+    after = await scrape(http)
+
+    def moved(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    assert unknown.status_code == 404
+    assert moved("tether_requests_total", transport="openai", outcome="complete") == 2
+    assert moved("tether_requests_total", transport="openai", outcome="error") == 1
+    assert moved("tether_errors_total", code="not_found") == 1
+    generated = plain["usage"]["completion_tokens"] + usage["completion_tokens"]
+    assert moved("tether_generation_tokens_total", model="echo") == generated
+    prompt = plain["usage"]["prompt_tokens"] + usage["prompt_tokens"]
+    assert moved("tether_prompt_tokens_total", model="echo") == prompt
+    assert moved("tether_time_to_first_token_seconds_count", model="echo") == 2
+    assert moved("tether_e2e_request_latency_seconds_count", model="echo") == 2
+    assert after.get("tether_requests_running", model="echo") == 0
+
+
+async def test_openai_requests_running_and_waiting(tmp_path: Path, tiny_gguf: Path) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Story."}],
+        "max_tokens": 4000,  # seconds of tokens: still running while the test looks
+        "temperature": 1.0,
+        "seed": 1,
+        "stream": True,
+    }
+    settings = llama_settings(tmp_path, tiny_gguf, max_queue=1, n_ctx=4096)
+    async with (
+        serve_app(settings) as server,
+        httpx.AsyncClient(base_url=server.http_url, timeout=scaled(30)) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as first,
+    ):
+        lines = first.aiter_lines()  # (held: a dropped iterator would close the response)
+        async for line in lines:  # until the first holds the model: its text
+            if line.startswith("data: {") and text_of(json.loads(line.removeprefix("data: "))):
+                break
+        running = await scrape(http)
+        async with http.stream("POST", "/v1/chat/completions", json=body) as second:
+            assert second.status_code == 200  # admitted (behind the first): its role chunk
+            waiting = await scrape(http)
+    assert running.get("tether_requests_running", model="tiny") == 1
+    assert waiting.get("tether_requests_running", model="tiny") == 1
+    assert waiting.get("tether_requests_waiting", model="tiny") == 1
+
+
+async def test_refusals_outside_a_turn_are_counted(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, **{"server.token": "s3cret-s3cret-s3cret"})
+    auth = {"Authorization": "Bearer s3cret-s3cret-s3cret"}
+    async with (
+        serve_app(settings) as server,
+        httpx.AsyncClient(base_url=server.http_url, headers=auth) as http,
+    ):
+        before = await scrape(http)
+        assert (await http.get("/sessions", headers={"Authorization": ""})).status_code == 401
+        bad_host = await http.get("/sessions", headers={"Host": "evil.example"})
+        assert bad_host.status_code in (400, 403, 421)
+        async with connect(server.ws_url, additional_headers=auth) as ws:
+            client = ProtocolClient(ws)
+            await client.send({"type": "chat", "request_id": "x"})  # no text
+            (refused,) = await client.until("x", "error")
+        after = await scrape(http)
+
+    def moved(code: str) -> float:
+        return after.value("tether_errors_total", code=code) - before.value(
+            "tether_errors_total", code=code
+        )
+
+    assert moved("unauthorized") == 1
+    assert moved(bad_host.json()["error"]["code"]) == 1
+    assert moved(refused["error"]["code"]) == 1

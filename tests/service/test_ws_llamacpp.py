@@ -19,7 +19,9 @@ from tether.config import Settings
 LONG = {"max_tokens": 400, "temperature": 1.0, "seed": 1}
 
 
-def llama_settings(tmp_path: Path, tiny_gguf: Path, max_queue: int, parallel: int = 1) -> Settings:
+def llama_settings(
+    tmp_path: Path, tiny_gguf: Path, max_queue: int, parallel: int = 1, n_ctx: int = 512
+) -> Settings:
     dist = tmp_path / "dist"
     dist.mkdir()
     (dist / "tiny.gguf").symlink_to(tiny_gguf)
@@ -29,7 +31,7 @@ def llama_settings(tmp_path: Path, tiny_gguf: Path, max_queue: int, parallel: in
             "engine.name": "llamacpp",
             "engine.dist_path": str(dist),
             "engine.llamacpp.n_threads": 1,
-            "engine.llamacpp.n_ctx": 512,
+            "engine.llamacpp.n_ctx": n_ctx,
             "engine.llamacpp.max_queue": max_queue,
             "engine.llamacpp.parallel": parallel,
         },

@@ -113,7 +113,9 @@ class BearerAuthMiddleware:
             token_given=presented is not None,
         )
         if scope["type"] == "websocket":
-            await accept_and_close(receive, send, UNAUTHORIZED_CLOSE_CODE, "unauthorized")
+            await accept_and_close(
+                scope, receive, send, "unauthorized", UNAUTHORIZED_CLOSE_CODE, "unauthorized"
+            )
             return
         if presented is None:
             message = "this server needs a token: send 'Authorization: Bearer <token>'"

@@ -496,7 +496,11 @@ async def chat_completions(request: Request) -> Response:
         if not isinstance(event, ThinkingDelta):
             events.put_nowait(event)
 
-    task = asyncio.create_task(services.chat.run_stateless_turn(turn, emit, control))
+    task = asyncio.create_task(
+        services.metrics.observe_stateless(
+            emit, lambda sink: services.chat.run_stateless_turn(turn, sink, control)
+        )
+    )
     try:
         first = await events.get()
     except BaseException:  # the handler was cancelled before the turn began

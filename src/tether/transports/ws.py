@@ -174,6 +174,8 @@ class ChatSocket:
         request's own seq stays contiguous. About any other id it is numbered on its own, from
         0 (it is all this socket hears of that id).
         """
+        if isinstance(body, ErrorBody):
+            self.runs.metrics.error(body.code)
         if request_id in self.watching or request_id in self.following or request_id in self.known:
             self.outbox.put(ServerFrame(request_id, None, body).text)
         else:
