@@ -78,6 +78,28 @@ describe('the browser UI', { skip: haveChromium ? false : `no Chromium at ${exec
     await page.close()
   })
 
+  test('the model picker lists every model of /models; the one chosen answers', async (t) => {
+    const page = await openPage(`${server.httpUrl}/?o.max_tokens=8`)
+    const models = (await (await fetch(`${server.httpUrl}/models`)).json()) as { id: string; engine: string }[]
+    const listed = await page.locator('#model option').allTextContents()
+    assert.deepEqual(listed, ['Default model', ...models.map((m) => `${m.id} (${m.engine})`)])
+    const other = models.find((m) => m.engine !== 'echo')
+    if (other === undefined) {
+      t.skip('only the echo model here: ./setup.sh puts SmolLM2 in dist/')
+      return
+    }
+    await page.locator('#new-chat').click()
+    await page.locator('#model').selectOption(other.id)
+    await sendMessage(page, 'Hello')
+    const facts = await lastAnswer(page).locator('.meta .facts').textContent()
+    assert.ok(facts?.startsWith(`${other.id} · `), facts ?? '')
+    await page.locator('#model').selectOption('')
+    await sendMessage(page, 'and the default')
+    await lastAnswer(page).locator('.meta').nth(0).waitFor()
+    await page.locator('.message.assistant .meta .facts', { hasText: /^echo · / }).waitFor()
+    await page.close()
+  })
+
   test('Stop cancels mid-answer and keeps the partial text', async () => {
     const page = await openPage(`${server.httpUrl}/?o.token_delay_ms=50`)
     await sendMessage(page, words(200))
