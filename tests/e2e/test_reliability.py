@@ -56,8 +56,8 @@ async def wait_refused(server: ServerProcess) -> None:
         while True:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            except ConnectionRefusedError:
-                return
+            except (ConnectionRefusedError, ConnectionResetError):
+                return  # (reset: the listener closed with this connection in its backlog)
             writer.close()
             await writer.wait_closed()
             await asyncio.sleep(0.02)  # polling another process; bounded by the timeout
