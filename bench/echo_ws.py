@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 from harness import Goal, Outcome, Profile, Stopwatch, echo_servers, median, ms, pct
@@ -24,6 +25,12 @@ from websockets.asyncio.client import ClientConnection, connect
 ANSWER_WORDS = 5000
 TURN_WORDS = 8
 CLIENTS = 50
+
+
+def fresh(prefix: str) -> str:
+    """A request_id no earlier round used: a repeated id would be answered from the journal (a
+    replay), not as a turn."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def chat_frame(request_id: str, words: int) -> str:
@@ -53,10 +60,10 @@ async def turn(ws: ClientConnection, request_id: str, words: int) -> tuple[float
 
 async def _stream_round(url: str, answers: int) -> dict[str, float]:
     async with connect(url, max_size=None) as ws:
-        await turn(ws, "warm", 100)
+        await turn(ws, fresh("warm"), 100)
         seconds, frames = [], []
         for i in range(answers):
-            _, done, count = await turn(ws, f"a{i}", ANSWER_WORDS)
+            _, done, count = await turn(ws, fresh(f"a{i}"), ANSWER_WORDS)
             seconds.append(done)
             frames.append(count / done)
     return {"words_per_s": ANSWER_WORDS / median(seconds), "frames_per_s": median(frames)}
@@ -90,11 +97,11 @@ def stream_overhead(profile: Profile) -> Outcome:
 async def _sequential(url: str, turns: int) -> dict[str, float]:
     async with connect(url, max_size=None) as ws:
         for i in range(20):
-            await turn(ws, f"warm{i}", TURN_WORDS)
+            await turn(ws, fresh(f"warm{i}"), TURN_WORDS)
         firsts = []
         started = time.perf_counter()
         for i in range(turns):
-            first, _, _ = await turn(ws, f"t{i}", TURN_WORDS)
+            first, _, _ = await turn(ws, fresh(f"t{i}"), TURN_WORDS)
             firsts.append(first)
         elapsed = time.perf_counter() - started
     return {"turns_per_s": turns / elapsed, "p50": pct(firsts, 0.5), "p99": pct(firsts, 0.99)}
@@ -107,7 +114,7 @@ async def _concurrent(url: str, seconds: float) -> dict[str, float]:
     async def client(index: int, ws: ClientConnection, stop: float) -> None:
         n = 0
         while time.perf_counter() < stop:
-            first, _, _ = await turn(ws, f"c{index}-{n}", TURN_WORDS)
+            first, _, _ = await turn(ws, fresh(f"c{index}-{n}"), TURN_WORDS)
             firsts.append(first)
             n += 1
 

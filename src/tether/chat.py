@@ -391,7 +391,8 @@ class ChatService:
     def _admit(self, engine: Engine, model: str) -> tuple[int, Callable[[], None]]:
         """The turn's place in the model's line, and a one-shot release for when it reaches the
         engine (or ends). Raises EngineBusyError when the line is full."""
-        position = engine.queue_position(model) + self._admitted[model]
+        admitted = self._admitted[model]
+        position = engine.queue_position(model, arriving=admitted) + admitted
         self._admitted[model] += 1
         released = False
 

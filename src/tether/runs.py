@@ -538,7 +538,7 @@ class RunRegistry:
     async def running_elsewhere(self, request_id: str) -> bool:
         """Whether `request_id` has a journal that has not ended while no run of it is here:
         another replica runs it (or ran it and died, until recovery ends it)."""
-        if request_id in self._runs:
+        if request_id in self._runs or not self.store.shared:
             return False
         tail = await self.store.journal_tail(request_id, 0x7FFFFFFF)
         return tail is not None and not tail.ended

@@ -407,6 +407,10 @@ async def test_queue_position_and_bound(dist: Path) -> None:
         await asyncio.wait_for(anext(first), TIMEOUT)  # running now
         assert engine.queue_position("tiny") == 1
         assert engine.queue_position("tiny-b") == 0
+        # One accepted elsewhere but not here yet fills the line as one in it would.
+        with pytest.raises(EngineBusyError):
+            engine.queue_position("tiny", arriving=1)
+        assert engine.queue_position("tiny-b", arriving=1) == 0
 
         second = engine.stream(ask("Hello", "second", max_tokens=1))
         waiting = asyncio.create_task(first_delta(second))

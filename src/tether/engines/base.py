@@ -215,11 +215,13 @@ class Engine(Protocol):
         """The models this engine can serve, with whether each is loaded now."""
         ...
 
-    def queue_position(self, model: str | None) -> int:
+    def queue_position(self, model: str | None, arriving: int = 0) -> int:
         """How many requests a new request for `model` would wait behind (0: starts at once).
 
-        Raises EngineBusyError when the model's queue is full, so the chat core can refuse the
-        turn before it stores anything (`stream` still refuses then too).
+        Raises EngineBusyError when the model's queue is full, counting `arriving` more
+        requests already accepted for it that have not reached it yet (they store their
+        question first), so the chat core can refuse the turn before it stores anything
+        (`stream` still refuses then too).
         """
         ...
 

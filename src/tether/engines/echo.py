@@ -78,7 +78,7 @@ class EchoEngine:
             ModelInfo(id=self.model_id, engine=self.name, loaded=True, history_bytes=HISTORY_BYTES)
         ]
 
-    def queue_position(self, model: str | None) -> int:
+    def queue_position(self, model: str | None, arriving: int = 0) -> int:
         return 0  # no shared model to wait for
 
     async def aclose(self) -> None:

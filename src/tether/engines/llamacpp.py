@@ -205,20 +205,20 @@ class LlamaCppEngine:
             line.tools, line.token_bytes = template_takes_tools(template), token_bytes
             line.stamp = stamp
 
-    def queue_position(self, model: str | None) -> int:
+    def queue_position(self, model: str | None, arriving: int = 0) -> int:
         name = self._resolve(model)
         line = self._lines.get(name) if name else None
         if line is None:
+            self._check_room(name or "", arriving)
             return 0
-        self._check_room(line)
+        self._check_room(line.name, line.in_line + arriving)
         return line.lock.ahead(None)
 
-    def _check_room(self, line: _Line) -> None:
-        waiting = line.in_line - self.parallel
+    def _check_room(self, name: str, in_line: int) -> None:
+        """Refuse one more request for a model `in_line` requests want (running or waiting)."""
+        waiting = in_line - self.parallel
         if waiting >= self.max_queue:
-            raise EngineBusyError(
-                f"model {line.name!r} has {waiting} requests waiting; try again later"
-            )
+            raise EngineBusyError(f"model {name!r} has {waiting} requests waiting; try again later")
 
     async def _load(self, line: _Line) -> _Resident:
         """The line's model, loaded once however many requests ask for it at the same time."""
@@ -283,7 +283,7 @@ class LlamaCppEngine:
         if self._closed:
             raise EngineError("the llamacpp engine is shut down")
         line = self._line(request.model)
-        self._check_room(line)
+        self._check_room(line.name, line.in_line)
         line.in_line += 1
         try:
             await line.lock.acquire(

@@ -178,7 +178,7 @@ class MLCEngine:
             for m in found
         ]
 
-    def queue_position(self, model: str | None) -> int:
+    def queue_position(self, model: str | None, arriving: int = 0) -> int:
         return 0  # MLC batches concurrent requests; none waits for another to finish
 
     def _resolve(self, requested: str | None) -> MLCModel:

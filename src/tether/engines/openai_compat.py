@@ -223,7 +223,7 @@ class OpenAIEngine:
             )
         return models[0].id
 
-    def queue_position(self, model: str | None) -> int:
+    def queue_position(self, model: str | None, arriving: int = 0) -> int:
         return 0  # the upstream server's queue is not visible from here
 
     async def aclose(self) -> None:

@@ -119,10 +119,10 @@ class EngineRouter:
             async for delta in deltas:
                 yield delta
 
-    def queue_position(self, model: str | None) -> int:
+    def queue_position(self, model: str | None, arriving: int = 0) -> int:
         wanted = model or self.default_model
         engine = self._routes[wanted][0] if wanted in self._routes else self.default
-        return engine.queue_position(wanted)
+        return engine.queue_position(wanted, arriving)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(engine.aclose() for engine in self.engines))

@@ -433,6 +433,11 @@ class JournalStore(Protocol):
 class RunSignals(Protocol):
     """What the processes sharing a store tell each other about running requests."""
 
+    # Whether other processes run requests on this store (replicas on one PostgreSQL); False
+    # when a process has the store to itself (SQLite's file lock): then no request runs
+    # anywhere else, and nothing need be asked of the store to know it.
+    shared: bool
+
     async def request_cancel(self, request_id: str) -> None:
         """Ask whichever process runs `request_id` to cancel it (its handlers get it)."""
         ...

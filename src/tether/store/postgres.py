@@ -830,6 +830,8 @@ class PostgresStore:
 
     # -- run signals: NOTIFY, to every replica --------------------------------------------------
 
+    shared = True
+
     async def request_cancel(self, request_id: str) -> None:
         await self.pool.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, request_id)
 

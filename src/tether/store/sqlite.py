@@ -895,6 +895,8 @@ class SQLiteStore:
 
     # -- run signals (one process per file: they stay in it) --------------------------------
 
+    shared = False
+
     async def request_cancel(self, request_id: str) -> None:
         for handler in self._cancel_handlers:
             handler(request_id)
