@@ -98,6 +98,7 @@ from tether.coalesce import DeltaMerger
 from tether.config import ReliabilitySettings
 from tether.errors import Busy, Conflict
 from tether.events import Accepted, ChatEvent, Failed, TextDelta, ThinkingDelta
+from tether.journal_pace import JournalPace
 from tether.metrics import Metrics, Transport
 from tether.protocol import (
     FrameBody,
@@ -163,23 +164,26 @@ class Watcher:
         self.live = False
         self._sink = sink
         self._on_end = on_end
+        self._queued_final = False
 
     def push(self) -> None:
         """Queue the journaled frames after `last_seq` (the run calls this for live watchers)."""
-        frames = self.run.frames
         while self.last_seq + 1 < self.run.durable:
-            self.last_seq += 1
-            self._sink.put(frames[self.last_seq])
+            self._queue_next()
+
+    def _queue_next(self) -> None:
+        self.last_seq += 1
+        frame = self.run.frames[self.last_seq]
+        self._queued_final = self._queued_final or frame.final
+        self._sink.put(frame)
 
     async def replay(self) -> None:
         """Queue the journaled frames after `last_seq` as the socket takes them, then go live
         (or end)."""
-        frames = self.run.frames
         while self.last_seq + 1 < self.run.durable:
             if not await self._sink.room():
                 return  # the socket is closing
-            self.last_seq += 1
-            self._sink.put(frames[self.last_seq])
+            self._queue_next()
         # Caught up, and no await since the check: the run's next frame will be pushed.
         if self.run.finished:
             self.ended()
@@ -193,6 +197,13 @@ class Watcher:
         await self.replay()
 
     def ended(self) -> None:
+        """The run is finished. A watcher told to skip past its final frame (an `after_seq` at
+        or beyond it) gets that frame again, as the resume of an ended request does: every
+        watch ends in a final frame."""
+        frames = self.run.frames
+        if not self._queued_final and frames and frames[-1].final:
+            self._queued_final = True
+            self._sink.put(frames[-1])
         if self._on_end is not None:
             self._on_end(self)
 
@@ -245,6 +256,7 @@ class Run:
         self._closing: _Closing | None = None  # the last frames, on their way with the answer
         self._end_journaled = False  # the journal's end was committed with the answer
         self._retry_checked = False  # whether this is a retried chat is known
+        self._first_output: int | None = None  # seq of its first text (or thinking) frame
 
     # -- frames -------------------------------------------------------------------------------
 
@@ -301,7 +313,15 @@ class Run:
 
     def _log_joined(self, joined: TextDelta | ThinkingDelta | None) -> None:
         if joined is not None:
+            if self._first_output is None:
+                self._first_output = len(self.frames)
             self.frames.append(self._numbering.next(frame_body(joined)))
+
+    @property
+    def urgent(self) -> bool:
+        """Its frames must not wait for the journal's pace (`tether.journal_pace`): its first
+        output is not out yet, or it has ended (its client waits for the final frame)."""
+        return self.ended or self._first_output is None or self.durable <= self._first_output
 
     async def keep_pace(self) -> None:
         """Let the other runs, the sockets' writers and the journal go first; wait while this
@@ -499,6 +519,11 @@ class Run:
             await asyncio.shield(self.registry.retire(self))
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class RunRegistry:
     """The server's running requests, by request_id, and the journal of ended ones."""
 
@@ -517,6 +542,8 @@ class RunRegistry:
         self._runs: dict[str, Run] = {}
         self._dirty: dict[Run, None] = {}  # runs with frames to journal, in order
         self._writer: asyncio.Task[None] | None = None
+        self._pace = JournalPace(settings.journal_interval_ms / 1000)
+        self._nudge: asyncio.Future[None] | None = None  # set: the writer's pace is cut short
         self._last_prune = 0.0
 
     async def open(self) -> None:
@@ -639,6 +666,22 @@ class RunRegistry:
         self._dirty[run] = None
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_journals(), name="journal-writer")
+        elif self._nudge is not None and run.urgent:
+            _wake(self._nudge)
+
+    async def _keep_pace(self) -> None:
+        """Wait as long as the pace asks, or until an urgent run has frames."""
+        delay = self._pace.delay(urgent=any(run.urgent for run in self._dirty))
+        if delay > 0:
+            loop = asyncio.get_running_loop()
+            self._nudge = nudge = loop.create_future()
+            timer = loop.call_later(delay, _wake, nudge)
+            try:
+                await nudge
+            finally:
+                timer.cancel()
+                self._nudge = None
+        self._pace.started()
 
     async def retire(self, run: Run) -> None:
         """Wait until the ended run's journal is committed, then forget the run."""
@@ -648,6 +691,7 @@ class RunRegistry:
 
     async def _write_journals(self) -> None:
         while self._dirty:
+            await self._keep_pace()
             # Each run's frames not yet on their way; a run whose last frames are on their way
             # with its answer (or whose opening is with its question) has nothing here, and
             # is published by that commit, not this one.

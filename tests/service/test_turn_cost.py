@@ -78,6 +78,30 @@ async def test_concurrent_turns_share_their_commits(server: RunningServer) -> No
     assert transactions < jobs  # some commits held several turns' writes
 
 
+async def test_a_slow_stream_is_committed_at_the_journals_pace(tmp_path: Path) -> None:
+    # 30 words, one every 20 ms: unpaced, ~30 journal commits (each token slower than a
+    # commit). At a pace of 200 ms they share a few; the first word is not held (time to first
+    # token), nor is the end (the last frames ride with the answer, at once).
+    settings = make_settings(tmp_path, **{"reliability.journal_interval_ms": 200})
+    words = [f"w{i}" for i in range(30)]
+    async with serve_app(settings) as server, connect(server.ws_url) as ws:
+        store = store_of(server)
+        client = ProtocolClient(ws)
+        await client.chat("warm", "warm up")
+        before = store.stats.transactions - store.stats.durable
+        started = asyncio.get_running_loop().time()
+        frames = await client.chat("r", " ".join(words), options={"token_delay_ms": 20})
+        took = asyncio.get_running_loop().time() - started
+        batches = store.stats.transactions - store.stats.durable - before
+    chunks = [f["chunk"]["data"] for f in frames if f["status"] == "chunk"]
+    assert "".join(chunks).split() == words
+    assert chunks[0].split() == ["w0"]  # urgent: committed and sent without waiting the pace
+    assert batches <= took / 0.2 + 2  # at most one unsynced journal commit per 200 ms
+    texts, ended = journal(server, "r")
+    assert ended
+    assert len(texts) == len(frames)
+
+
 async def test_a_chat_sent_again_while_its_session_is_busy_replays_its_outcome(
     server: RunningServer,
 ) -> None:

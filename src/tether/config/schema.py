@@ -248,6 +248,9 @@ class ReliabilitySettings(_Section):
     # The frame journal of ended requests (for `resume`): kept this long, at most this many rows.
     journal_max_age_sec: float = Field(default=3600.0, gt=0)
     journal_max_rows: int = Field(default=200_000, ge=1)
+    # A stream's frames are committed (then sent) at most once in this many milliseconds, so its
+    # tokens share a commit; a request's first output and its end never wait (0: no pace).
+    journal_interval_ms: float = Field(default=25.0, ge=0, le=1000)
     # SIGTERM: running answers may finish for this long, then they are cancelled and stored.
     drain_timeout_sec: float = Field(default=10.0, ge=0)
 
