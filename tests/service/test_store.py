@@ -6,7 +6,8 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from tether.store.sqlite import SQLiteStore, load_migrations
+from tether.store.base import NewMessage
+from tether.store.sqlite import CHECKPOINT_EVERY, SQLiteStore, load_migrations
 
 
 def raw(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -45,3 +46,35 @@ async def test_a_second_process_writing_meanwhile_does_not_break_us(store: SQLit
         other.commit()
     session = await pending
     assert session.title == "waits"
+
+
+async def test_the_loop_runs_on_while_another_process_holds_the_write_lock(
+    store: SQLiteStore,
+) -> None:
+    # The writes run on the loop's thread: waiting for the lock must be an await, or nothing
+    # else (other sockets, this test) would run until it is free.
+    with sqlite3.connect(store.path, timeout=10) as other:
+        other.execute("BEGIN IMMEDIATE")
+        pending = asyncio.create_task(store.create_session("waits"))
+        ticks = 0
+        while ticks < 20:  # the loop goes round while the write waits
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not pending.done()
+        other.rollback()
+    assert (await pending).title == "waits"
+
+
+async def test_the_wal_is_checkpointed_as_commits_go(store: SQLiteStore) -> None:
+    # The writers' commits do not checkpoint (that would be an fsync on the loop's thread); the
+    # store does, every CHECKPOINT_EVERY commits, so the WAL file is reused instead of growing.
+    wal = store.path.with_name(store.path.name + "-wal")
+    start = await store.begin_turn(session_id=None, text="first")
+    parent = start.message.id
+    sizes = []
+    for _ in range(6):
+        for _ in range(CHECKPOINT_EVERY):
+            answer = NewMessage("assistant", "x" * 8000)
+            parent = (await store.append_message(start.session.id, parent, answer)).id
+        sizes.append(wal.stat().st_size)
+    assert sizes[-1] <= sizes[1] * 1.2  # without checkpoints: three times as large

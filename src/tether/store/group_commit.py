@@ -1,7 +1,7 @@
 """Group commit: the store's writes that wait together share one transaction and one fsync.
 
 Sans-I/O: which waiting writes go into the next transaction, and what to do when one fails.
-`tether.store.sqlite` runs the transactions (one writer task, aiosqlite); this module only
+`tether.store.sqlite` runs the transactions (one writer task); this module only
 decides. A *job* is one store call's writes (a turn's start, its answer, a batch of journal
 frames); it is
 

@@ -1,4 +1,4 @@
-"""The SQLite store: aiosqlite, WAL, `synchronous=FULL`, migrations by `PRAGMA user_version`.
+"""The SQLite store: WAL, `synchronous=FULL`, migrations by `PRAGMA user_version`.
 
 Writes go through one writer task with group commit (`tether.store.group_commit`): every store
 call that writes is a job put in a line; the writer takes what waits into one transaction
@@ -14,6 +14,20 @@ Two writer connections: FULL for a batch that stores a message; NORMAL (in WAL m
 when the process dies, not on power loss until the next FULL commit, whose fsync covers every
 frame before it) for a batch of journal frames only: a write per batch of tokens must not cost
 an fsync. One reader connection, which WAL lets read while the writer writes.
+
+Where the statements run. Reads go to aiosqlite's thread (the reader), so a long read (a
+search, a long session) never holds up the event loop. Writes run on the event loop's own
+thread, with the standard library's `sqlite3`: a batch is a handful of statements of
+microseconds each, plus one fsync when durable (0.1-0.3 ms here). Through a thread, each
+statement was a hand-off (~80 µs idle), and while the loop is busy (a flood of fast streams) a
+hand-off waited for the GIL: a thread waiting for it asks for a switch only after 5 ms without
+one, and the loop drops and retakes it at every `select`, so the writer's thread could starve
+for 50-600 ms a statement (bench/fairness.py; `tests/e2e/test_fairness.py`: a short turn
+beside four floods took 140 ms, 30-39x its time alone; with the writes on the loop, 18-26 ms,
+4-8x). The price: the loop waits out each durable commit's fsync (one per batch, whatever it
+holds). Checkpoints, which copy the WAL into the database and fsync it, do not run in the
+writers' commits (`wal_autocheckpoint` off there): every `CHECKPOINT_EVERY` commits the writer
+task, between two batches, has a third connection run one on aiosqlite's thread.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import aiosqlite
+import structlog
 
 from tether import jsonsafe
 from tether.engines.base import ToolCall
@@ -77,6 +92,14 @@ from tether.tokens import digest
 
 Synchronous = Literal["FULL", "NORMAL"]
 T = TypeVar("T")
+log = structlog.get_logger("tether.store")
+
+# Another process holding the write lock is waited for this long, pausing as SQLite's own busy
+# handler does (1, 2, 5, ... 100 ms).
+BUSY_TIMEOUT_SEC = 10.0
+BUSY_PAUSES_SEC = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
+# Commits between two checkpoints (SQLite's own default, 1000 WAL pages, is ~60 of a turn's).
+CHECKPOINT_EVERY = 64
 
 
 def load_migrations(package: str = "tether.store.migrations") -> list[tuple[int, str]]:
@@ -162,15 +185,15 @@ class WriteStats:
     transactions: int = 0  # committed
     durable: int = 0  # ... of them at synchronous=FULL (an fsync each)
     jobs: int = 0  # store calls settled by those commits
-    statements: int = 0  # statements the writer sent (each one hand-off to aiosqlite's thread)
+    statements: int = 0  # statements the writer ran
     rollbacks: int = 0  # batches that failed and were run again one job at a time
 
 
 class _Tx:
-    """The writer's connection inside one transaction, counting the statements it sends. Each
-    call is one statement and one hand-off to the connection's thread."""
+    """The writer's connection inside one transaction, counting the statements it runs (on the
+    loop's thread: see the module docstring)."""
 
-    def __init__(self, conn: aiosqlite.Connection, stats: WriteStats) -> None:
+    def __init__(self, conn: sqlite3.Connection, stats: WriteStats) -> None:
         self.conn = conn
         self._stats = stats
         # The active leaf of each session once the rows handed to this transaction so far are
@@ -185,21 +208,23 @@ class _Tx:
                 session_id, message_id = write.leaf
                 self.leaves[session_id] = message_id
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+    # (async, as the jobs that call them are: the seam stays one where a statement may wait)
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         self._stats.statements += 1
-        return list(await self.conn.execute_fetchall(sql, tuple(params)))
+        rows: list[sqlite3.Row] = self.conn.execute(sql, tuple(params)).fetchall()
+        return rows
 
-    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         self._stats.statements += 1
-        return await self.conn.execute(sql, tuple(params))
+        return self.conn.execute(sql, tuple(params))
 
-    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> aiosqlite.Cursor:
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> sqlite3.Cursor:
         self._stats.statements += 1
-        return await self.conn.executemany(sql, [tuple(row) for row in rows])
+        return self.conn.executemany(sql, [tuple(row) for row in rows])
 
     async def write(self, writes: Sequence[Write]) -> None:
         """Write the rows by step, each run of one statement as one `executemany`."""
@@ -381,10 +406,12 @@ class SQLiteStore:
         self.path = path
         self.synchronous = synchronous
         self.stats = WriteStats()
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
         # The frame journal's writer: commits at NORMAL (see the module docstring).
-        self._journal: aiosqlite.Connection | None = None
+        self._journal: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._commits_since_checkpoint = 0
         self._queue: CommitQueue[_Job] = CommitQueue()
         self._writing: asyncio.Task[None] | None = None
         self._file_lock = DatabaseLock(path)
@@ -393,7 +420,7 @@ class SQLiteStore:
     # -- life cycle -------------------------------------------------------------------------
 
     async def _connect(self, synchronous: Synchronous) -> aiosqlite.Connection:
-        # isolation_level=None: autocommit; transactions are explicit BEGIN IMMEDIATE ... COMMIT.
+        """A connection on aiosqlite's thread (reads, checkpoints)."""
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA busy_timeout = 10000")
@@ -401,38 +428,68 @@ class SQLiteStore:
         await conn.execute(f"PRAGMA synchronous = {synchronous}")
         return conn
 
+    def _connect_writer(self, synchronous: Synchronous) -> sqlite3.Connection:
+        """A writer's connection, used on the loop's thread (see the module docstring)."""
+        # isolation_level=None: autocommit; transactions are explicit BEGIN IMMEDIATE ... COMMIT.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        # No busy wait here, which would block the loop: `_begin` waits for another process
+        # holding the write lock (a backup, the sqlite3 shell) by awaiting.
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's thread does them
+        return conn
+
     async def open(self) -> None:
         """Open (creating and migrating) the database; raises `DatabaseInUse` when another
         process has it open."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file_lock.acquire()
-        self._writer = await self._connect(self.synchronous)
-        await self._writer.execute("PRAGMA journal_mode = WAL")
-        await self._migrate(self._writer)
-        self._journal = await self._connect("NORMAL")
+        self._writer = self._connect_writer(self.synchronous)
+        self._writer.execute("PRAGMA journal_mode = WAL")
+        self._migrate(self._writer)
+        self._journal = self._connect_writer("NORMAL")
         self._reader = await self._connect(self.synchronous)
+        self._checkpointer = await self._connect(self.synchronous)
 
     async def close(self) -> None:
         if self._writing is not None:
             await asyncio.wait({self._writing})  # what is waiting is written first
-        for conn in (self._reader, self._journal, self._writer):
+        for conn in (self._checkpointer, self._reader):
             if conn is not None:
                 await conn.close()
-        self._reader = self._journal = self._writer = None
+        for writer in (self._journal, self._writer):  # the last to close checkpoints the WAL
+            if writer is not None:
+                writer.close()
+        self._checkpointer = self._reader = None
+        self._journal = self._writer = None
         self._file_lock.release()
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        row = conn.execute("PRAGMA user_version").fetchone()
         current = int(row[0]) if row else 0
         for version, sql in load_migrations():
             if version <= current:
                 continue
             # executescript commits first; the version bump rides in the same script so a crash
             # can never leave a migration applied but unrecorded.
-            await conn.executescript(
+            conn.executescript(
                 f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
             )
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database on the checkpointer's thread, between two batches:
+        no write is open, so the checkpoint completes and the next write starts the WAL over
+        (as SQLite's own checkpoint after a commit would, but not on the loop's thread)."""
+        self._commits_since_checkpoint = 0
+        if self._checkpointer is None:
+            return
+        try:
+            await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # the next one tries again; the WAL only grows meanwhile
+            log.warning("store.checkpoint_failed", error=str(exc))
 
     @property
     def reader(self) -> aiosqlite.Connection:
@@ -471,6 +528,8 @@ class SQLiteStore:
             jobs = [job for job in batch.jobs if not job.future.done()]
             if jobs:
                 await self._commit(batch, jobs)
+            if self._commits_since_checkpoint >= CHECKPOINT_EVERY:
+                await self._checkpoint()
 
     async def _commit(self, batch: Batch[_Job], jobs: list[_Job]) -> None:
         conn = self._writer if batch.durable else self._journal
@@ -478,7 +537,7 @@ class SQLiteStore:
         tx = _Tx(conn, self.stats)
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
-            await tx.execute("BEGIN IMMEDIATE")
+            await self._begin(tx)
             writes: list[Write] = []
             for job in jobs:
                 try:
@@ -505,9 +564,26 @@ class SQLiteStore:
             return
         self.stats.transactions += 1
         self.stats.durable += batch.durable
+        self._commits_since_checkpoint += 1
         self.stats.jobs += len(outcomes)
         for job, result, error in outcomes:
             _settle(job.future, result, error)
+
+    @staticmethod
+    async def _begin(tx: _Tx) -> None:
+        """BEGIN IMMEDIATE, waiting (up to BUSY_TIMEOUT_SEC, as the other connections'
+        busy_timeout does, but awaiting) while another process holds the write lock."""
+        deadline = asyncio.get_running_loop().time() + BUSY_TIMEOUT_SEC
+        for pause in itertools.chain(BUSY_PAUSES_SEC, itertools.repeat(BUSY_PAUSES_SEC[-1])):
+            try:
+                await tx.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)  # SQLite's own busy handler's back-off, not blocking
 
     # Each read runs to its end in one call on the reader's thread. A statement left open
     # across awaits (execute, then fetch) holds the connection's read snapshot, and every read
@@ -559,7 +635,7 @@ class SQLiteStore:
         return [session_from(row) for row in rows]
 
     async def update_session(self, session_id: str, *, title: str) -> Session | None:
-        async def work(tx: _Tx) -> aiosqlite.Row | None:
+        async def work(tx: _Tx) -> sqlite3.Row | None:
             await tx.execute(
                 "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?",
                 (title, now_iso(), session_id),
