@@ -160,7 +160,7 @@ def run(
     rounds, max_tokens = (1, max_tokens or 32) if quick else (3, max_tokens or 128)
     levels = QUICK_CONCURRENCY if quick else CONCURRENCY
     raw: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    gains = kernel(threads, 3 if quick else 6, levels)
+    gains = kernel(threads, 2 if quick else 6, levels)
     with tempfile.TemporaryDirectory() as tmp:
         servers = start_servers(threads, parallel, tmp)
         try:

@@ -10,10 +10,10 @@ sampling (greedy, repeat penalty 1.0), asked in interleaved rounds:
 `llamacpp_stream`: one long answer to the same prompt (system prompt and story request; a fresh
 session on the socket): decode tokens/s (tokens after the first over the time from the first to
 the last, measured by the client) and time to first token. Every side gets one full-length
-warm-up, not counted; then each round asks every side once, in an order that rotates from round
-to round. The decode ratios (and goals) are the medians of each round's own ratios; the ratios
-of the medians are beside them (`..._decode_of_medians`). Goals: decode ≥ 0.97 of raw and ≥ 1.1
-of llama_cpp.server.
+warm-up (16 tokens on a quick run), not counted; then each round asks every side once, in an
+order that rotates from round to round. The decode ratios (and goals) are the medians of each
+round's own ratios; the ratios of the medians are beside them (`..._decode_of_medians`).
+Goals: decode ≥ 0.97 of raw and ≥ 1.1 of llama_cpp.server.
 
 `multiturn_ttft`: one session of 20 turns over `/ws/chat` (each answer's text goes into the next
 turn's history), the same conversation asked of raw llama-cpp-python: time to first token of
@@ -217,18 +217,18 @@ def llamacpp_stream(profile: Profile) -> Outcome:
     ws_url = tether_url.replace("http", "ws", 1) + "/ws/chat"
     with httpx.Client(timeout=600) as client:
         server_model = client.get(f"{server_url}/v1/models").json()["data"][0]["id"]
-        sides: dict[str, Callable[[], Run]] = {
-            "raw": lambda: raw.ask(story, max_tokens),
-            "llama_cpp_server": lambda: sse_turn(client, server_url, server_model, max_tokens),
-            "ws": lambda: asyncio.run(ws_turn(ws_url, PROMPT, max_tokens, None)),
-            "v1": lambda: sse_turn(client, tether_url, MODEL_ID, max_tokens),
+        sides: dict[str, Callable[[int], Run]] = {
+            "raw": lambda n: raw.ask(story, n),
+            "llama_cpp_server": lambda n: sse_turn(client, server_url, server_model, n),
+            "ws": lambda n: asyncio.run(ws_turn(ws_url, PROMPT, n, None)),
+            "v1": lambda n: sse_turn(client, tether_url, MODEL_ID, n),
         }
-        for ask in sides.values():  # a full-length warm-up of every side, not counted
-            ask()
+        for ask in sides.values():  # a warm-up of every side (full-length unless quick)
+            ask(profile.pick(16, max_tokens))
         runs: dict[str, list[Run]] = {side: [] for side in sides}
         for round_ in range(rounds):
             for side in rotated(list(sides), round_):
-                runs[side].append(sides[side]())
+                runs[side].append(sides[side](max_tokens))
     tps = {side: median([tokens_per_s(r) for r in rs]) for side, rs in runs.items()}
     ttft = {side: median([r["ttft"] for r in rs]) for side, rs in runs.items()}
     figures: dict[str, float | int] = {

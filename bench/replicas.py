@@ -109,7 +109,7 @@ def replica_scaling(profile: Profile) -> Outcome:
             },
         }
         for name, ws_url in urls.items():  # warm up: connections, caches
-            asyncio.run(_drive(ws_url, 0.5, f"warm-{name}"))
+            asyncio.run(_drive(ws_url, profile.pick_s(0.25, 0.5), f"warm-{name}"))
         for n in range(rounds):
             for name in SETUPS[n % 3 :] + SETUPS[: n % 3]:  # each setup first in turn
                 before = cpu_now(pids[name])
