@@ -87,6 +87,27 @@ async def test_the_tail_is_the_branch_s_tail_in_order(store: SQLiteStore) -> Non
     assert content_bytes(tail) >= 120
 
 
+async def test_turn_after_turn_the_remembered_tails_give_what_the_query_gives(
+    store: SQLiteStore,
+) -> None:
+    # Each message of the branch as the leaf in turn, as a session's turns ask: from the
+    # second on, the tail is composed from the one before (tether.store.branch_tails). The
+    # query itself, on a connection of its own, is the reference.
+    leaf, _ = await long_branch_with_siblings(store, turns=40)
+    branch = await store.branch(leaf)
+    with sqlite3.connect(store.path) as db:
+        for index, message in enumerate(branch):
+            for covering in (None, 0, 200, 731):
+                tail = await store.branch(message.id, covering_bytes=covering)
+                if covering is None:
+                    assert tail == branch[: index + 1]
+                else:
+                    assert tail == expected_tail(branch[: index + 1], covering)
+                queried = db.execute(BRANCH_SQL, {"leaf": message.id, "bound": covering})
+                assert [m.id for m in tail] == [row[0] for row in queried]
+    assert await store.branch("no such message") == []
+
+
 async def test_covering_bytes_none_or_beyond_the_branch_is_the_whole_branch(
     store: SQLiteStore,
 ) -> None:

@@ -69,6 +69,7 @@ from tether.store.base import (
     Session,
     TurnStart,
 )
+from tether.store.branch_tails import RECENT_STEPS, BranchTails
 from tether.store.group_commit import Batch, CommitQueue
 from tether.store.lock import DatabaseLock
 from tether.store.records import (
@@ -149,6 +150,20 @@ WITH RECURSIVE chain(id, up, is_user, depth, covered) AS (
            chain.covered + length(CAST(m.content AS BLOB))
     FROM chain JOIN messages m ON m.id = chain.up
     WHERE :bound IS NULL OR chain.covered < :bound OR NOT chain.is_user
+)
+SELECT {MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
+"""
+
+
+# A leaf and its nearest ancestors, root-most first: enough to find a remembered tail
+# (`tether.store.branch_tails`).
+RECENT_SQL = f"""
+WITH RECURSIVE chain(id, up, depth) AS (
+    SELECT id, parent_id, 0 FROM messages WHERE id = :leaf
+    UNION ALL
+    SELECT m.id, m.parent_id, chain.depth + 1
+    FROM chain JOIN messages m ON m.id = chain.up
+    WHERE chain.depth < :steps
 )
 SELECT {MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
 """
@@ -416,6 +431,7 @@ class SQLiteStore:
         self._writing: asyncio.Task[None] | None = None
         self._file_lock = DatabaseLock(path)
         self._cancel_handlers: list[Callable[[str], None]] = []
+        self._tails = BranchTails()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -919,8 +935,19 @@ class SQLiteStore:
         return [search_hit_from(row) for row in rows]
 
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
-        rows = await self._fetchall(BRANCH_SQL, {"leaf": message_id, "bound": covering_bytes})
-        return [message_from(row) for row in rows]
+        # The leaf and a few ancestors first: a session's next turn finds the tail its last
+        # one loaded among them and reads nothing more (a long session's turn: ~8 rows, not
+        # its window's ~70).
+        recent_rows = await self._fetchall(RECENT_SQL, {"leaf": message_id, "steps": RECENT_STEPS})
+        recent = [message_from(row) for row in recent_rows]
+        if not recent:
+            return []
+        tail = self._tails.compose(recent, covering_bytes)
+        if tail is None:
+            rows = await self._fetchall(BRANCH_SQL, {"leaf": message_id, "bound": covering_bytes})
+            tail = [message_from(row) for row in rows]
+        self._tails.remember(message_id, covering_bytes, tail)
+        return tail
 
     # -- the frame journal ------------------------------------------------------------------
 
