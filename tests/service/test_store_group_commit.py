@@ -131,3 +131,23 @@ async def test_a_retried_question_is_refused_in_begin_turns_own_transaction(
     # BEGIN, begin_turn's one read, ROLLBACK (its job was alone in the line: nothing to keep)
     assert store.stats.statements - before <= 3
     assert await store.open_journals(Orphans(None)) == []
+
+
+async def test_one_writer_commits_messages_at_full_and_journal_frames_at_normal(
+    store: SQLiteStore,
+) -> None:
+    """One connection writes both kinds (a second writer would drop this one's page cache at
+    every commit), each batch at its own `synchronous`: 2 is FULL, 1 NORMAL."""
+    levels: list[int] = []
+
+    def level() -> None:
+        assert store._writer is not None  # (the writer's own setting: no other way to see it)
+        levels.append(store._writer.execute("PRAGMA synchronous").fetchone()[0])
+
+    start = await store.begin_turn(session_id=None, text="q")
+    level()
+    await store.append_journals([JournalAppend("r1", 0, ["frame 0"])])
+    level()
+    await store.append_message(start.session.id, start.message.id, NewMessage("assistant", "a"))
+    level()
+    assert levels == [2, 1, 2]
