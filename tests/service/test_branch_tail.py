@@ -118,6 +118,25 @@ async def test_covering_bytes_none_or_beyond_the_branch_is_the_whole_branch(
     assert await store.branch(leaf, covering_bytes=content_bytes(whole) + 1) == whole
 
 
+async def test_a_branch_read_never_sees_a_transaction_in_flight(store: SQLiteStore) -> None:
+    """The tail is read on the writer's connection between its transactions; inside one (rows
+    not committed yet) it is read on the reader's, which sees only committed rows."""
+    start = await store.begin_turn(session_id=None, text="q")
+    answer = await store.append_message(
+        start.session.id, start.message.id, NewMessage("assistant", "a")
+    )
+    writer = store._writer  # (the connection the tail is read on: no other way to hold it open)
+    assert writer is not None
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        writer.execute("UPDATE messages SET content = 'uncommitted' WHERE id = ?", (answer.id,))
+        tail = await store.branch(answer.id)
+    finally:
+        writer.execute("ROLLBACK")
+    assert [m.content for m in tail] == ["q", "a"]
+    assert [m.content for m in await store.branch(answer.id)] == ["q", "a"]
+
+
 async def test_the_tail_is_found_by_key_lookups_not_scans(store: SQLiteStore) -> None:
     leaf, _ = await long_branch_with_siblings(store, turns=3)
     with sqlite3.connect(store.path) as db:

@@ -623,6 +623,18 @@ class SQLiteStore:
         values = params if isinstance(params, Mapping) else tuple(params)
         return list(await self.reader.execute_fetchall(sql, values))
 
+    async def _quick_fetchall(self, sql: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:
+        """A read of a few rows by key (microseconds, bounded), on the writer's connection
+        between its transactions: no thread hop (which waits for the GIL behind a busy loop),
+        and its page cache is warm (the writer wrote those pages). Within a transaction (a
+        batch never awaits mid-way today, but the read must never see uncommitted rows), the
+        reader's thread."""
+        writer = self._writer
+        if writer is None or writer.in_transaction:
+            return await self._fetchall(sql, params)
+        rows: list[sqlite3.Row] = writer.execute(sql, params).fetchall()
+        return rows
+
     # -- sessions ---------------------------------------------------------------------------
 
     async def create_session(self, title: str = "", agent_id: str | None = None) -> Session:
@@ -946,7 +958,9 @@ class SQLiteStore:
         # The leaf and a few ancestors first: a session's next turn finds the tail its last
         # one loaded among them and reads nothing more (a long session's turn: ~8 rows, not
         # its window's ~70).
-        recent_rows = await self._fetchall(RECENT_SQL, {"leaf": message_id, "steps": RECENT_STEPS})
+        recent_rows = await self._quick_fetchall(
+            RECENT_SQL, {"leaf": message_id, "steps": RECENT_STEPS}
+        )
         recent = [message_from(row) for row in recent_rows]
         if not recent:
             return []
