@@ -331,6 +331,17 @@ def _passthrough(_offered: bool) -> StreamDetector:
     return PassthroughDetector()
 
 
+class _LastPrompt:
+    """The last fragment rendered and the specs it lists: the tools change rarely (an MCP
+    server's list), the turns often."""
+
+    __slots__ = ("specs", "text")
+
+    def __init__(self) -> None:
+        self.specs: list[ToolSpec] | None = None
+        self.text = ""
+
+
 @dataclass(frozen=True, slots=True)
 class ToolPolicy:
     """The tools a turn may offer, as one: the `runner` that runs them, the `prompt` that lists
@@ -341,6 +352,7 @@ class ToolPolicy:
     runner: ToolRunner = field(default_factory=_NoRunner)
     prompt: Callable[[Sequence[ToolSpec]], str] = render_tools_prompt
     detector: DetectorFactory = _call_detector
+    _last: _LastPrompt = field(default_factory=_LastPrompt, init=False, compare=False, repr=False)
 
     def offers(self, model_info: ModelInfo, options: ChatOptions) -> bool:
         """Tools go to models whose chat template declares tool support, unless the turn's
@@ -354,7 +366,12 @@ class ToolPolicy:
 
     def fragment(self, offers: bool) -> str:
         """The system-prompt fragment listing the offered tools ("" when none are)."""
-        return self.prompt(self.runner.specs()) if offers else ""
+        if not offers:
+            return ""
+        specs = self.runner.specs()
+        if specs != self._last.specs:
+            self._last.text, self._last.specs = self.prompt(specs), specs
+        return self._last.text
 
 
 NO_TOOLS = ToolPolicy(detector=_passthrough)

@@ -102,3 +102,32 @@ class FakeRunner:
 
 def test_tools_prompt_reads_the_runner() -> None:
     assert ToolPolicy(runner=FakeRunner()).fragment(True).splitlines()[1] == "- ping(): Ping."
+
+
+class ChangingRunner(FakeRunner):
+    """A runner whose tools change (an MCP server's list): the fragment follows them."""
+
+    def __init__(self) -> None:
+        self.names = ["ping"]
+
+    def specs(self) -> list[ToolSpec]:
+        return [
+            ToolSpec(name, "Ping.", {"type": "object", "properties": {}}) for name in self.names
+        ]
+
+
+def test_the_fragment_is_rendered_again_when_the_tools_change() -> None:
+    runner = ChangingRunner()
+    rendered: list[int] = []
+
+    def prompt(specs: Any) -> str:
+        rendered.append(len(specs))
+        return render_tools_prompt(specs)
+
+    policy = ToolPolicy(runner=runner, prompt=prompt)
+    first = policy.fragment(True)
+    assert policy.fragment(True) == first
+    assert rendered == [1]
+    runner.names.append("pong")
+    assert "- pong()" in policy.fragment(True)
+    assert rendered == [1, 2]
