@@ -623,8 +623,10 @@ class SQLiteStore:
         values = params if isinstance(params, Mapping) else tuple(params)
         return list(await self.reader.execute_fetchall(sql, values))
 
-    async def _quick_fetchall(self, sql: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:
-        """A read of a few rows by key (microseconds, bounded), on the writer's connection
+    async def _quick_fetchall(
+        self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()
+    ) -> list[sqlite3.Row]:
+        """A read of a row or a few by key (microseconds, bounded), on the writer's connection
         between its transactions: no thread hop (which waits for the GIL behind a busy loop),
         and its page cache is warm (the writer wrote those pages). Within a transaction (a
         batch never awaits mid-way today, but the read must never see uncommitted rows), the
@@ -632,7 +634,8 @@ class SQLiteStore:
         writer = self._writer
         if writer is None or writer.in_transaction:
             return await self._fetchall(sql, params)
-        rows: list[sqlite3.Row] = writer.execute(sql, params).fetchall()
+        values = params if isinstance(params, Mapping) else tuple(params)
+        rows: list[sqlite3.Row] = writer.execute(sql, values).fetchall()
         return rows
 
     # -- sessions ---------------------------------------------------------------------------
@@ -660,8 +663,8 @@ class SQLiteStore:
         return created
 
     async def get_session(self, session_id: str) -> Session | None:
-        row = await self._fetchone("SELECT * FROM sessions WHERE id = ?", (session_id,))
-        return session_from(row) if row else None
+        rows = await self._quick_fetchall("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        return session_from(rows[0]) if rows else None
 
     async def list_sessions(self, limit: int = 100, offset: int = 0) -> list[Session]:
         rows = await self._fetchall(
@@ -1094,8 +1097,8 @@ class SQLiteStore:
         return agent_from(row)
 
     async def get_agent(self, agent_id: str) -> Agent | None:
-        row = await self._fetchone("SELECT * FROM agents WHERE id = ?", (agent_id,))
-        return agent_from(row) if row else None
+        rows = await self._quick_fetchall("SELECT * FROM agents WHERE id = ?", (agent_id,))
+        return agent_from(rows[0]) if rows else None
 
     async def list_agents(self) -> list[Agent]:
         return [
