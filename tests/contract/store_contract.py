@@ -235,6 +235,31 @@ class StoreContract:
             "a4",
         ]
 
+    async def test_a_session_s_tails_turn_after_turn_are_its_branch_s(self, store: Store) -> None:
+        """Each turn's tail as the store composes it from the last one's (the branch read
+        turn after turn, at several bounds) is the tail of the branch walked up by parent_id
+        from the session's messages."""
+        start = await store.begin_turn(session_id=None, text="q0")
+        sid, leaf = start.session.id, start.message.id
+        leaves = [leaf]
+        for i in range(1, 25):
+            answer = await store.append_message(sid, leaf, NewMessage("assistant", "a" * (i % 7)))
+            if i % 5 == 0:  # beside the branch: another answer to the same question
+                await store.append_message(sid, leaf, NewMessage("assistant", "other"))
+            leaf = (
+                await store.begin_turn(session_id=sid, text=f"q{i}", parent_id=answer.id)
+            ).message.id
+            leaves += [answer.id, leaf]
+        by_id = {m.id: m for m in await store.list_messages(sid)}
+        for leaf in leaves:
+            walked = [by_id[leaf]]
+            while walked[-1].parent_id is not None:
+                walked.append(by_id[walked[-1].parent_id])
+            branch = walked[::-1]
+            for bound in (None, 0, 9, 40):
+                tail = await store.branch(leaf, covering_bytes=bound)
+                assert [m.id for m in tail] == [m.id for m in _reference_tail(branch, bound)]
+
     async def test_a_parent_from_another_session_is_refused(self, store: Store) -> None:
         one = await store.begin_turn(session_id=None, text="a")
         two = await store.begin_turn(session_id=None, text="b")
@@ -801,3 +826,15 @@ class StoreContract:
         async with asyncio.timeout(10):
             await both.wait()
         assert asked == ["some-request", "some-request"]
+
+
+def _reference_tail(branch: list[Message], bound: int | None) -> list[Message]:
+    """The shortest suffix of `branch` starting at a user message whose contents hold `bound`
+    UTF-8 bytes (the whole branch when none does, or `bound` None)."""
+    if bound is None:
+        return branch
+    for start in range(len(branch) - 1, -1, -1):
+        suffix = branch[start:]
+        if branch[start].role == "user" and sum(len(m.content.encode()) for m in suffix) >= bound:
+            return suffix
+    return branch

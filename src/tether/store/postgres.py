@@ -63,6 +63,7 @@ from tether.store.base import (
     Session,
     TurnStart,
 )
+from tether.store.branch_tails import RECENT_STEPS, BranchTails
 from tether.store.records import (
     MESSAGE_COLUMNS,
     agent_from,
@@ -147,6 +148,33 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+# A leaf and up to RECENT_STEPS of its ancestors, root-most first.
+RECENT_SQL = f"""
+WITH RECURSIVE chain(id, up, depth) AS (
+    SELECT id, parent_id, 0 FROM messages WHERE id = $1
+    UNION ALL
+    SELECT m.id, m.parent_id, chain.depth + 1
+    FROM chain JOIN messages m ON m.id = chain.up
+    WHERE chain.depth < {RECENT_STEPS}
+)
+SELECT {MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
+"""
+# As SQLite's BRANCH_SQL: walked up from the leaf, the contents' UTF-8 bytes summed, the walk
+# stopping at the first user message where the sum reaches the bound (NULL: the root).
+BRANCH_SQL = f"""
+WITH RECURSIVE chain(id, up, is_user, depth, covered) AS (
+    SELECT id, parent_id, role = 'user', 0, octet_length(content)::bigint
+    FROM messages WHERE id = $1
+    UNION ALL
+    SELECT m.id, m.parent_id, m.role = 'user', chain.depth + 1,
+           chain.covered + octet_length(m.content)
+    FROM chain JOIN messages m ON m.id = chain.up
+    WHERE $2::bigint IS NULL OR chain.covered < $2::bigint OR NOT chain.is_user
+)
+SELECT {MESSAGE_COLUMNS} FROM messages JOIN chain USING (id) ORDER BY chain.depth DESC
+"""
+
+
 class PostgresStore:
     def __init__(
         self,
@@ -169,6 +197,8 @@ class PostgresStore:
         self._listener: asyncpg.Connection[asyncpg.Record] | None = None
         self._journal_waiters: dict[str, set[asyncio.Event]] = {}
         self._cancel_handlers: list[Callable[[str], None]] = []
+        # Messages never change, so a tail loaded here holds whichever replica wrote it.
+        self._tails = BranchTails()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -601,26 +631,17 @@ class PostgresStore:
         return [search_hit_from(row) for row in rows]
 
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
-        # As SQLite's BRANCH_SQL: walked up from the leaf, the contents' UTF-8 bytes summed, the
-        # walk stopping at the first user message where the sum reaches the bound (NULL: root).
-        rows = await self.pool.fetch(
-            f"""
-            WITH RECURSIVE chain(id, up, is_user, depth, covered) AS (
-                SELECT id, parent_id, role = 'user', 0, octet_length(content)::bigint
-                FROM messages WHERE id = $1
-                UNION ALL
-                SELECT m.id, m.parent_id, m.role = 'user', chain.depth + 1,
-                       chain.covered + octet_length(m.content)
-                FROM chain JOIN messages m ON m.id = chain.up
-                WHERE $2::bigint IS NULL OR chain.covered < $2::bigint OR NOT chain.is_user
-            )
-            SELECT {MESSAGE_COLUMNS} FROM messages JOIN chain USING (id)
-            ORDER BY chain.depth DESC
-            """,
-            message_id,
-            covering_bytes,
-        )
-        return [message_from(row) for row in rows]
+        # As SQLite's: the leaf and a few ancestors, composed with the tail the session's last
+        # turn loaded (`tether.store.branch_tails`); else the whole tail.
+        recent = [message_from(row) for row in await self.pool.fetch(RECENT_SQL, message_id)]
+        if not recent:
+            return []
+        tail = self._tails.compose(recent, covering_bytes)
+        if tail is None:
+            rows = await self.pool.fetch(BRANCH_SQL, message_id, covering_bytes)
+            tail = [message_from(row) for row in rows]
+        self._tails.remember(message_id, covering_bytes, tail)
+        return tail
 
     # -- recovery: the turns and journals of replicas whose lease expired ---------------------
 
