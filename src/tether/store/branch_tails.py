@@ -25,7 +25,7 @@ messages, so a tail costs its list, not its contents again.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from tether.store.base import Message
 
@@ -75,6 +75,25 @@ class BranchTails:
         if recent and recent[0].parent_id is None:
             return trim(recent, bound)[0]
         return None
+
+    async def load(
+        self,
+        leaf_id: str,
+        bound: int | None,
+        recent: Callable[[], Awaitable[list[Message]]],
+        whole: Callable[[], Awaitable[list[Message]]],
+    ) -> list[Message]:
+        """A store's `branch`: its `recent` read (the leaf and up to RECENT_STEPS ancestors,
+        root-most first), composed with a remembered tail, else its `whole` read of the tail
+        at `bound`; the tail is remembered for the session's next turn."""
+        near = await recent()
+        if not near:
+            return []
+        tail = self.compose(near, bound)
+        if tail is None:
+            tail = await whole()
+        self.remember(leaf_id, bound, tail)
+        return tail
 
     def remember(self, leaf_id: str, bound: int | None, tail: Sequence[Message]) -> None:
         if not tail:

@@ -633,15 +633,14 @@ class PostgresStore:
     async def branch(self, message_id: str, *, covering_bytes: int | None = None) -> list[Message]:
         # As SQLite's: the leaf and a few ancestors, composed with the tail the session's last
         # turn loaded (`tether.store.branch_tails`); else the whole tail.
-        recent = [message_from(row) for row in await self.pool.fetch(RECENT_SQL, message_id)]
-        if not recent:
-            return []
-        tail = self._tails.compose(recent, covering_bytes)
-        if tail is None:
+        async def recent() -> list[Message]:
+            return [message_from(row) for row in await self.pool.fetch(RECENT_SQL, message_id)]
+
+        async def whole() -> list[Message]:
             rows = await self.pool.fetch(BRANCH_SQL, message_id, covering_bytes)
-            tail = [message_from(row) for row in rows]
-        self._tails.remember(message_id, covering_bytes, tail)
-        return tail
+            return [message_from(row) for row in rows]
+
+        return await self._tails.load(message_id, covering_bytes, recent, whole)
 
     # -- recovery: the turns and journals of replicas whose lease expired ---------------------
 

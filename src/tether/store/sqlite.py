@@ -961,18 +961,15 @@ class SQLiteStore:
         # The leaf and a few ancestors first: a session's next turn finds the tail its last
         # one loaded among them and reads nothing more (a long session's turn: ~8 rows, not
         # its window's ~70).
-        recent_rows = await self._quick_fetchall(
-            RECENT_SQL, {"leaf": message_id, "steps": RECENT_STEPS}
-        )
-        recent = [message_from(row) for row in recent_rows]
-        if not recent:
-            return []
-        tail = self._tails.compose(recent, covering_bytes)
-        if tail is None:
-            rows = await self._fetchall(BRANCH_SQL, {"leaf": message_id, "bound": covering_bytes})
-            tail = [message_from(row) for row in rows]
-        self._tails.remember(message_id, covering_bytes, tail)
-        return tail
+        async def recent() -> list[Message]:
+            params = {"leaf": message_id, "steps": RECENT_STEPS}
+            return [message_from(row) for row in await self._quick_fetchall(RECENT_SQL, params)]
+
+        async def whole() -> list[Message]:
+            params = {"leaf": message_id, "bound": covering_bytes}
+            return [message_from(row) for row in await self._fetchall(BRANCH_SQL, params)]
+
+        return await self._tails.load(message_id, covering_bytes, recent, whole)
 
     # -- the frame journal ------------------------------------------------------------------
 
