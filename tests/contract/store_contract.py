@@ -75,6 +75,23 @@ def opening(start: TurnStart) -> str:
     return f"processing {start.session.id} {start.message.id}"
 
 
+def content_bytes(messages: list[Message]) -> int:
+    return sum(len(m.content.encode()) for m in messages)
+
+
+def reference_tail(branch: list[Message], covering: int | None) -> list[Message]:
+    """What `Store.branch` must give at `covering`: the shortest suffix of `branch` starting at
+    a user message whose contents hold at least `covering` UTF-8 bytes (the whole branch when
+    none does, or `covering` None)."""
+    if covering is None:
+        return branch
+    for start in range(len(branch) - 1, -1, -1):
+        suffix = branch[start:]
+        if branch[start].role == "user" and content_bytes(suffix) >= covering:
+            return suffix
+    return branch
+
+
 class StoreContract:
     native_syntax: ClassVar[SearchSyntax]
     native_phrase_query: ClassVar[str]  # finds the phrase "say NOT" or the word nowhere
@@ -258,7 +275,7 @@ class StoreContract:
             branch = walked[::-1]
             for bound in (None, 0, 9, 40):
                 tail = await store.branch(leaf, covering_bytes=bound)
-                assert [m.id for m in tail] == [m.id for m in _reference_tail(branch, bound)]
+                assert [m.id for m in tail] == [m.id for m in reference_tail(branch, bound)]
 
     async def test_a_parent_from_another_session_is_refused(self, store: Store) -> None:
         one = await store.begin_turn(session_id=None, text="a")
@@ -826,15 +843,3 @@ class StoreContract:
         async with asyncio.timeout(10):
             await both.wait()
         assert asked == ["some-request", "some-request"]
-
-
-def _reference_tail(branch: list[Message], bound: int | None) -> list[Message]:
-    """The shortest suffix of `branch` starting at a user message whose contents hold `bound`
-    UTF-8 bytes (the whole branch when none does, or `bound` None)."""
-    if bound is None:
-        return branch
-    for start in range(len(branch) - 1, -1, -1):
-        suffix = branch[start:]
-        if branch[start].role == "user" and sum(len(m.content.encode()) for m in suffix) >= bound:
-            return suffix
-    return branch

@@ -9,28 +9,15 @@ from pathlib import Path
 
 import llama_cpp
 
+from tests.contract.store_contract import content_bytes, reference_tail
 from tests.service.test_chat_service import RecordingEcho, make_service
 from tether.chat import ChatService, Turn
 from tether.engines.base import ModelInfo
 from tether.engines.echo import HISTORY_BYTES
 from tether.engines.llamacpp import LlamaCppEngine
 from tether.events import Accepted, ChatEvent, Completed
-from tether.store.base import Message, NewMessage
+from tether.store.base import NewMessage
 from tether.store.sqlite import BRANCH_SQL, SQLiteStore
-
-
-def content_bytes(messages: list[Message]) -> int:
-    return sum(len(m.content.encode()) for m in messages)
-
-
-def expected_tail(branch: list[Message], covering: int) -> list[Message]:
-    """The reference: the shortest suffix starting at a user message (or the whole branch) whose
-    contents hold at least `covering` bytes."""
-    for start in range(len(branch) - 1, -1, -1):
-        suffix = branch[start:]
-        if branch[start].role == "user" and content_bytes(suffix) >= covering:
-            return suffix
-    return branch
 
 
 async def long_branch_with_siblings(store: SQLiteStore, turns: int) -> tuple[str, list[str]]:
@@ -75,14 +62,14 @@ async def test_the_tail_is_the_branch_s_tail_in_order(store: SQLiteStore) -> Non
     assert not {m.id for m in branch} & set(beside)
     for covering in (0, 1, 30, 100, 731, 2000, content_bytes(branch), 10**9):
         tail = await store.branch(leaf, covering_bytes=covering)
-        assert [m.id for m in tail] == [m.id for m in expected_tail(branch, covering)]
+        assert [m.id for m in tail] == [m.id for m in reference_tail(branch, covering)]
         assert tail == branch[len(branch) - len(tail) :]
     # From the middle of the branch too, and from a message in the middle of a turn.
     middle = branch[100]
     upper = await store.branch(middle.id)
     assert upper == branch[:101]
     tail = await store.branch(middle.id, covering_bytes=120)
-    assert tail == expected_tail(upper, 120)
+    assert tail == reference_tail(upper, 120)
     assert tail[0].role == "user"
     assert content_bytes(tail) >= 120
 
@@ -102,7 +89,7 @@ async def test_turn_after_turn_the_remembered_tails_give_what_the_query_gives(
                 if covering is None:
                     assert tail == branch[: index + 1]
                 else:
-                    assert tail == expected_tail(branch[: index + 1], covering)
+                    assert tail == reference_tail(branch[: index + 1], covering)
                 queried = db.execute(BRANCH_SQL, {"leaf": message.id, "bound": covering})
                 assert [m.id for m in tail] == [row[0] for row in queried]
     assert await store.branch("no such message") == []
